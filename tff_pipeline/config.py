@@ -1,0 +1,93 @@
+"""The one frozen configuration object of a simulation run (entry points build it; library
+code takes it or its parts as keyword arguments and never reads flags or the environment)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tff_pipeline import model
+from tff_pipeline.federated.aggregation import AggregatorConfig, AggregatorKind
+from tff_pipeline.federated.process import ServerOptimizerConfig
+
+DEFAULT_DELTA = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    split: str | None = None
+    seed: int = 0
+    rounds: int = 100
+    clients_per_round: int = 50
+    # Model and local work.
+    dim: int = 16
+    user_l2: float = 10.0
+    item_l2: float = 0.02
+    local_steps: int = 5
+    local_learning_rate: float = 0.1
+    # Server.
+    server_optimizer: str = "sgdm"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    # Differential privacy.
+    dp: str = "none"  # none | fixed | adaptive
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = DEFAULT_DELTA
+    clip: float = 0.5
+    target_unclipped_quantile: float = 0.5
+    # Reporting.
+    eval_every: int = 10
+    centralized_epochs: int = 15
+    baselines: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.clients_per_round < 1:
+            raise ValueError("rounds and clients_per_round must be >= 1")
+        AggregatorKind(self.dp)  # raises on an unknown value
+        if self.dp == "none" and (self.noise_multiplier or self.target_epsilon):
+            raise ValueError("--noise-multiplier/--target-epsilon need --dp fixed or adaptive")
+
+    @property
+    def private(self) -> bool:
+        return self.dp != "none"
+
+    def model_config(self, num_items: int) -> model.ModelConfig:
+        return model.ModelConfig(
+            num_items=num_items,
+            dim=self.dim,
+            user_l2=self.user_l2,
+            user_bias_l2=self.user_l2,
+            item_l2=self.item_l2,
+            local_steps=self.local_steps,
+            local_learning_rate=self.local_learning_rate,
+        )
+
+    def server_optimizer_config(self) -> ServerOptimizerConfig:
+        return ServerOptimizerConfig(
+            name=self.server_optimizer,
+            learning_rate=self.server_learning_rate,
+            momentum=self.server_momentum,
+        )
+
+    def aggregator_config(self, *, noise_multiplier: float, expected_clients: float) -> AggregatorConfig:
+        return AggregatorConfig(
+            kind=AggregatorKind(self.dp),
+            noise_multiplier=noise_multiplier,
+            clip=self.clip,
+            expected_clients_per_round=expected_clients,
+            target_unclipped_quantile=self.target_unclipped_quantile,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SimulationConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**values)

@@ -1,0 +1,290 @@
+"""Parsing of delimited rating files and the MovieLens CSV loader.
+
+Shared by the ML-100K loader (tab separated) and the ``ratings.csv`` family
+(comma separated, half-star ratings). Every malformed row raises DataError
+with file and 1-based line instead of being dropped, because silently losing
+rows would bias the federated client partition.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .splits import GENERIC_SPLITS, split_all_ratings
+from .types import DatasetSplit, Ratings, Vocabulary
+
+__all__ = [
+    "RatingRule",
+    "RawRatings",
+    "load_movielens_csv",
+    "require_dir",
+    "require_file",
+    "iter_tab_records",
+    "iter_csv_records",
+    "parse_rating_records",
+    "build_vocabulary",
+    "encode_ratings",
+]
+
+Record = tuple[int, list[str]]
+
+
+@dataclass(frozen=True)
+class RatingRule:
+    """Allowed rating values: low..high in multiples of ``step`` from ``low``."""
+
+    low: float
+    high: float
+    step: float
+
+    def check(self, value: float) -> str | None:
+        """Error text for a bad rating, None when it is allowed."""
+        if not self.low <= value <= self.high:
+            return f"rating {value:g} out of range [{self.low:g}, {self.high:g}]"
+        if not ((value - self.low) / self.step).is_integer():
+            return f"rating {value:g} is not a multiple of {self.step:g}"
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class RawRatings:
+    """Ratings with raw ids plus the source line of each row (for error messages)."""
+
+    path: Path
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def require_dir(path: str | Path) -> Path:
+    """Existing directory or DataError naming it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError("data directory not found", path=path)
+    return path
+
+
+def require_file(path: Path) -> Path:
+    """Existing file or DataError naming it."""
+    if not path.is_file():
+        raise DataError("file not found", path=path)
+    return path
+
+
+def _non_blank(records: Iterable[Record], path: Path) -> Iterator[Record]:
+    """Drop trailing blank lines; a blank line followed by data is an error."""
+    blank_line: int | None = None
+    for line_no, fields in records:
+        if not any(f.strip() for f in fields):
+            blank_line = blank_line or line_no
+            continue
+        if blank_line is not None:
+            raise DataError("blank line inside the data", path=path, line=blank_line)
+        yield line_no, fields
+
+
+def iter_tab_records(path: Path, *, delimiter: str = "\t", encoding: str = "latin-1") -> Iterator[Record]:
+    """(1-based line, fields) for a delimiter-separated file without quoting."""
+    with require_file(path).open(encoding=encoding, newline="") as handle:
+        raw = ((n, line.rstrip("\r\n").split(delimiter)) for n, line in enumerate(handle, 1))
+        yield from _non_blank(raw, path)
+
+
+def iter_csv_records(path: Path, *, header: list[str]) -> Iterator[Record]:
+    """(line, fields) for a quoted CSV file whose first row must equal ``header``."""
+    with require_file(path).open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            first = next(reader)
+        except StopIteration:
+            raise DataError("empty file", path=path) from None
+        except csv.Error as err:
+            raise DataError(f"malformed CSV: {err}", path=path, line=reader.line_num) from None
+        if [f.strip() for f in first] != header:
+            raise DataError(
+                f"expected header {','.join(header)!r}, got {','.join(first)!r}",
+                path=path,
+                line=1,
+            )
+
+        def rows() -> Iterator[Record]:
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as err:
+                    raise DataError(
+                        f"malformed CSV: {err}", path=path, line=reader.line_num
+                    ) from None
+                yield reader.line_num, fields
+
+        yield from _non_blank(rows(), path)
+
+
+def _parse_int(text: str, what: str, path: Path, line: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{what} {text!r} is not an integer", path=path, line=line) from None
+
+
+def _parse_rating(text: str, rule: RatingRule, path: Path, line: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"rating {text!r} is not a number", path=path, line=line) from None
+    problem = rule.check(value)
+    if problem:
+        raise DataError(problem, path=path, line=line)
+    return value
+
+
+def parse_rating_records(
+    records: Iterable[Record], path: Path, rule: RatingRule, *, separator_name: str
+) -> RawRatings:
+    """Validate ``user item rating timestamp`` records into RawRatings."""
+    users: list[int] = []
+    items: list[int] = []
+    values: list[float] = []
+    stamps: list[int] = []
+    lines: list[int] = []
+    first_seen: dict[tuple[int, int], int] = {}
+    for line, fields in records:
+        if len(fields) != 4:
+            raise DataError(
+                f"expected 4 {separator_name}-separated fields "
+                f"(user, item, rating, timestamp), got {len(fields)}",
+                path=path,
+                line=line,
+            )
+        user = _parse_int(fields[0], "user id", path, line)
+        item = _parse_int(fields[1], "item id", path, line)
+        rating = _parse_rating(fields[2], rule, path, line)
+        stamp = _parse_int(fields[3], "timestamp", path, line)
+        previous = first_seen.setdefault((user, item), line)
+        if previous != line:
+            raise DataError(
+                f"duplicate rating for user {user} item {item} (also on line {previous})",
+                path=path,
+                line=line,
+            )
+        users.append(user)
+        items.append(item)
+        values.append(rating)
+        stamps.append(stamp)
+        lines.append(line)
+    if not users:
+        raise DataError("empty file: no ratings", path=path)
+    return RawRatings(
+        path=path,
+        users=np.array(users, dtype=np.int64),
+        items=np.array(items, dtype=np.int64),
+        ratings=np.array(values, dtype=np.float32),
+        timestamps=np.array(stamps, dtype=np.int64),
+        lines=np.array(lines, dtype=np.int64),
+    )
+
+
+def build_vocabulary(
+    raw: RawRatings, titles: dict[int, str] | None
+) -> Vocabulary:
+    """Vocabulary with raw ids sorted numerically; items also include titled ones."""
+    user_ids = np.unique(raw.users)
+    title_ids = np.array(sorted(titles), dtype=np.int64) if titles else np.zeros(0, np.int64)
+    item_ids = np.unique(np.concatenate([raw.items, title_ids]))
+    item_titles = None
+    if titles is not None:
+        item_titles = tuple(titles.get(i, f"item {i}") for i in item_ids.tolist())
+    return Vocabulary(user_raw_ids=user_ids, item_raw_ids=item_ids, item_titles=item_titles)
+
+
+def _dense(raw_ids: np.ndarray, vocab_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dense index, known mask) of raw ids in a sorted vocabulary array."""
+    if len(vocab_ids) == 0:
+        return np.zeros(len(raw_ids), np.int64), np.zeros(len(raw_ids), bool)
+    index = np.searchsorted(vocab_ids, raw_ids)
+    clipped = np.minimum(index, len(vocab_ids) - 1)
+    return clipped, vocab_ids[clipped] == raw_ids
+
+
+def encode_ratings(raw: RawRatings, vocab: Vocabulary) -> Ratings:
+    """Map raw ids to dense indices; unknown ids raise DataError with the line."""
+    users, users_ok = _dense(raw.users, vocab.user_raw_ids)
+    items, items_ok = _dense(raw.items, vocab.item_raw_ids)
+    for ok, ids, what in ((users_ok, raw.users, "user"), (items_ok, raw.items, "item")):
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise DataError(
+                f"{what} id {ids[bad]} is not in the dataset vocabulary",
+                path=raw.path,
+                line=int(raw.lines[bad]),
+            )
+    return Ratings(users=users, items=items, ratings=raw.ratings, timestamps=raw.timestamps)
+
+
+CSV_RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
+CSV_MOVIES_HEADER = ["movieId", "title", "genres"]
+HALF_STAR = RatingRule(low=0.5, high=5.0, step=0.5)
+
+
+def read_movies_csv(path: Path) -> dict[int, str]:
+    """movieId -> title from ``movies.csv`` (quoted commas handled by csv)."""
+    titles: dict[int, str] = {}
+    lines: dict[int, int] = {}
+    for line, fields in iter_csv_records(path, header=CSV_MOVIES_HEADER):
+        if len(fields) != 3:
+            raise DataError(
+                f"expected 3 comma-separated fields (movieId, title, genres), got {len(fields)}",
+                path=path,
+                line=line,
+            )
+        movie = _parse_int(fields[0], "movie id", path, line)
+        if movie in titles:
+            raise DataError(
+                f"duplicate movie id {movie} (also on line {lines[movie]})", path=path, line=line
+            )
+        titles[movie] = fields[1]
+        lines[movie] = line
+    return titles
+
+
+def load_movielens_csv(
+    data_dir: str | Path, *, split: str = "random", seed: int = 0, num_negatives: int = 99
+) -> DatasetSplit:
+    """Load ``ratings.csv`` (+ optional ``movies.csv``) and split it."""
+    if split not in GENERIC_SPLITS:
+        raise DataError(
+            f"unknown split {split!r} for movielens-csv; expected one of {GENERIC_SPLITS}"
+        )
+    root = require_dir(data_dir)
+    ratings_path = root / "ratings.csv"
+    raw = parse_rating_records(
+        iter_csv_records(require_file(ratings_path), header=CSV_RATINGS_HEADER),
+        ratings_path,
+        HALF_STAR,
+        separator_name="comma",
+    )
+    movies_path = root / "movies.csv"
+    titles = read_movies_csv(movies_path) if movies_path.is_file() else None
+    vocab = build_vocabulary(raw, titles)
+    return split_all_ratings(
+        "movielens-csv",
+        vocab,
+        encode_ratings(raw, vocab),
+        split=split,
+        seed=seed,
+        num_negatives=num_negatives,
+        rating_scale=(HALF_STAR.low, HALF_STAR.high),
+    )

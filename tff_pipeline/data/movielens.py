@@ -1,0 +1,152 @@
+"""MovieLens-100K loader (official u1..u5/ua/ub splits, random and leave-one-out).
+
+The vocabulary is always built from ``u.data`` + ``u.item`` so dense indices
+are identical across splits, which keeps checkpoints and TFLite exports
+comparable between experiments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .csv_format import (
+    RatingRule,
+    RawRatings,
+    build_vocabulary,
+    encode_ratings,
+    iter_tab_records,
+    parse_rating_records,
+    require_dir,
+    require_file,
+)
+from .errors import DataError
+from .splits import GENERIC_SPLITS, ranking_task, split_all_ratings
+from .types import DatasetSplit, Ratings, Vocabulary
+
+__all__ = ["load_ml100k", "ML100K_SPLITS", "OFFICIAL_SPLITS"]
+
+OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+ML100K_SPLITS = OFFICIAL_SPLITS + GENERIC_SPLITS
+INTEGER_STARS = RatingRule(low=1.0, high=5.0, step=1.0)
+RATING_SCALE = (1.0, 5.0)
+
+
+def _read_ratings(path: Path) -> RawRatings:
+    return parse_rating_records(
+        iter_tab_records(require_file(path)), path, INTEGER_STARS, separator_name="tab"
+    )
+
+
+def _read_titles(path: Path) -> dict[int, str] | None:
+    """item id -> title from pipe-separated latin-1 ``u.item``; None if absent."""
+    if not path.is_file():
+        return None
+    titles: dict[int, str] = {}
+    lines: dict[int, int] = {}
+    for line, fields in iter_tab_records(path, delimiter="|"):
+        if len(fields) < 2:
+            raise DataError(
+                f"expected at least 2 '|'-separated fields (id, title), got {len(fields)}",
+                path=path,
+                line=line,
+            )
+        try:
+            item = int(fields[0])
+        except ValueError:
+            raise DataError(
+                f"item id {fields[0]!r} is not an integer", path=path, line=line
+            ) from None
+        if item in titles:
+            raise DataError(
+                f"duplicate item id {item} (also on line {lines[item]})", path=path, line=line
+            )
+        titles[item] = fields[1]
+        lines[item] = line
+    return titles
+
+
+def _row_keys(raw: RawRatings) -> list[tuple[int, int, float, int]]:
+    return list(
+        zip(raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist())
+    )
+
+
+def _check_subset(part: RawRatings, full: RawRatings) -> None:
+    """Every row of an official split file must be a row of u.data."""
+    known = set(_row_keys(full))
+    for key, line in zip(_row_keys(part), part.lines.tolist()):
+        if key not in known:
+            user, item, rating, stamp = key
+            raise DataError(
+                f"rating (user {user}, item {item}, rating {rating:g}, timestamp {stamp}) "
+                f"is not in {full.path.name}",
+                path=part.path,
+                line=line,
+            )
+
+
+def _check_disjoint(train: RawRatings, test: RawRatings) -> None:
+    """A (user, item) pair in both files would leak test labels into training."""
+    train_lines = dict(zip(zip(train.users.tolist(), train.items.tolist()), train.lines.tolist()))
+    for pair, line in zip(zip(test.users.tolist(), test.items.tolist()), test.lines.tolist()):
+        if pair in train_lines:
+            raise DataError(
+                f"user {pair[0]} item {pair[1]} is also in {train.path.name} "
+                f"line {train_lines[pair]} (train/test leakage)",
+                path=test.path,
+                line=line,
+            )
+
+
+def _official_split(
+    root: Path,
+    split: str,
+    full: RawRatings,
+    vocab: Vocabulary,
+    all_ratings: Ratings,
+    seed: int,
+    num_negatives: int,
+) -> DatasetSplit:
+    train_raw = _read_ratings(root / f"{split}.base")
+    test_raw = _read_ratings(root / f"{split}.test")
+    for part in (train_raw, test_raw):
+        _check_subset(part, full)
+    _check_disjoint(train_raw, test_raw)
+    train = encode_ratings(train_raw, vocab)
+    test = encode_ratings(test_raw, vocab)
+    ranking = ranking_task(
+        test, all_ratings, vocab.num_items, num_negatives=num_negatives, seed=seed
+    )
+    return DatasetSplit(
+        name=f"ml-100k/{split}",
+        vocab=vocab,
+        train=train,
+        test=test,
+        ranking=ranking,
+        rating_scale=RATING_SCALE,
+    )
+
+
+def load_ml100k(
+    data_dir: str | Path, *, split: str = "u1", seed: int = 0, num_negatives: int = 99
+) -> DatasetSplit:
+    """Load MovieLens-100K from the unpacked ``ml-100k`` directory."""
+    if split not in ML100K_SPLITS:
+        raise DataError(f"unknown split {split!r} for ml-100k; expected one of {ML100K_SPLITS}")
+    root = require_dir(data_dir)
+    full = _read_ratings(root / "u.data")
+    vocab = build_vocabulary(full, _read_titles(root / "u.item"))
+    all_ratings = encode_ratings(full, vocab)
+    if split in GENERIC_SPLITS:
+        return split_all_ratings(
+            "ml-100k",
+            vocab,
+            all_ratings,
+            split=split,
+            seed=seed,
+            num_negatives=num_negatives,
+            rating_scale=RATING_SCALE,
+        )
+    return _official_split(root, split, full, vocab, all_ratings, seed, num_negatives)

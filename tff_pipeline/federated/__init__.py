@@ -1,0 +1,1 @@
+"""Federated training as TFF computations: client work, aggregation, the learning process."""

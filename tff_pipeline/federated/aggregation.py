@@ -1,0 +1,59 @@
+"""Model-update aggregators: plain example-weighted mean, or DP with fixed/adaptive clipping.
+
+DP aggregators are *unweighted*: bounded per-user sensitivity requires that no device's weight
+depend on its data size, so under DP each device's clipped delta counts once (DP-FedAvg,
+McMahan et al. 2018) and the sum is divided by the expected cohort size. The plain mean is the
+FedAvg formula, weighted by example count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import tensorflow_federated as tff
+
+
+class AggregatorKind(str, enum.Enum):
+    MEAN = "none"
+    DP_FIXED = "fixed"
+    DP_ADAPTIVE = "adaptive"
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorConfig:
+    kind: AggregatorKind = AggregatorKind.MEAN
+    noise_multiplier: float = 0.0
+    clip: float = 0.5  # fixed clip, or the initial clip when adaptive
+    expected_clients_per_round: float = 10.0
+    target_unclipped_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+
+    @property
+    def is_private(self) -> bool:
+        return self.kind is not AggregatorKind.MEAN
+
+
+def build_aggregator(config: AggregatorConfig) -> tff.aggregators.WeightedAggregationFactory:
+    """The weighted aggregation factory the learning process composes."""
+    if config.kind is AggregatorKind.MEAN:
+        return tff.aggregators.MeanFactory()
+    if config.noise_multiplier < 0 or config.clip <= 0:
+        raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
+    clients = config.expected_clients_per_round
+    if config.kind is AggregatorKind.DP_FIXED:
+        factory = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=config.noise_multiplier, clients_per_round=clients, clip=config.clip
+        )
+    else:
+        factory = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+            noise_multiplier=config.noise_multiplier,
+            clients_per_round=clients,
+            initial_l2_norm_clip=config.clip,
+            target_unclipped_quantile=config.target_unclipped_quantile,
+            learning_rate=config.clip_learning_rate,
+            # The clipped-count estimate is noised too; the factory charges its noise to the
+            # total noise multiplier (see tff.aggregators.DifferentiallyPrivateFactory).
+            clipped_count_stddev=0.05 * clients if config.noise_multiplier < 1.0 else None,
+        )
+    return tff.aggregators.as_weighted_aggregator(factory)

@@ -1,0 +1,242 @@
+"""The partially-local matrix-factorization model: one definition for every path.
+
+    prediction(u, i) = global_mean + user_bias[u] + item_bias[i] + <user_embedding[u], item_embedding[i]>
+
+The *global* parameters (item embeddings, item biases, global mean) are shared and learned
+federatedly. The *local* parameters (one user's embedding and bias) live on that user's device
+only; they are reconstructed there from the device's own ratings (FedRecon, Singhal et al. 2021)
+and are never sent anywhere.
+
+Everything here is plain TensorFlow math with hand-written gradients and no `tf.GradientTape`,
+so the same functions convert to TensorFlow Lite with builtin ops only (see the export issue):
+GATHER, MUL, SUM, ADD, SCATTER_ND and friends. The local reconstruction is an exact ridge
+regression solved by a fixed number of conjugate-gradient iterations (d + 1 of them), which is
+deterministic, exact up to float error and needs no matrix-inverse op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and the hyperparameters of the local work a device does."""
+
+    num_items: int
+    dim: int = 16
+    init_stddev: float = 0.1
+    initial_global_mean: float = 3.5
+    # Ridge penalty of the on-device user fit (embedding and bias).
+    user_l2: float = 5.0
+    user_bias_l2: float = 5.0
+    # Local training of the global item parameters on one device.
+    item_l2: float = 0.02
+    local_steps: int = 5
+    local_learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.num_items <= 0 or self.dim < 0:
+            raise ValueError(f"num_items must be > 0 and dim >= 0, got {self.num_items}, {self.dim}")
+        if self.local_steps < 0:
+            raise ValueError(f"local_steps must be >= 0, got {self.local_steps}")
+
+
+class GlobalParams(NamedTuple):
+    """Shared parameters: the only ones that take part in aggregation."""
+
+    item_embeddings: tf.Tensor  # [num_items, dim]
+    item_bias: tf.Tensor  # [num_items]
+    global_mean: tf.Tensor  # []
+
+
+class UserParams(NamedTuple):
+    """Local parameters: never leave the device."""
+
+    embedding: tf.Tensor  # [dim] (or [batch, dim] in batched evaluation)
+    bias: tf.Tensor  # [] (or [batch])
+
+
+def initial_global_params(config: ModelConfig, *, seed: int) -> GlobalParams:
+    """Deterministic initial global parameters (numpy RNG, so they do not depend on TF state)."""
+    rng = np.random.default_rng(seed)
+    return GlobalParams(
+        item_embeddings=tf.constant(
+            rng.normal(0.0, config.init_stddev, (config.num_items, config.dim)), tf.float32
+        ),
+        item_bias=tf.zeros([config.num_items], tf.float32),
+        global_mean=tf.constant(config.initial_global_mean, tf.float32),
+    )
+
+
+def predict(params: GlobalParams, user: UserParams, item_ids: tf.Tensor) -> tf.Tensor:
+    """Predicted ratings of one user for `item_ids` (int32 [n])."""
+    item_vectors = tf.gather(params.item_embeddings, item_ids)
+    item_bias = tf.gather(params.item_bias, item_ids)
+    interaction = tf.reduce_sum(item_vectors * user.embedding[tf.newaxis, :], axis=1)
+    return params.global_mean + user.bias + item_bias + interaction
+
+
+def _user_design(params: GlobalParams, item_ids: tf.Tensor) -> tf.Tensor:
+    """Rows [item_embedding, 1]: the regressors of the user's ridge problem."""
+    item_vectors = tf.gather(params.item_embeddings, item_ids)
+    ones = tf.ones_like(item_vectors[:, :1])
+    return tf.concat([item_vectors, ones], axis=1)
+
+
+def _ridge_penalty(config: ModelConfig) -> tf.Tensor:
+    return tf.constant([config.user_l2] * config.dim + [config.user_bias_l2], tf.float32)
+
+
+def solve_spd(matrix: tf.Tensor, rhs: tf.Tensor, iterations: int) -> tf.Tensor:
+    """Conjugate gradient for symmetric positive-definite systems, batched over leading dims.
+
+    `matrix` [..., k, k], `rhs` [..., k]. With `iterations = k` it is exact in exact arithmetic.
+    Written with multiply/sum only (no matmul-with-reshape, no matrix inverse) so it converts to
+    builtin TFLite ops.
+    """
+
+    def matvec(vector: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(matrix * vector[..., tf.newaxis, :], axis=-1)
+
+    solution = tf.zeros_like(rhs)
+    residual = rhs
+    direction = rhs
+    residual_sq = tf.reduce_sum(residual * residual, axis=-1, keepdims=True)
+    tiny = tf.constant(1e-20, rhs.dtype)
+    for _ in range(iterations):
+        image = matvec(direction)
+        curvature = tf.reduce_sum(direction * image, axis=-1, keepdims=True)
+        step = residual_sq / tf.maximum(curvature, tiny)
+        solution = solution + step * direction
+        residual = residual - step * image
+        new_residual_sq = tf.reduce_sum(residual * residual, axis=-1, keepdims=True)
+        direction = residual + (new_residual_sq / tf.maximum(residual_sq, tiny)) * direction
+        residual_sq = new_residual_sq
+    return solution
+
+
+def fit_user(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, config: ModelConfig
+) -> UserParams:
+    """Reconstruct one user's local parameters from their own ratings (exact ridge fit).
+
+    Minimises sum_j (r_j - mu - b_i(j) - <u, v_i(j)> - b_u)^2 + user_l2 |u|^2 + user_bias_l2 b_u^2
+    with the global parameters frozen. A user with no ratings gets zeros.
+    """
+    design = _user_design(params, item_ids)  # [n, d+1]
+    target = ratings - params.global_mean - tf.gather(params.item_bias, item_ids)
+    gram = tf.reduce_sum(design[:, :, tf.newaxis] * design[:, tf.newaxis, :], axis=0)
+    gram = gram + tf.linalg.diag(_ridge_penalty(config))
+    rhs = tf.reduce_sum(design * target[:, tf.newaxis], axis=0)
+    weights = solve_spd(gram, rhs, iterations=config.dim + 1)
+    return UserParams(embedding=weights[: config.dim], bias=weights[config.dim])
+
+
+def fit_users_batched(
+    params: GlobalParams,
+    user_ids: tf.Tensor,
+    item_ids: tf.Tensor,
+    ratings: tf.Tensor,
+    num_users: int,
+    config: ModelConfig,
+) -> UserParams:
+    """`fit_user` for every user at once (same ridge problem, same solver); used in evaluation."""
+    design = _user_design(params, item_ids)
+    target = ratings - params.global_mean - tf.gather(params.item_bias, item_ids)
+    outer = design[:, :, tf.newaxis] * design[:, tf.newaxis, :]
+    gram = tf.math.unsorted_segment_sum(outer, user_ids, num_users)
+    gram = gram + tf.linalg.diag(_ridge_penalty(config))[tf.newaxis]
+    rhs = tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], user_ids, num_users)
+    weights = solve_spd(gram, rhs, iterations=config.dim + 1)
+    return UserParams(embedding=weights[:, : config.dim], bias=weights[:, config.dim])
+
+
+class ItemGradients(NamedTuple):
+    """Gradients of the device's loss w.r.t. the global rows it touches (hand-written)."""
+
+    item_embeddings: tf.Tensor  # [n, dim], row j belongs to item_ids[j]
+    item_bias: tf.Tensor  # [n]
+    global_mean: tf.Tensor  # []
+    loss: tf.Tensor  # [] mean squared error before the step
+
+
+def item_gradients(
+    item_vectors: tf.Tensor,
+    item_bias: tf.Tensor,
+    global_mean: tf.Tensor,
+    user: UserParams,
+    ratings: tf.Tensor,
+    item_l2: float,
+) -> ItemGradients:
+    """Gradient of L = 1/2 sum_j e_j^2 + item_l2/2 sum_j |v_j|^2 (sum over the device's ratings).
+
+    Per-row gradients do not depend on how many ratings the user has (each item appears once),
+    while the global-mean gradient is averaged so that its scale matches a single row's.
+    """
+    predictions = (
+        global_mean + user.bias + item_bias
+        + tf.reduce_sum(item_vectors * user.embedding[tf.newaxis, :], axis=1)
+    )
+    errors = predictions - ratings
+    return ItemGradients(
+        item_embeddings=errors[:, tf.newaxis] * user.embedding[tf.newaxis, :]
+        + item_l2 * item_vectors,
+        item_bias=errors,
+        global_mean=tf.reduce_mean(errors),
+        loss=tf.reduce_mean(errors * errors),
+    )
+
+
+class ClientOutput(NamedTuple):
+    """What one device's local work produces. Only `delta` and `num_examples` may be uploaded."""
+
+    delta: GlobalParams  # new - old global params (dense, zeros for untouched items)
+    num_examples: tf.Tensor  # float32 []
+    user: UserParams  # stays on the device
+    loss_before: tf.Tensor  # mean squared error after reconstruction, before local training
+
+
+def client_update(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, config: ModelConfig
+) -> ClientOutput:
+    """The local work of one device in one federated round (FedRecon style).
+
+    1. Reconstruct the user's own parameters with the global ones frozen (exact ridge fit).
+    2. With the user's parameters frozen, take `local_steps` full-batch gradient steps on the
+       global rows of the items this user rated (and the global mean).
+    3. Return the change of the global parameters as a dense delta.
+    Items must be unique within one device's ratings (the data loaders guarantee it).
+    """
+    user = fit_user(params, item_ids, ratings, config)
+    item_vectors = tf.gather(params.item_embeddings, item_ids)
+    item_bias = tf.gather(params.item_bias, item_ids)
+    global_mean = params.global_mean
+    loss_before = tf.constant(0.0)
+    lr = config.local_learning_rate
+    for step in range(config.local_steps):
+        grads = item_gradients(item_vectors, item_bias, global_mean, user, ratings, config.item_l2)
+        if step == 0:
+            loss_before = grads.loss
+        item_vectors = item_vectors - lr * grads.item_embeddings
+        item_bias = item_bias - lr * grads.item_bias
+        global_mean = global_mean - lr * grads.global_mean
+    indices = item_ids[:, tf.newaxis]
+    embeddings_delta = tf.scatter_nd(
+        indices,
+        item_vectors - tf.gather(params.item_embeddings, item_ids),
+        tf.shape(params.item_embeddings),
+    )
+    bias_delta = tf.scatter_nd(
+        indices, item_bias - tf.gather(params.item_bias, item_ids), tf.shape(params.item_bias)
+    )
+    return ClientOutput(
+        delta=GlobalParams(embeddings_delta, bias_delta, global_mean - params.global_mean),
+        num_examples=tf.cast(tf.size(ratings), tf.float32),
+        user=user,
+        loss_before=loss_before,
+    )

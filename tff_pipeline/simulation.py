@@ -1,0 +1,227 @@
+"""The federated training run: sample cohorts, run TFF rounds, account privacy, evaluate,
+checkpoint every round, and assemble the report (with baselines computed on the same split)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tff_pipeline import baselines, centralized, checkpoint, model, personalized_eval
+from tff_pipeline.config import SimulationConfig
+from tff_pipeline.data import DatasetSplit, group_by_user
+from tff_pipeline.federated import client_work, process, sampling
+from tff_pipeline.privacy import accounting
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+    """Noise multiplier, sampling rate and the number of rounds the budget allows."""
+
+    noise_multiplier: float
+    sampling_rate: float
+    rounds: int
+    how: str  # how the plan was made, for the report
+
+
+def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
+    """Decide (z, q, T). --target-epsilon alone calibrates z up front for config.rounds rounds;
+    with --noise-multiplier too, training stops at the last round that stays within budget."""
+    q = min(1.0, config.clients_per_round / num_clients)
+    if not config.private:
+        return PrivacyPlan(0.0, q, config.rounds, "non-private")
+    accounting.validate_delta(config.delta, num_clients)
+    if config.noise_multiplier is None and config.target_epsilon is None:
+        raise ValueError("--dp needs --noise-multiplier or --target-epsilon (or both)")
+    if config.noise_multiplier is None:
+        z = accounting.calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon, sampling_rate=q, rounds=config.rounds, delta=config.delta
+        )
+        return PrivacyPlan(z, q, config.rounds, f"noise calibrated (RDP) to epsilon {config.target_epsilon} over {config.rounds} rounds")
+    z = config.noise_multiplier
+    if config.target_epsilon is None:
+        return PrivacyPlan(z, q, config.rounds, "fixed noise multiplier, no budget")
+    rounds = accounting.max_rounds_within(
+        target_epsilon=config.target_epsilon, noise_multiplier=z, sampling_rate=q,
+        delta=config.delta, limit=config.rounds,
+    )
+    if rounds == 0:
+        raise ValueError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
+    return PrivacyPlan(z, q, rounds, f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} (RDP)")
+
+
+class ClientPopulation:
+    """Per-user client datasets, built once and on demand."""
+
+    def __init__(self, split: DatasetSplit) -> None:
+        self._arrays = group_by_user(split.train, split.num_users)
+        self.client_ids = np.array([u for u, (items, _) in enumerate(self._arrays) if len(items)], np.int64)
+        self._cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    def datasets(self, positions: np.ndarray) -> list[Any]:
+        result = []
+        for position in positions:
+            user = int(self.client_ids[position])
+            if user not in self._cache:
+                self._cache[user] = client_work.client_dataset(*self._arrays[user])
+            result.append(self._cache[user])
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    report: dict[str, Any]
+    params: model.GlobalParams  # final global parameters (the server's model)
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def run(
+    config: SimulationConfig,
+    split: DatasetSplit,
+    *,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """Train, evaluate, and return the report and the final global parameters."""
+    population = ClientPopulation(split)
+    plan = plan_privacy(config, len(population))
+    model_config = config.model_config(split.num_items)
+    learning_process = process.build_fedrec_process(
+        model_config,
+        aggregator=config.aggregator_config(
+            noise_multiplier=plan.noise_multiplier, expected_clients=plan.sampling_rate * len(population)
+        ),
+        server_optimizer=config.server_optimizer_config(),
+        seed=config.seed,
+    )
+    state = learning_process.initialize()
+    start_round, history, train_seconds = 0, [], 0.0
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            saved = SimulationConfig.from_dict(json.loads((out_dir / CONFIG_FILE).read_text()))
+            if saved != config:
+                raise ValueError(f"--resume: config differs from the one saved in {out_dir / CONFIG_FILE}")
+            start_round, state, meta = checkpoint.load(out_dir / CHECKPOINT_DIR, structure=state)
+            history, train_seconds = meta["history"], meta["train_seconds"]
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    if on_start:
+        on_start(start_round, plan.rounds)
+
+    for round_num in range(start_round + 1, plan.rounds + 1):
+        if config.private:
+            cohort = sampling.poisson_cohort(
+                num_clients=len(population), sampling_rate=plan.sampling_rate,
+                seed=config.seed, round_num=round_num,
+            )
+        else:
+            cohort = sampling.uniform_cohort(
+                num_clients=len(population), cohort_size=config.clients_per_round,
+                seed=config.seed, round_num=round_num,
+            )
+        started = time.perf_counter()
+        if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
+            output = learning_process.next(state, population.datasets(cohort))
+            state = output.state
+            metrics = output.metrics
+        else:
+            metrics = {}
+        train_seconds += time.perf_counter() - started
+        row: dict[str, Any] = {"round": round_num, "cohort": int(len(cohort)), "train_seconds": train_seconds}
+        clip = metrics.get("aggregator", {}).get("dp_query_metrics", {}).get("clip") if metrics else None
+        row["clip"] = float(clip) if clip is not None else None
+        if config.private:
+            row["epsilon_rdp"] = accounting.epsilon_rdp(plan.noise_multiplier, plan.sampling_rate, round_num, config.delta)
+        if round_num % config.eval_every == 0 or round_num == plan.rounds:
+            row.update(_evaluate(learning_process, state, split, model_config))
+        history.append(row)
+        if out_dir is not None:
+            checkpoint.save(
+                out_dir / CHECKPOINT_DIR, round_num=round_num, state=state,
+                meta={"history": history, "train_seconds": train_seconds},
+            )
+        if on_round:
+            on_round(row)
+
+    final = _evaluate(learning_process, state, split, model_config)
+    report = _assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
+    return RunResult(report=report, params=_global_params(learning_process, state))
+
+
+def _global_params(learning_process, state) -> model.GlobalParams:
+    weights = learning_process.get_model_weights(state)
+    return model.GlobalParams(*(np.asarray(x) for x in weights.trainable))
+
+
+def _evaluate(learning_process, state, split, model_config) -> dict[str, float | None]:
+    return personalized_eval.evaluate_global_model(_global_params(learning_process, state), split, model_config)
+
+
+def _assemble_report(
+    config: SimulationConfig,
+    split: DatasetSplit,
+    plan: PrivacyPlan,
+    final: dict[str, float | None],
+    history: list[dict[str, Any]],
+    train_seconds: float,
+    num_clients: int,
+    model_config: model.ModelConfig,
+) -> dict[str, Any]:
+    rounds_done = len(history) and history[-1]["round"]
+    seconds_per_round = train_seconds / max(1, len(history))
+    report: dict[str, Any] = {
+        "config": config.to_dict(),
+        "data": {
+            "name": split.name, "num_users": split.num_users, "num_items": split.num_items,
+            "num_clients": num_clients, "train_ratings": len(split.train), "test_ratings": len(split.test),
+            "ranking_users": len(split.ranking.users),
+        },
+        "final": final,
+        "baselines": {"centralized": None, "biases": None, "global_mean": None, "local_only": None, "popularity": None},
+        "privacy": {
+            "epsilon_rdp": None, "epsilon_pld": None, "delta": config.delta if config.private else None,
+            "noise_multiplier": plan.noise_multiplier if config.private else None,
+            "sampling_rate": plan.sampling_rate, "rounds": rounds_done, "plan": plan.how,
+            "sampling": "poisson" if config.private else "uniform fixed-size (no DP)",
+        },
+        "timing": {
+            "seconds_total": train_seconds, "seconds_per_round": seconds_per_round,
+            # Rounds that together touch every client once in expectation.
+            "federated_pass_seconds": seconds_per_round * num_clients / max(1e-9, plan.sampling_rate * num_clients),
+            "centralized_epoch_seconds": None,
+        },
+        "history": history,
+    }
+    if config.private:
+        spent = accounting.privacy_spent(
+            noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate,
+            rounds=rounds_done, delta=config.delta,
+        )
+        report["privacy"]["epsilon_rdp"] = spent.epsilon_rdp
+        report["privacy"]["epsilon_pld"] = spent.epsilon_pld
+    if config.baselines:
+        report["baselines"].update(baselines.all_simple_baselines(split))
+        reference = centralized.train_centralized(
+            split, model_config, epochs=config.centralized_epochs, item_l2=config.user_l2, seed=config.seed
+        )
+        report["baselines"]["centralized"] = personalized_eval.evaluate_global_model(
+            reference.params, split, model_config
+        )
+        # The first epoch includes tracing; report the median of the others.
+        steady = reference.epoch_seconds[1:] or reference.epoch_seconds
+        report["timing"]["centralized_epoch_seconds"] = float(np.median(steady))
+    return report
