@@ -25,6 +25,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=defaults.dim, help="embedding dimension")
     p.add_argument("--user-l2", type=float, default=defaults.user_l2)
     p.add_argument("--item-l2", type=float, default=defaults.item_l2)
+    p.add_argument("--item-bias-l2", type=float, default=defaults.item_bias_l2)
     p.add_argument("--local-steps", type=int, default=defaults.local_steps)
     p.add_argument("--local-lr", dest="local_learning_rate", type=float, default=defaults.local_learning_rate)
     p.add_argument("--server-optimizer", default=defaults.server_optimizer, choices=["sgdm", "adam"])

@@ -25,6 +25,7 @@ class SimulationConfig:
     dim: int = 16
     user_l2: float = 10.0
     item_l2: float = 0.02
+    item_bias_l2: float = 0.0
     local_steps: int = 5
     local_learning_rate: float = 0.1
     # Server.
@@ -61,6 +62,7 @@ class SimulationConfig:
             user_l2=self.user_l2,
             user_bias_l2=self.user_l2,
             item_l2=self.item_l2,
+            item_bias_l2=self.item_bias_l2,
             local_steps=self.local_steps,
             local_learning_rate=self.local_learning_rate,
         )

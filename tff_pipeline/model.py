@@ -36,6 +36,7 @@ class ModelConfig:
     user_bias_l2: float = 5.0
     # Local training of the global item parameters on one device.
     item_l2: float = 0.02
+    item_bias_l2: float = 0.0
     local_steps: int = 5
     local_learning_rate: float = 0.05
 
@@ -172,8 +173,10 @@ def item_gradients(
     user: UserParams,
     ratings: tf.Tensor,
     item_l2: float,
+    item_bias_l2: float = 0.0,
 ) -> ItemGradients:
-    """Gradient of L = 1/2 sum_j e_j^2 + item_l2/2 sum_j |v_j|^2 (sum over the device's ratings).
+    """Gradient of L = 1/2 sum_j e_j^2 + item_l2/2 sum_j |v_j|^2 + item_bias_l2/2 sum_j b_j^2
+    (sums over the device's ratings).
 
     Per-row gradients do not depend on how many ratings the user has (each item appears once),
     while the global-mean gradient is averaged so that its scale matches a single row's.
@@ -186,7 +189,7 @@ def item_gradients(
     return ItemGradients(
         item_embeddings=errors[:, tf.newaxis] * user.embedding[tf.newaxis, :]
         + item_l2 * item_vectors,
-        item_bias=errors,
+        item_bias=errors + item_bias_l2 * item_bias,
         global_mean=tf.reduce_mean(errors),
         loss=tf.reduce_mean(errors * errors),
     )
@@ -219,7 +222,9 @@ def client_update(
     loss_before = tf.constant(0.0)
     lr = config.local_learning_rate
     for step in range(config.local_steps):
-        grads = item_gradients(item_vectors, item_bias, global_mean, user, ratings, config.item_l2)
+        grads = item_gradients(
+            item_vectors, item_bias, global_mean, user, ratings, config.item_l2, config.item_bias_l2
+        )
         if step == 0:
             loss_before = grads.loss
         item_vectors = item_vectors - lr * grads.item_embeddings

@@ -1,0 +1,150 @@
+"""Quality/cost benchmark on MovieLens-100K: baselines, centralized MF, federated (non-private),
+and federated with user-level DP at epsilon 1, 4 and 8 (delta 1e-4). Prints one table per fold
+and, with --folds all, the mean of the non-private rows over u1..u5.
+
+    uv run python bench/quality.py                     # split u1
+    uv run python bench/quality.py --folds all         # u1..u5 (DP rows on u1 only unless --dp-all-folds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tff_pipeline import baselines, centralized, personalized_eval, runtime, simulation  # noqa: E402
+from tff_pipeline.config import SimulationConfig  # noqa: E402
+from tff_pipeline.data import load_ml100k  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+METRICS = ("rmse", "mae", "hr@10", "ndcg@10")
+
+
+def federated_config(args: argparse.Namespace, split_name: str) -> SimulationConfig:
+    return SimulationConfig(
+        dataset="ml-100k", data_dir=str(args.data_dir), split=split_name, seed=args.seed,
+        rounds=args.rounds, clients_per_round=args.clients_per_round, eval_every=10**9, baselines=False,
+    )
+
+
+def dp_config(base: SimulationConfig, args: argparse.Namespace, epsilon: float) -> SimulationConfig:
+    return dataclasses.replace(
+        base, dp=args.dp, target_epsilon=epsilon, delta=args.delta, rounds=args.dp_rounds,
+        clients_per_round=args.dp_clients_per_round, clip=args.clip,
+        server_learning_rate=args.dp_server_lr,
+    )
+
+
+def run_fold(args: argparse.Namespace, split_name: str, with_dp: bool) -> list[dict]:
+    split = load_ml100k(args.data_dir, split=split_name, seed=args.seed)
+    rows = []
+
+    def add(name, metrics, rounds=None, seconds=None, extra=""):
+        rows.append({"fold": split_name, "model": name, **{k: metrics.get(k) for k in METRICS},
+                     "rounds": rounds, "seconds": seconds, "note": extra})
+
+    for name, fn in (("global mean", baselines.global_mean), ("local-only", baselines.local_only),
+                     ("user+item biases", baselines.biases), ("popularity", baselines.popularity)):
+        start = time.perf_counter()
+        add(name, fn(split), seconds=time.perf_counter() - start)
+
+    base = federated_config(args, split_name)
+    model_config = base.model_config(split.num_items)
+    start = time.perf_counter()
+    reference = centralized.train_centralized(split, model_config, epochs=args.centralized_epochs, item_l2=base.user_l2)
+    central_seconds = time.perf_counter() - start
+    epoch_seconds = float(np.median(reference.epoch_seconds[1:]))
+    add("centralized MF (ALS)", personalized_eval.evaluate_global_model(reference.params, split, model_config),
+        rounds=args.centralized_epochs, seconds=central_seconds, extra=f"epoch {epoch_seconds:.3f}s")
+
+    start = time.perf_counter()
+    result = simulation.run(base, split)
+    timing = result.report["timing"]
+    ratio = timing["federated_pass_seconds"] / epoch_seconds
+    add("federated (no DP)", result.report["final"], rounds=base.rounds, seconds=time.perf_counter() - start,
+        extra=f"pass {timing['federated_pass_seconds']:.3f}s = {ratio:.1f}x epoch")
+
+    if with_dp:
+        for epsilon in args.epsilons:
+            config = dp_config(base, args, epsilon)
+            start = time.perf_counter()
+            report = simulation.run(config, split).report
+            privacy = report["privacy"]
+            add(f"federated DP eps={epsilon:g}", report["final"], rounds=privacy["rounds"],
+                seconds=time.perf_counter() - start,
+                extra=f"eps rdp {privacy['epsilon_rdp']:.2f} pld {privacy['epsilon_pld']:.2f} z {privacy['noise_multiplier']:.3f}")
+    return rows
+
+
+def fmt(value, digits=4):
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(f"\n### {title}\n")
+    print("| model | RMSE | MAE | HR@10 | NDCG@10 | rounds/epochs | wall s | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | " + " | ".join(fmt(r[k]) for k in METRICS)
+              + f" | {fmt(r['rounds'])} | {fmt(r['seconds'], 1)} | {r['note']} |")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", default="u1", help="u1 (default), a comma list, or 'all' for u1..u5")
+    parser.add_argument("--dp-all-folds", action="store_true", help="also run the DP rows on every fold")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--centralized-epochs", type=int, default=15)
+    parser.add_argument("--dp", default="adaptive", choices=["fixed", "adaptive"])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
+    parser.add_argument("--delta", type=float, default=1e-4)
+    parser.add_argument("--dp-rounds", type=int, default=300)
+    parser.add_argument("--dp-clients-per-round", type=int, default=100)
+    parser.add_argument("--clip", type=float, default=SimulationConfig.clip)
+    parser.add_argument("--dp-server-lr", type=float, default=SimulationConfig.server_learning_rate)
+    parser.add_argument("--json", type=Path, default=None, help="also write all rows here")
+    args = parser.parse_args()
+    if not (args.data_dir / "u.data").exists():
+        print(f"MovieLens-100K not found at {args.data_dir} (its license forbids redistribution; "
+              "pass --data-dir)", file=sys.stderr)
+        return 2
+    folds = ["u1", "u2", "u3", "u4", "u5"] if args.folds == "all" else args.folds.split(",")
+    runtime.install()
+    all_rows = []
+    try:
+        for index, fold in enumerate(folds):
+            rows = run_fold(args, fold, with_dp=index == 0 or args.dp_all_folds)
+            print_table(rows, f"ML-100K {fold}")
+            all_rows += rows
+    finally:
+        runtime.shutdown()
+    if len(folds) > 1:
+        names = [r["model"] for r in all_rows if r["fold"] == folds[0] and "DP" not in r["model"]]
+        mean_rows = []
+        for name in names:
+            rows = [r for r in all_rows if r["model"] == name]
+            mean_rows.append({"model": name, "rounds": rows[0]["rounds"], "note": f"mean of {len(rows)} folds",
+                              "seconds": float(np.mean([r["seconds"] for r in rows])),
+                              **{k: (float(np.mean([r[k] for r in rows])) if rows[0][k] is not None else None) for k in METRICS}})
+        print_table(mean_rows, f"ML-100K mean over {','.join(folds)}")
+    if args.json:
+        args.json.write_text(json.dumps(all_rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
