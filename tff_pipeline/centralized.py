@@ -33,6 +33,7 @@ def fit_items_batched(
     num_items: int,
     item_l2: float,
     item_bias_l2: float,
+    config: model.ModelConfig,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact ridge solve of every item's (embedding, bias) with the users frozen."""
     user_vectors = tf.gather(users.embedding, user_ids)
@@ -43,7 +44,7 @@ def fit_items_batched(
     penalty = tf.constant([item_l2] * dim + [item_bias_l2], tf.float32)
     gram = tf.math.unsorted_segment_sum(outer, item_ids, num_items) + tf.linalg.diag(penalty)
     rhs = tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], item_ids, num_items)
-    solution = model.solve_spd(gram, rhs, iterations=dim + 1)
+    solution = model.solve_ridge_system(gram, rhs, config)
     return solution[:, :dim], solution[:, dim]
 
 
@@ -67,7 +68,7 @@ def train_centralized(
         current = model.GlobalParams(item_embeddings, item_bias, global_mean)
         users = model.fit_users_batched(current, user_ids, item_ids, ratings, split.num_users, config)
         vectors, biases = fit_items_batched(
-            current, users, user_ids, item_ids, ratings, split.num_items, item_l2, item_l2
+            current, users, user_ids, item_ids, ratings, split.num_items, item_l2, item_l2, config
         )
         return vectors, biases
 

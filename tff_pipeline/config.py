@@ -24,13 +24,13 @@ class SimulationConfig:
     # Model and local work.
     dim: int = 16
     user_l2: float = 10.0
-    item_l2: float = 0.02
+    item_l2: float = 0.1
     item_bias_l2: float = 0.0
     local_steps: int = 5
     local_learning_rate: float = 0.1
     # Server.
-    server_optimizer: str = "sgdm"
-    server_learning_rate: float = 1.0
+    server_optimizer: str = "adam"  # adaptive server optimizer (FedAdam, Reddi et al. 2021)
+    server_learning_rate: float = 0.01
     server_momentum: float = 0.9
     # Differential privacy.
     dp: str = "none"  # none | fixed | adaptive

@@ -52,8 +52,10 @@ def build_aggregator(config: AggregatorConfig) -> tff.aggregators.WeightedAggreg
             initial_l2_norm_clip=config.clip,
             target_unclipped_quantile=config.target_unclipped_quantile,
             learning_rate=config.clip_learning_rate,
-            # The clipped-count estimate is noised too; the factory charges its noise to the
-            # total noise multiplier (see tff.aggregators.DifferentiallyPrivateFactory).
-            clipped_count_stddev=0.05 * clients if config.noise_multiplier < 1.0 else None,
+            # The clipped-count estimate is noised too and TFF charges that noise to the total
+            # noise multiplier z: the update noise becomes (z^-2 - (2 s)^-2)^-1/2 for count stddev
+            # s, and z >= 2 s is refused. TFF's default s = 0.05 * cohort breaks for small
+            # cohorts; s >= z keeps the update noise within 1.16 z.
+            clipped_count_stddev=max(0.05 * clients, config.noise_multiplier),
         )
     return tff.aggregators.as_weighted_aggregator(factory)
