@@ -40,6 +40,8 @@ def test_simulate_writes_report_and_leaves_no_worker(tmp_path: Path):
     assert len(rows) == 1 + 4
     assert (out / "report.md").read_text().startswith("# fedrec simulation")
     assert (out / "checkpoints" / "checkpoint.json").exists()
+    vocab = json.loads((out / "vocabulary.json").read_text())
+    assert len(vocab["item_raw_ids"]) == report["data"]["num_items"] == len(vocab["item_titles"])
     assert _worker_binaries() - before == set()
 
 

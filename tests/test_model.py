@@ -266,3 +266,20 @@ def test_one_local_step_is_a_gradient_step_and_lowers_the_loss():
     mu1 = mu0 + float(out.delta.global_mean.numpy())
     after = _numpy_loss(v1, b1, mu1, u, bu, r, config.item_l2, config.item_bias_l2)
     assert after < before - 1e-4
+
+
+def test_bias_only_model_dim_zero_fits_user_bias_and_updates_item_bias():
+    """dim=0 is the biases-only member of the family (useful under strong DP noise)."""
+    config = model.ModelConfig(num_items=6, dim=0, user_bias_l2=1.0, local_steps=2)
+    params = model.GlobalParams(
+        tf.zeros([6, 0]), tf.constant([0.5, -0.5, 0.0, 0.0, 0.0, 0.0]), tf.constant(3.0)
+    )
+    items = tf.constant([0, 1, 2], tf.int32)
+    ratings = tf.constant([4.5, 3.5, 4.0])
+    user = model.fit_user(params, items, ratings, config)
+    # Ridge on residuals (1, 1, 1) with penalty 1: b_u = 3 / (3 + 1).
+    np.testing.assert_allclose(user.bias.numpy(), 0.75, rtol=1e-5)
+    assert user.embedding.shape == (0,)
+    output = model.client_update(params, items, ratings, config)
+    bias_delta = output.delta.item_bias.numpy()
+    assert np.all(bias_delta[:3] > 0) and np.all(bias_delta[3:] == 0)

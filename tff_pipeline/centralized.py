@@ -37,7 +37,7 @@ def fit_items_batched(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact ridge solve of every item's (embedding, bias) with the users frozen."""
     user_vectors = tf.gather(users.embedding, user_ids)
-    design = tf.concat([user_vectors, tf.ones_like(user_vectors[:, :1])], axis=1)
+    design = tf.concat([user_vectors, tf.ones_like(user_ids, tf.float32)[:, tf.newaxis]], axis=1)
     target = ratings - params.global_mean - tf.gather(users.bias, user_ids)
     outer = design[:, :, tf.newaxis] * design[:, tf.newaxis, :]
     dim = int(user_vectors.shape[1])

@@ -108,8 +108,8 @@ def _simulate(args: argparse.Namespace) -> int:
         stop()
         runtime.shutdown()
     if out_dir is not None:
-        reporting.write_outputs(out_dir, result.report, result.params)
-        print(f"wrote {out_dir}/report.json, report.md, metrics.csv, final_model.npz")
+        reporting.write_outputs(out_dir, result.report, result.params, split.vocab)
+        print(f"wrote {out_dir}/report.json, report.md, metrics.csv, final_model.npz, vocabulary.json")
     print(reporting.markdown(result.report))
     return 0
 

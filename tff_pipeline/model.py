@@ -91,7 +91,7 @@ def predict(params: GlobalParams, user: UserParams, item_ids: tf.Tensor) -> tf.T
 def _user_design(params: GlobalParams, item_ids: tf.Tensor) -> tf.Tensor:
     """Rows [item_embedding, 1]: the regressors of the user's ridge problem."""
     item_vectors = tf.gather(params.item_embeddings, item_ids)
-    ones = tf.ones_like(item_vectors[:, :1])
+    ones = tf.ones_like(item_ids, tf.float32)[:, tf.newaxis]  # also right when dim == 0
     return tf.concat([item_vectors, ones], axis=1)
 
 
@@ -244,11 +244,14 @@ def client_update(
         item_bias = item_bias - lr * grads.item_bias
         global_mean = global_mean - lr * grads.global_mean
     indices = item_ids[:, tf.newaxis]
-    embeddings_delta = tf.scatter_nd(
-        indices,
-        item_vectors - tf.gather(params.item_embeddings, item_ids),
-        tf.shape(params.item_embeddings),
-    )
+    if config.dim == 0:  # scatter_nd refuses an empty output shape
+        embeddings_delta = tf.zeros_like(params.item_embeddings)
+    else:
+        embeddings_delta = tf.scatter_nd(
+            indices,
+            item_vectors - tf.gather(params.item_embeddings, item_ids),
+            tf.shape(params.item_embeddings),
+        )
     bias_delta = tf.scatter_nd(
         indices, item_bias - tf.gather(params.item_bias, item_ids), tf.shape(params.item_bias)
     )

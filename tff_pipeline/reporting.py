@@ -1,5 +1,6 @@
 """Run outputs: report.json (machine-readable), report.md (for people), metrics.csv (per round),
-final_model.npz (the global parameters, what the export step reads)."""
+final_model.npz (the global parameters) and vocabulary.json (dense item index -> raw id and
+title), which together are what the export step reads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tff_pipeline import model
+from tff_pipeline.data import Vocabulary
 
 METRIC_KEYS = ("rmse", "mae", "hr@10", "ndcg@10")
 CSV_COLUMNS = ("round", "cohort", "train_seconds", "clip", "epsilon_rdp") + METRIC_KEYS
@@ -59,7 +61,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, report: dict[str, Any], params: model.GlobalParams) -> None:
+def write_outputs(
+    out_dir: Path, report: dict[str, Any], params: model.GlobalParams, vocab: Vocabulary
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown(report))
@@ -74,3 +78,8 @@ def write_outputs(out_dir: Path, report: dict[str, Any], params: model.GlobalPar
         item_bias=np.asarray(params.item_bias),
         global_mean=np.asarray(params.global_mean),
     )
+    items = {
+        "item_raw_ids": [int(x) for x in vocab.item_raw_ids.tolist()],
+        "item_titles": list(vocab.item_titles) if vocab.item_titles is not None else None,
+    }
+    (out_dir / "vocabulary.json").write_text(json.dumps(items))
