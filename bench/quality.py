@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tff_pipeline import baselines, centralized, personalized_eval, runtime, simulation  # noqa: E402
-from tff_pipeline.config import SimulationConfig  # noqa: E402
+from tff_pipeline.config import NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig  # noqa: E402
 from tff_pipeline.data import load_ml100k  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -32,6 +34,7 @@ def federated_config(args: argparse.Namespace, split_name: str) -> SimulationCon
     return SimulationConfig(
         dataset="ml-100k", data_dir=str(args.data_dir), split=split_name, seed=args.seed,
         rounds=args.rounds, clients_per_round=args.clients_per_round, eval_every=10**9, baselines=False,
+        **NON_PRIVATE_PRESET,
     )
 
 
@@ -40,7 +43,7 @@ def dp_config(base: SimulationConfig, args: argparse.Namespace, epsilon: float) 
         base, dp=args.dp, target_epsilon=epsilon, delta=args.delta, rounds=args.dp_rounds,
         clients_per_round=args.dp_clients_per_round, clip=args.clip,
         server_optimizer=args.dp_server_optimizer, server_learning_rate=args.dp_server_lr,
-        server_momentum=args.dp_server_momentum,
+        server_momentum=args.dp_server_momentum, dim=args.dp_dim,
     )
 
 
@@ -99,14 +102,18 @@ def run_fold(args: argparse.Namespace, split_name: str, with_dp: bool) -> list[d
                f"of {base.clients_per_round} = {timing['federated_pass_seconds'] / epoch_seconds:.1f}x"))
 
     if with_dp:
-        for epsilon in args.epsilons:
-            config = dp_config(base, args, epsilon)
+        largest = max(args.epsilons)
+        configs = [dp_config(base, args, epsilon) for epsilon in args.epsilons]
+        # The largest budget spent on smaller models too (0 = biases only).
+        configs += [dataclasses.replace(dp_config(base, args, largest), dim=d) for d in args.dp_extra_dims]
+        for config in configs:
             start = time.perf_counter()
             report = simulation.run(config, split).report
             privacy = report["privacy"]
-            add(f"federated DP eps={epsilon:g}", report["final"], rounds=privacy["rounds"],
-                seconds=time.perf_counter() - start,
-                extra=f"eps rdp {privacy['epsilon_rdp']:.2f} pld {privacy['epsilon_pld']:.2f} z {privacy['noise_multiplier']:.3f}")
+            add(f"federated DP eps={config.target_epsilon:g} d={config.dim}", report["final"],
+                rounds=privacy["rounds"], seconds=time.perf_counter() - start,
+                extra=f"eps rdp {privacy['epsilon_rdp']:.2f} pld {privacy['epsilon_pld']:.2f} "
+                      f"z {privacy['noise_multiplier']:.3f}")
     return rows
 
 
@@ -141,11 +148,13 @@ def main() -> int:
     parser.add_argument("--dp-rounds", type=int, default=300)
     parser.add_argument("--dp-clients-per-round", type=int, default=100)
     parser.add_argument("--clip", type=float, default=SimulationConfig.clip)
-    # Under DP, plain server SGD beat FedAdam and momentum in our sweeps (closing note of issue 2):
-    # Adam moves noise-only coordinates by ~lr every round, momentum integrates the noise.
-    parser.add_argument("--dp-server-optimizer", default="sgdm", choices=["sgdm", "adam"])
-    parser.add_argument("--dp-server-lr", type=float, default=0.3)
-    parser.add_argument("--dp-server-momentum", type=float, default=0.0)
+    # DP rows default to the private preset (tff_pipeline/config.py says why).
+    parser.add_argument("--dp-server-optimizer", default=PRIVATE_PRESET["server_optimizer"], choices=["sgdm", "adam"])
+    parser.add_argument("--dp-server-lr", type=float, default=PRIVATE_PRESET["server_learning_rate"])
+    parser.add_argument("--dp-server-momentum", type=float, default=PRIVATE_PRESET["server_momentum"])
+    parser.add_argument("--dp-dim", type=int, default=PRIVATE_PRESET["dim"])
+    parser.add_argument("--dp-extra-dims", type=int, nargs="*", default=[0],
+                        help="also run the largest epsilon with these dimensions (0 = biases only)")
     parser.add_argument("--json", type=Path, default=None, help="also write all rows here")
     args = parser.parse_args()
     if not (args.data_dir / "u.data").exists():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tff_pipeline.config import SimulationConfig
+from tff_pipeline.config import SimulationConfig, preset
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,15 +23,18 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=defaults.rounds)
     p.add_argument("--clients-per-round", type=int, default=defaults.clients_per_round,
                    help="cohort size (expected size under DP's Poisson sampling)")
-    p.add_argument("--dim", type=int, default=defaults.dim, help="embedding dimension")
+    p.add_argument("--dim", type=int, default=None,
+                   help="embedding dimension (default 16; 2 with --dp); 0 = biases only")
     p.add_argument("--user-l2", type=float, default=defaults.user_l2)
     p.add_argument("--item-l2", type=float, default=defaults.item_l2)
     p.add_argument("--item-bias-l2", type=float, default=defaults.item_bias_l2)
     p.add_argument("--local-steps", type=int, default=defaults.local_steps)
     p.add_argument("--local-lr", dest="local_learning_rate", type=float, default=defaults.local_learning_rate)
-    p.add_argument("--server-optimizer", default=defaults.server_optimizer, choices=["sgdm", "adam"])
-    p.add_argument("--server-lr", dest="server_learning_rate", type=float, default=defaults.server_learning_rate)
-    p.add_argument("--server-momentum", type=float, default=defaults.server_momentum)
+    p.add_argument("--server-optimizer", default=None, choices=["sgdm", "adam"],
+                   help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
+    p.add_argument("--server-lr", dest="server_learning_rate", type=float, default=None,
+                   help="default 0.01 (adam); 0.6 with --dp")
+    p.add_argument("--server-momentum", type=float, default=None, help="default 0.9; 0 with --dp")
     p.add_argument("--dp", default=defaults.dp, choices=["none", "fixed", "adaptive"],
                    help="model aggregator: plain weighted mean, or DP with fixed / adaptive clipping")
     p.add_argument("--noise-multiplier", type=float, default=None)
@@ -49,8 +53,12 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> SimulationConfig:
+    """Flags -> config; flags left unset take the preset of the run's privacy mode."""
     fields = {f.name for f in dataclasses.fields(SimulationConfig)}
-    return SimulationConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    for key, value in preset(args.dp).items():
+        values.setdefault(key, value)
+    return SimulationConfig(**values)
 
 
 def _progress_callbacks(enabled: bool):
@@ -115,6 +123,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
     parser = argparse.ArgumentParser(prog="fedrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
