@@ -172,7 +172,7 @@ def main() -> int:
     finally:
         runtime.shutdown()
     if len(folds) > 1:
-        names = [r["model"] for r in all_rows if r["fold"] == folds[0] and "DP" not in r["model"]]
+        names = [r["model"] for r in all_rows if r["fold"] == folds[0] and not r["model"].startswith("federated DP")]
         mean_rows = []
         for name in names:
             rows = [r for r in all_rows if r["model"] == name]

