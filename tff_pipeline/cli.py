@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+# Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from tff_pipeline.config import SimulationConfig, preset
 
 
@@ -124,7 +127,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
     parser = argparse.ArgumentParser(prog="fedrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)

@@ -38,7 +38,7 @@ class SimulationConfig:
     data_dir: str | None = None
     split: str | None = None
     seed: int = 0
-    rounds: int = 100
+    rounds: int = 300
     clients_per_round: int = 50
     # Model and local work.
     dim: int = 16
