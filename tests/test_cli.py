@@ -11,7 +11,7 @@ REQUIRED_BASELINES = {"centralized", "biases", "global_mean", "local_only", "pop
 
 
 def _worker_binaries() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "tensorflow_federated/data/worker_binary"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "^[^ ]*/data/worker_binary "], capture_output=True, text=True)
     return {int(pid) for pid in out.stdout.split()}
 
 
