@@ -73,7 +73,7 @@ class ClientPopulation:
         for position in positions:
             user = int(self.client_ids[position])
             if user not in self._cache:
-                self._cache[user] = client_work.client_dataset(*self._arrays[user])
+                self._cache[user] = client_work.client_data(*self._arrays[user])
             result.append(self._cache[user])
         return result
 

@@ -1,9 +1,16 @@
-"""Client work: what a device computes in one round, as a `tff.learning` ClientWorkProcess.
+"""Client work: what a device computes in one round, as TFF computations.
 
-Input: the broadcast global weights and the device's dataset (a sequence of rating batches).
-Output: the delta of the global weights and the example count (the FedAvg weight). The user's own
-parameters are reconstructed inside the TF computation and dropped there: they are not part of
-the computation's result type, so nothing downstream (aggregator, server) can ever see them.
+Input: the broadcast global weights and the device's ratings (one struct of two tensors: every
+rating the device holds; the local work is full-batch). Output: the delta of the global weights
+and the example count (the FedAvg weight). The user's own parameters are reconstructed inside
+the TF computation and dropped there: they are not part of the computation's result type, so
+nothing downstream (aggregator, server) can ever see them.
+
+Client data are tensors rather than `tf.data` sequences: measured on ML-100K, a round over all
+943 clients took 1.24-1.30 s with per-client datasets and 0.66 s with tensors, the difference
+being TFF's per-client dataset serialization. (This is also why the process is composed in
+`process.py` rather than by `compose_learning_process`, whose ClientWorkProcess requires
+sequences.)
 """
 
 from __future__ import annotations
@@ -16,15 +23,11 @@ import tensorflow_federated as tff
 
 from tff_pipeline import model
 
-# Single batch large enough to hold any user's ratings: client work runs full-batch.
-_ALL_RATINGS = 1 << 30
-
-RATINGS_ELEMENT_TYPE = tff.types.to_type(
+CLIENT_DATA_TYPE = tff.types.to_type(
     collections.OrderedDict(
         item_ids=tff.TensorType(np.int32, [None]), ratings=tff.TensorType(np.float32, [None])
     )
 )
-CLIENT_DATA_TYPE = tff.SequenceType(RATINGS_ELEMENT_TYPE)
 
 
 def global_weights_type(config: model.ModelConfig) -> tff.Type:
@@ -41,18 +44,13 @@ def global_weights_type(config: model.ModelConfig) -> tff.Type:
     )
 
 
-def _as_params(trainable) -> model.GlobalParams:
-    return model.GlobalParams(*trainable)
-
-
 def build_client_update(config: model.ModelConfig) -> tff.Computation:
-    """TF computation: (global weights, dataset) -> ClientResult(delta, example count)."""
+    """TF computation: (global weights, device ratings) -> ClientResult(update, example count)."""
 
     @tff.tensorflow.computation(global_weights_type(config), CLIENT_DATA_TYPE)
-    def client_update(weights, dataset):
-        batch = dataset.unbatch().batch(_ALL_RATINGS).get_single_element()
+    def client_update(weights, data):
         output = model.client_update(
-            _as_params(weights.trainable), batch["item_ids"], batch["ratings"], config
+            model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], config
         )
         # TFF convention: the update is a pseudo-gradient (old - new), which the server
         # optimizer then subtracts.
@@ -63,33 +61,25 @@ def build_client_update(config: model.ModelConfig) -> tff.Computation:
     return client_update
 
 
-def build_client_work(config: model.ModelConfig) -> tff.learning.templates.ClientWorkProcess:
-    """Stateless client work process around `build_client_update`."""
-    client_update = build_client_update(config)
-    weights_type = global_weights_type(config)
+def build_client_work(config: model.ModelConfig) -> tff.Computation:
+    """Federated computation: weights@CLIENTS, data@CLIENTS -> ClientResult@CLIENTS.
 
-    @tff.federated_computation
-    def initialize():
-        return tff.federated_value((), tff.SERVER)
+    No client-side metrics: under user-level DP every released statistic would need noise.
+    """
+    client_update = build_client_update(config)
 
     @tff.federated_computation(
-        tff.FederatedType((), tff.SERVER),
-        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(global_weights_type(config), tff.CLIENTS),
         tff.FederatedType(CLIENT_DATA_TYPE, tff.CLIENTS),
     )
-    def next_fn(state, weights, client_data):
-        results = tff.federated_map(client_update, (weights, client_data))
-        # No client-side metrics: under user-level DP every released statistic would need noise.
-        measurements = tff.federated_value((), tff.SERVER)
-        return tff.templates.MeasuredProcessOutput(state, results, measurements)
+    def client_work(weights, client_data):
+        return tff.federated_map(client_update, (weights, client_data))
 
-    return tff.learning.templates.ClientWorkProcess(initialize, next_fn)
+    return client_work
 
 
-def client_dataset(item_ids, ratings) -> tf.data.Dataset:
-    """One device's ratings as the dataset the client work consumes."""
-    return tf.data.Dataset.from_tensor_slices(
-        collections.OrderedDict(
-            item_ids=tf.constant(item_ids, tf.int32), ratings=tf.constant(ratings, tf.float32)
-        )
-    ).batch(_ALL_RATINGS)
+def client_data(item_ids, ratings) -> collections.OrderedDict:
+    """One device's ratings in the form the client work consumes."""
+    return collections.OrderedDict(
+        item_ids=np.asarray(item_ids, np.int32), ratings=np.asarray(ratings, np.float32)
+    )

@@ -10,6 +10,7 @@ client work computation.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -58,13 +59,81 @@ def build_fedrec_process(
         )
 
     factory = aggregation.build_aggregator(aggregator)
-    update_type = weights_type.trainable
-    return tff.learning.templates.compose_learning_process(
-        initial_model_weights_fn=initial_weights,
-        model_weights_distributor=tff.learning.templates.build_broadcast_process(weights_type),
+    return compose_process(
+        initial_weights=initial_weights,
+        distributor=tff.learning.templates.build_broadcast_process(weights_type),
         client_work=client_work.build_client_work(config),
-        model_update_aggregator=factory.create(update_type, tff.TensorType(np.float32)),
-        model_finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
+        aggregator=factory.create(weights_type.trainable, tff.TensorType(np.float32)),
+        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
             server_optimizer.build(), weights_type
         ),
     )
+
+
+def compose_process(
+    *,
+    initial_weights: tff.Computation,
+    distributor: tff.templates.MeasuredProcess,
+    client_work: tff.Computation,
+    aggregator: tff.templates.AggregationProcess,
+    finalizer: tff.templates.MeasuredProcess,
+) -> tff.learning.templates.LearningProcess:
+    """Compose the parts into a LearningProcess (as `compose_learning_process` does, but with
+    a stateless client work over tensor client data; see `client_work.py` for why)."""
+    client_data_type = client_work.type_signature.parameter[1]
+    empty_state = lambda: tff.federated_value((), tff.SERVER)  # noqa: E731
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_zip(
+            tff.learning.templates.LearningAlgorithmState(
+                global_model_weights=tff.federated_eval(initial_weights, tff.SERVER),
+                distributor=distributor.initialize(),
+                client_work=empty_state(),
+                aggregator=aggregator.initialize(),
+                finalizer=finalizer.initialize(),
+            )
+        )
+
+    @tff.federated_computation(init_fn.type_signature.result, client_data_type)
+    def next_fn(state, client_data):
+        distributed = distributor.next(state.distributor, state.global_model_weights)
+        results = client_work(distributed.result, client_data)
+        aggregated = aggregator.next(state.aggregator, results.update, results.update_weight)
+        finalized = finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
+        new_state = tff.federated_zip(
+            tff.learning.templates.LearningAlgorithmState(
+                global_model_weights=finalized.result,
+                distributor=distributed.state,
+                client_work=empty_state(),
+                aggregator=aggregated.state,
+                finalizer=finalized.state,
+            )
+        )
+        metrics = tff.federated_zip(
+            collections.OrderedDict(
+                distributor=distributed.measurements,
+                client_work=empty_state(),
+                aggregator=aggregated.measurements,
+                finalizer=finalized.measurements,
+            )
+        )
+        return tff.learning.templates.LearningProcessOutput(new_state, metrics)
+
+    state_type = next_fn.type_signature.parameter[0].member
+
+    @tff.tensorflow.computation(state_type)
+    def get_model_weights(state):
+        return state.global_model_weights
+
+    @tff.tensorflow.computation(state_type, state_type.global_model_weights)
+    def set_model_weights(state, weights):
+        return tff.learning.templates.LearningAlgorithmState(
+            global_model_weights=weights,
+            distributor=state.distributor,
+            client_work=state.client_work,
+            aggregator=state.aggregator,
+            finalizer=state.finalizer,
+        )
+
+    return tff.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
