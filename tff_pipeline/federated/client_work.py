@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_pipeline import model
