@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -266,6 +268,35 @@ def test_one_local_step_is_a_gradient_step_and_lowers_the_loss():
     mu1 = mu0 + float(out.delta.global_mean.numpy())
     after = _numpy_loss(v1, b1, mu1, u, bu, r, config.item_l2, config.item_bias_l2)
     assert after < before - 1e-4
+
+
+@pytest.mark.parametrize("local_steps", [2, 5])
+def test_client_update_equals_explicit_gradient_descent_with_item_gradients(local_steps):
+    """The scalar recurrence in client_update is the same GD as stepping with item_gradients."""
+    config, params, items, ratings = _client_case(local_steps=local_steps, seed=3)
+    config = dataclasses.replace(config, item_l2=0.3, item_bias_l2=0.2, local_learning_rate=0.07)
+    out = model.client_update(params, tf.constant(items), tf.constant(ratings), config)
+    user = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)
+    v = tf.gather(params.item_embeddings, items)
+    b = tf.gather(params.item_bias, items)
+    mu = params.global_mean
+    losses = []
+    for _ in range(local_steps):
+        g = model.item_gradients(v, b, mu, user, tf.constant(ratings), config.item_l2, config.item_bias_l2)
+        losses.append(float(g.loss))
+        v = v - config.local_learning_rate * g.item_embeddings
+        b = b - config.local_learning_rate * g.item_bias
+        mu = mu - config.local_learning_rate * g.global_mean
+    np.testing.assert_allclose(
+        out.delta.item_embeddings.numpy()[items], (v - tf.gather(params.item_embeddings, items)).numpy(),
+        rtol=1e-4, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        out.delta.item_bias.numpy()[items], (b - tf.gather(params.item_bias, items)).numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(out.delta.global_mean.numpy(), (mu - params.global_mean).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.loss_before.numpy(), losses[0], rtol=1e-5)
+    assert losses == sorted(losses, reverse=True)  # the steps descend
 
 
 def test_bias_only_model_dim_zero_fits_user_bias_and_updates_item_bias():

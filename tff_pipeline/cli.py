@@ -126,14 +126,35 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run's model as a TFLite package (model.tflite + manifest.json)")
+    p.add_argument("--run", type=Path, required=True, help="a `fedrec simulate --out` folder")
+    p.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
+    p.add_argument("--round", dest="round_num", type=int, default=None,
+                   help="export the checkpoint after this round instead of the final model")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tff_pipeline.export.package import export_run
+
+    manifest = export_run(args.run, args.out, round_num=args.round_num)
+    privacy = manifest.privacy
+    spent = (f"epsilon {privacy['epsilon_rdp']:.3g} (RDP) / {privacy['epsilon_pld']:.3g} (PLD) at delta {privacy['delta']:g}"
+             if privacy else "no DP")
+    print(f"wrote {args.out}: {manifest.model_version}, {manifest.num_items} items x dim {manifest.dim}, "
+          f"{manifest.model_bytes / 1024:.1f} KiB, round {manifest.round}, {spent}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
+    _export_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return _simulate(args)
-    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
+        return _export(args) if args.command == "export" else _simulate(args)
+    except (ValueError, FileNotFoundError) as error:  # DataError, ExportError are ValueErrors
         print(f"fedrec: error: {error}", file=sys.stderr)
         return 2
 

@@ -223,38 +223,52 @@ def client_update(
     """The local work of one device in one federated round (FedRecon style).
 
     1. Reconstruct the user's own parameters with the global ones frozen (exact ridge fit).
-    2. With the user's parameters frozen, take `local_steps` full-batch gradient steps on the
-       global rows of the items this user rated (and the global mean).
+    2. With the user's parameters frozen, take `local_steps` full-batch gradient steps
+       (`item_gradients`) on the global rows of the items this user rated and the global mean.
     3. Return the change of the global parameters as a dense delta.
     Items must be unique within one device's ratings (the data loaders guarantee it).
+
+    The steps are computed on per-item scalars instead of [n, dim] rows: with the user fixed,
+    a step changes row j's score s_j = <v_j, u> and its embedding only along u, so
+
+        e_j = mu + b_u + b_j + s_j - r_j
+        s_j <- (1 - lr*l2) s_j - lr e_j |u|^2,   b_j <- (1 - lr*l2_b) b_j - lr e_j,
+        mu  <- mu - lr mean(e),                  a_j <- (1 - lr*l2) a_j + e_j
+        v_j(final) = (1 - lr*l2)^K v_j - lr a_j u.
+
+    This is the same gradient descent (a test checks it against `item_gradients` step by step),
+    with about a fifth of the ops: the per-client graph is what a federated round pays for.
     """
     user = fit_user(params, item_ids, ratings, config)
     item_vectors = tf.gather(params.item_embeddings, item_ids)
-    item_bias = tf.gather(params.item_bias, item_ids)
-    global_mean = params.global_mean
-    loss_before = tf.constant(0.0)
+    item_bias0 = tf.gather(params.item_bias, item_ids)
     lr = config.local_learning_rate
+    embedding_decay = 1.0 - lr * config.item_l2
+    bias_decay = 1.0 - lr * config.item_bias_l2
+    user_norm_sq = tf.reduce_sum(user.embedding * user.embedding)
+    scores = tf.reduce_sum(item_vectors * user.embedding[tf.newaxis, :], axis=1)
+    offset = user.bias - ratings  # the part of every error that the steps do not change
+    item_bias = item_bias0
+    global_mean = params.global_mean
+    accumulated_errors = tf.zeros_like(ratings)
+    loss_before = tf.constant(0.0)
     for step in range(config.local_steps):
-        grads = item_gradients(
-            item_vectors, item_bias, global_mean, user, ratings, config.item_l2, config.item_bias_l2
-        )
+        errors = global_mean + item_bias + scores + offset
         if step == 0:
-            loss_before = grads.loss
-        item_vectors = item_vectors - lr * grads.item_embeddings
-        item_bias = item_bias - lr * grads.item_bias
-        global_mean = global_mean - lr * grads.global_mean
+            loss_before = tf.reduce_mean(errors * errors)
+        accumulated_errors = embedding_decay * accumulated_errors + errors
+        scores = embedding_decay * scores - (lr * user_norm_sq) * errors
+        item_bias = bias_decay * item_bias - lr * errors
+        global_mean = global_mean - lr * tf.reduce_mean(errors)
     indices = item_ids[:, tf.newaxis]
     if config.dim == 0:  # scatter_nd refuses an empty output shape
         embeddings_delta = tf.zeros_like(params.item_embeddings)
     else:
-        embeddings_delta = tf.scatter_nd(
-            indices,
-            item_vectors - tf.gather(params.item_embeddings, item_ids),
-            tf.shape(params.item_embeddings),
+        row_delta = (embedding_decay ** config.local_steps - 1.0) * item_vectors - lr * (
+            accumulated_errors[:, tf.newaxis] * user.embedding[tf.newaxis, :]
         )
-    bias_delta = tf.scatter_nd(
-        indices, item_bias - tf.gather(params.item_bias, item_ids), tf.shape(params.item_bias)
-    )
+        embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
+    bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
     return ClientOutput(
         delta=GlobalParams(embeddings_delta, bias_delta, global_mean - params.global_mean),
         num_examples=tf.cast(tf.size(ratings), tf.float32),

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -87,6 +88,14 @@ class RunResult:
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
+def _adaptive_clip(metrics: Any) -> float | None:
+    """The DP aggregator's current clip norm from a round's metrics (None for the plain mean,
+    whose measurements are empty)."""
+    aggregator = metrics.get("aggregator") if isinstance(metrics, Mapping) else None
+    query = aggregator.get("dp_query_metrics") if isinstance(aggregator, Mapping) else None
+    return query.get("clip") if isinstance(query, Mapping) else None
+
+
 def run(
     config: SimulationConfig,
     split: DatasetSplit,
@@ -142,7 +151,7 @@ def run(
             metrics = {}
         train_seconds += time.perf_counter() - started
         row: dict[str, Any] = {"round": round_num, "cohort": int(len(cohort)), "train_seconds": train_seconds}
-        clip = metrics.get("aggregator", {}).get("dp_query_metrics", {}).get("clip") if metrics else None
+        clip = _adaptive_clip(metrics)
         row["clip"] = float(clip) if clip is not None else None
         if config.private:
             row["epsilon_rdp"] = accounting.epsilon_rdp(plan.noise_multiplier, plan.sampling_rate, round_num, config.delta)
@@ -188,7 +197,7 @@ def _assemble_report(
         "data": {
             "name": split.name, "num_users": split.num_users, "num_items": split.num_items,
             "num_clients": num_clients, "train_ratings": len(split.train), "test_ratings": len(split.test),
-            "ranking_users": len(split.ranking.users),
+            "ranking_users": len(split.ranking.users), "rating_scale": list(split.rating_scale),
         },
         "final": final,
         "baselines": {"centralized": None, "biases": None, "global_mean": None, "local_only": None, "popularity": None},

@@ -3,7 +3,7 @@
 DP aggregators are *unweighted*: bounded per-user sensitivity requires that no device's weight
 depend on its data size, so under DP each device's clipped delta counts once (DP-FedAvg,
 McMahan et al. 2018) and the sum is divided by the expected cohort size. The plain mean is the
-FedAvg formula, weighted by example count.
+FedAvg formula, weighted by example count (`weighted_mean.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import dataclasses
 import enum
 
 import tensorflow_federated as tff
+
+from tff_pipeline.federated.weighted_mean import ExampleWeightedMeanFactory
 
 
 class AggregatorKind(str, enum.Enum):
@@ -37,7 +39,7 @@ class AggregatorConfig:
 def build_aggregator(config: AggregatorConfig) -> tff.aggregators.WeightedAggregationFactory:
     """The weighted aggregation factory the learning process composes."""
     if config.kind is AggregatorKind.MEAN:
-        return tff.aggregators.MeanFactory()
+        return ExampleWeightedMeanFactory()
     if config.noise_multiplier < 0 or config.clip <= 0:
         raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
     clients = config.expected_clients_per_round

@@ -1,0 +1,177 @@
+"""The model package schema shared by the exporter (server side) and the device.
+
+A model package is a directory with `model.tflite` and `manifest.json`. The manifest says what
+the model is (version, round, dataset), how to map its dense item indices back to the app's item
+ids and titles, the shapes and hyperparameters the device needs, the model file's sha256 and
+size, and the privacy spent to train it. This module is pure Python (json, hashlib) so that both
+sides can import it; the device never needs TensorFlow to read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.tflite"
+MANIFEST_FILE = "manifest.json"
+SIGNATURES = (
+    "infer", "topk", "personalize", "client_update", "get_weights", "set_global", "set_user",
+)
+HYPERPARAMETER_KEYS = (
+    "user_l2", "user_bias_l2", "item_l2", "item_bias_l2", "local_steps", "local_learning_rate",
+)
+PRIVACY_KEYS = ("epsilon_rdp", "epsilon_pld", "delta", "noise_multiplier", "rounds", "mechanism")
+
+
+class ManifestError(ValueError):
+    """A model package that must not be used, with the reason and the file it is in."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What `manifest.json` holds; `validate()` runs on construction."""
+
+    model_version: str
+    round: int | None
+    dataset: str
+    num_items: int
+    dim: int
+    item_ids: tuple[int, ...]  # the app's item id of each dense index
+    item_titles: tuple[str, ...] | None
+    rating_min: float
+    rating_max: float
+    hyperparameters: dict[str, float]
+    model_sha256: str
+    model_bytes: int
+    privacy: dict[str, Any] | None
+    signatures: tuple[str, ...] = SIGNATURES
+    created_at: str = ""
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.format != FORMAT_VERSION:
+            raise ManifestError(f"manifest format {self.format} is not supported (this client reads {FORMAT_VERSION})")
+        if not isinstance(self.model_version, str) or not self.model_version:
+            raise ManifestError("model_version must be a non-empty string")
+        if not _is_int(self.num_items) or self.num_items <= 0:
+            raise ManifestError(f"num_items must be a positive integer, got {self.num_items!r}")
+        if not _is_int(self.dim) or self.dim <= 0:
+            raise ManifestError(f"dim must be a positive integer, got {self.dim!r}")
+        if len(self.item_ids) != self.num_items:
+            raise ManifestError(f"item_ids has {len(self.item_ids)} entries for num_items={self.num_items}")
+        if not all(_is_int(x) for x in self.item_ids):
+            raise ManifestError("item_ids must be integers")
+        if len(set(self.item_ids)) != len(self.item_ids):
+            raise ManifestError("item_ids contains duplicates")
+        if self.item_titles is not None and len(self.item_titles) != self.num_items:
+            raise ManifestError(f"item_titles has {len(self.item_titles)} entries for num_items={self.num_items}")
+        if not (_is_finite(self.rating_min) and _is_finite(self.rating_max) and self.rating_min < self.rating_max):
+            raise ManifestError(f"rating range [{self.rating_min}, {self.rating_max}] is invalid")
+        missing = [k for k in HYPERPARAMETER_KEYS if k not in self.hyperparameters]
+        if missing:
+            raise ManifestError(f"hyperparameters lack {', '.join(missing)}")
+        if not (isinstance(self.model_sha256, str) and len(self.model_sha256) == 64
+                and all(c in "0123456789abcdef" for c in self.model_sha256)):
+            raise ManifestError("model_sha256 must be 64 lowercase hex digits")
+        if not _is_int(self.model_bytes) or self.model_bytes <= 0:
+            raise ManifestError(f"model_bytes must be a positive integer, got {self.model_bytes!r}")
+        absent = [s for s in SIGNATURES if s not in self.signatures]
+        if absent:
+            raise ManifestError(f"the model lacks the signatures {', '.join(absent)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["item_ids"] = list(self.item_ids)
+        data["item_titles"] = None if self.item_titles is None else list(self.item_titles)
+        data["signatures"] = list(self.signatures)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: Path | str | None = None) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError("the manifest must be a JSON object", source)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ManifestError(f"unknown manifest fields: {', '.join(unknown)}", source)
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ManifestError(f"manifest lacks the fields {', '.join(missing)}", source)
+        values = dict(data)
+        try:
+            values["item_ids"] = tuple(values["item_ids"])
+            if values["item_titles"] is not None:
+                values["item_titles"] = tuple(str(t) for t in values["item_titles"])
+            values["signatures"] = tuple(values.get("signatures", SIGNATURES))
+            if not isinstance(values["hyperparameters"], dict):
+                raise ManifestError("hyperparameters must be an object")
+            return cls(**values)
+        except ManifestError as error:
+            raise ManifestError(str(error), source) from None
+        except TypeError as error:
+            raise ManifestError(f"malformed manifest: {error}", source) from None
+
+    @classmethod
+    def read(cls, path: Path | str) -> Manifest:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ManifestError("manifest file is missing", path) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ManifestError(f"cannot read the manifest: {error}", path) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}", path) from None
+        return cls.from_dict(data, source=path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_verified_model(manifest: Manifest, model_path: Path | str) -> bytes:
+    """The model file's bytes, after checking them against the manifest's size and sha256."""
+    model_path = Path(model_path)
+    try:
+        data = model_path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError("model file is missing", model_path) from None
+    if len(data) != manifest.model_bytes:
+        raise ManifestError(
+            f"model file has {len(data)} bytes, the manifest says {manifest.model_bytes} "
+            "(truncated or replaced?)", model_path,
+        )
+    digest = sha256_bytes(data)
+    if digest != manifest.model_sha256:
+        raise ManifestError(
+            f"model sha256 {digest[:12]}... does not match the manifest's {manifest.model_sha256[:12]}... "
+            "(corrupt or replaced?)", model_path,
+        )
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

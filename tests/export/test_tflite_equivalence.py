@@ -1,0 +1,119 @@
+"""The exported TFLite model computes what the TF model and the TFF client work compute.
+
+Tolerances: the device solves the user's ridge system by conjugate gradient in float32, the
+simulation by a direct LAPACK solve; on these well-conditioned systems the two agree to ~1e-5
+relative, so outputs are compared at rtol 1e-4 / atol 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+from ai_edge_litert.interpreter import Interpreter
+
+from edge_client.manifest import MODEL_FILE, SIGNATURES, Manifest
+from tff_pipeline import model
+from tff_pipeline.federated import client_work
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def package(make_package):
+    return make_package(num_items=30, dim=4, seed=5)
+
+
+@pytest.fixture()
+def runners(package):
+    interpreter = Interpreter(model_path=str(package / MODEL_FILE))
+    return {name: interpreter.get_signature_runner(name) for name in interpreter.get_signature_list()}
+
+
+def _params_and_config(runners, package):
+    manifest = Manifest.read(package / "manifest.json")
+    weights = runners["get_weights"]()
+    params = model.GlobalParams(weights["item_embeddings"], weights["item_bias"], weights["global_mean"])
+    config = model.ModelConfig(num_items=manifest.num_items, dim=manifest.dim, **manifest.hyperparameters)
+    return params, config
+
+
+def _user_data(seed: int, num_items: int, n: int = 12):
+    rng = np.random.default_rng(seed)
+    items = rng.choice(num_items, size=n, replace=False).astype(np.int32)
+    ratings = rng.integers(1, 6, size=n).astype(np.float32)
+    return items, ratings
+
+
+def test_every_signature_is_present_and_the_model_has_no_flex_ops(package, runners):
+    assert set(SIGNATURES) <= set(runners)
+    assert b"Flex" not in (package / MODEL_FILE).read_bytes()
+
+
+def test_client_update_matches_the_tff_client_work(package, runners, tff_runtime):
+    params, config = _params_and_config(runners, package)
+    items, ratings = _user_data(1, config.num_items)
+    device = runners["client_update"](item_ids=items, ratings=ratings)
+
+    weights = tff.learning.models.ModelWeights(trainable=tuple(np.asarray(p) for p in params), non_trainable=())
+    simulated = client_work.build_client_update(config)(weights, client_work.client_data(items, ratings))
+    # TFF uploads the pseudo-gradient old - new; the device reports new - old.
+    np.testing.assert_allclose(device["item_embeddings_delta"], -simulated.update[0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["item_bias_delta"], -simulated.update[1], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["global_mean_delta"], -simulated.update[2], rtol=RTOL, atol=ATOL)
+    assert float(device["num_examples"]) == simulated.update_weight == len(items)
+    assert np.abs(device["item_embeddings_delta"]).sum() > 0  # a real update, not zeros
+
+
+def test_client_update_changes_no_variable(runners):
+    before = runners["get_weights"]()
+    items, ratings = _user_data(2, len(before["item_bias"]))
+    runners["client_update"](item_ids=items, ratings=ratings)
+    after = runners["get_weights"]()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_personalize_fits_the_user_as_the_tf_model_does_and_infer_predicts_with_it(package, runners):
+    params, config = _params_and_config(runners, package)
+    items, ratings = _user_data(3, config.num_items)
+    fitted = runners["personalize"](item_ids=items, ratings=ratings)
+    reference = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)  # direct solve
+    np.testing.assert_allclose(fitted["user_embedding"], reference.embedding.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(fitted["user_bias"], reference.bias.numpy(), rtol=RTOL, atol=ATOL)
+    stored = runners["get_weights"]()
+    np.testing.assert_array_equal(stored["user_embedding"], fitted["user_embedding"])
+
+    every_item = np.arange(config.num_items, dtype=np.int32)
+    expected = model.predict(params, reference, tf.constant(every_item)).numpy()
+    np.testing.assert_allclose(runners["infer"](item_ids=every_item)["scores"], expected, rtol=RTOL, atol=1e-4)
+    errors = expected[items] - ratings
+    np.testing.assert_allclose(fitted["loss"], np.mean(errors**2), rtol=1e-3)
+
+
+def test_topk_is_the_best_k_of_infer(runners):
+    num_items = len(runners["get_weights"]()["item_bias"])
+    runners["set_user"](user_embedding=np.array([0.5, -1.0, 0.2, 0.9], np.float32), user_bias=np.float32(0.1))
+    scores = runners["infer"](item_ids=np.arange(num_items, dtype=np.int32))["scores"]
+    top = runners["topk"](k=np.int32(7))
+    np.testing.assert_array_equal(top["item_ids"], np.argsort(-scores, kind="stable")[:7])
+    np.testing.assert_allclose(top["scores"], np.sort(scores)[::-1][:7], rtol=1e-6)
+    assert len(runners["topk"](k=np.int32(num_items + 10))["item_ids"]) == num_items
+
+
+def test_set_global_and_set_user_round_trip(runners):
+    weights = runners["get_weights"]()
+    rng = np.random.default_rng(0)
+    new = {
+        "item_embeddings": rng.normal(size=weights["item_embeddings"].shape).astype(np.float32),
+        "item_bias": rng.normal(size=weights["item_bias"].shape).astype(np.float32),
+        "global_mean": np.float32(3.1),
+    }
+    runners["set_global"](**new)
+    runners["set_user"](user_embedding=np.ones(weights["user_embedding"].shape, np.float32), user_bias=np.float32(-0.2))
+    got = runners["get_weights"]()
+    for key, value in new.items():
+        np.testing.assert_array_equal(got[key], value)
+    np.testing.assert_array_equal(got["user_embedding"], 1.0)
+    assert float(got["user_bias"]) == pytest.approx(-0.2)

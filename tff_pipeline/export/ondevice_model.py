@@ -1,0 +1,120 @@
+"""The on-device model: the same math as `tff_pipeline.model`, as a tf.Module with signatures.
+
+Variables hold the global parameters (as shipped) and this user's own parameters. Every
+signature is written with ops that TFLite has as builtins (no Flex): gathers, multiplies, sums,
+SCATTER_ND, TOPK_V2 and variable reads/assignments; the user fit is the conjugate-gradient ridge
+solve (`ModelConfig(solver="cg")`). Shapes are fixed by the model (num_items, dim) except the
+number of ratings, which varies per call.
+
+Signatures (inputs -> outputs):
+    infer(item_ids)                  -> scores                        predicted ratings
+    topk(k)                          -> item_ids, scores              best k over all items
+    personalize(item_ids, ratings)   -> user_embedding, user_bias, loss
+                                        exact ridge fit of the user's parameters (what FedRecon
+                                        evaluation does), stored in the user variables
+    client_update(item_ids, ratings) -> item_embeddings_delta, item_bias_delta,
+                                        global_mean_delta, num_examples, loss_before
+                                        one federated round's local work; changes no variable
+    get_weights()                    -> item_embeddings, item_bias, global_mean,
+                                        user_embedding, user_bias
+    set_global(item_embeddings, item_bias, global_mean) -> num_items
+    set_user(user_embedding, user_bias)                  -> dim
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tff_pipeline import model
+
+
+class OnDeviceModel(tf.Module):
+    def __init__(self, params: model.GlobalParams, config: model.ModelConfig) -> None:
+        super().__init__(name="fedrec_on_device")
+        if config.dim < 1:
+            raise ValueError("the TFLite export needs dim >= 1 (TFLite has no zero-size variables)")
+        self.config = dataclasses.replace(config, solver="cg")
+        n, d = config.num_items, config.dim
+        self.item_embeddings = tf.Variable(tf.cast(params.item_embeddings, tf.float32), name="item_embeddings")
+        self.item_bias = tf.Variable(tf.cast(params.item_bias, tf.float32), name="item_bias")
+        self.global_mean = tf.Variable(tf.cast(params.global_mean, tf.float32), name="global_mean")
+        self.user_embedding = tf.Variable(tf.zeros([d]), name="user_embedding")
+        self.user_bias = tf.Variable(tf.zeros([]), name="user_bias")
+        ids = tf.TensorSpec([None], tf.int32, name="item_ids")
+        ratings = tf.TensorSpec([None], tf.float32, name="ratings")
+        self.infer = tf.function(self._infer, input_signature=[ids])
+        self.topk = tf.function(self._topk, input_signature=[tf.TensorSpec([], tf.int32, name="k")])
+        self.personalize = tf.function(self._personalize, input_signature=[ids, ratings])
+        self.client_update = tf.function(self._client_update, input_signature=[ids, ratings])
+        self.get_weights = tf.function(self._get_weights, input_signature=[])
+        self.set_global = tf.function(self._set_global, input_signature=[
+            tf.TensorSpec([n, d], tf.float32, name="item_embeddings"),
+            tf.TensorSpec([n], tf.float32, name="item_bias"),
+            tf.TensorSpec([], tf.float32, name="global_mean"),
+        ])
+        self.set_user = tf.function(self._set_user, input_signature=[
+            tf.TensorSpec([d], tf.float32, name="user_embedding"),
+            tf.TensorSpec([], tf.float32, name="user_bias"),
+        ])
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        return {name: getattr(self, name).get_concrete_function() for name in (
+            "infer", "topk", "personalize", "client_update", "get_weights", "set_global", "set_user")}
+
+    def _global(self) -> model.GlobalParams:
+        return model.GlobalParams(self.item_embeddings.read_value(), self.item_bias.read_value(),
+                                  self.global_mean.read_value())
+
+    def _user(self) -> model.UserParams:
+        return model.UserParams(self.user_embedding.read_value(), self.user_bias.read_value())
+
+    def _infer(self, item_ids):
+        return {"scores": model.predict(self._global(), self._user(), item_ids)}
+
+    def _all_scores(self):
+        params, user = self._global(), self._user()
+        interaction = tf.reduce_sum(params.item_embeddings * user.embedding[tf.newaxis, :], axis=1)
+        return params.global_mean + user.bias + params.item_bias + interaction
+
+    def _topk(self, k):
+        k = tf.minimum(tf.maximum(k, 0), self.config.num_items)
+        top = tf.math.top_k(self._all_scores(), k=k)
+        return {"item_ids": top.indices, "scores": top.values}
+
+    def _personalize(self, item_ids, ratings):
+        params = self._global()
+        user = model.fit_user(params, item_ids, ratings, self.config)
+        self.user_embedding.assign(user.embedding)
+        self.user_bias.assign(user.bias)
+        errors = model.predict(params, user, item_ids) - ratings
+        count = tf.maximum(tf.cast(tf.size(ratings), tf.float32), 1.0)
+        return {"user_embedding": user.embedding, "user_bias": user.bias,
+                "loss": tf.reduce_sum(errors * errors) / count}
+
+    def _client_update(self, item_ids, ratings):
+        output = model.client_update(self._global(), item_ids, ratings, self.config)
+        return {
+            "item_embeddings_delta": output.delta.item_embeddings,
+            "item_bias_delta": output.delta.item_bias,
+            "global_mean_delta": output.delta.global_mean,
+            "num_examples": output.num_examples,
+            "loss_before": output.loss_before,
+        }
+
+    def _get_weights(self):
+        return {"item_embeddings": self.item_embeddings.read_value(), "item_bias": self.item_bias.read_value(),
+                "global_mean": self.global_mean.read_value(), "user_embedding": self.user_embedding.read_value(),
+                "user_bias": self.user_bias.read_value()}
+
+    def _set_global(self, item_embeddings, item_bias, global_mean):
+        self.item_embeddings.assign(item_embeddings)
+        self.item_bias.assign(item_bias)
+        self.global_mean.assign(global_mean)
+        return {"num_items": tf.shape(item_bias)[0]}
+
+    def _set_user(self, user_embedding, user_bias):
+        self.user_embedding.assign(user_embedding)
+        self.user_bias.assign(user_bias)
+        return {"dim": tf.shape(user_embedding)[0]}
