@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ HYPERPARAMETER_KEYS = (
     "user_l2", "user_bias_l2", "item_l2", "item_bias_l2", "local_steps", "local_learning_rate",
 )
 PRIVACY_KEYS = ("epsilon_rdp", "epsilon_pld", "delta", "noise_multiplier", "rounds", "mechanism")
+# Versions name folders on the device, so they are restricted to a safe file-name alphabet.
+_VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ManifestError(ValueError):
@@ -63,8 +66,10 @@ class Manifest:
     def validate(self) -> None:
         if self.format != FORMAT_VERSION:
             raise ManifestError(f"manifest format {self.format} is not supported (this client reads {FORMAT_VERSION})")
-        if not isinstance(self.model_version, str) or not self.model_version:
-            raise ManifestError("model_version must be a non-empty string")
+        if not isinstance(self.model_version, str) or not _VERSION_PATTERN.fullmatch(self.model_version):
+            raise ManifestError(
+                f"model_version {self.model_version!r} must be 1-128 letters, digits, '.', '_' or '-'"
+            )
         if not _is_int(self.num_items) or self.num_items <= 0:
             raise ManifestError(f"num_items must be a positive integer, got {self.num_items!r}")
         if not _is_int(self.dim) or self.dim <= 0:
@@ -99,7 +104,9 @@ class Manifest:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        """One top-level field per line (readable diffs), values compact (ids stay on one line)."""
+        lines = [f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in self.to_dict().items()]
+        return "{\n" + ",\n".join(lines) + "\n}\n"
 
     @classmethod
     def from_dict(cls, data: Any, *, source: Path | str | None = None) -> Manifest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,8 +112,9 @@ def export_params(
     model_bytes = tflite.convert(OnDeviceModel(params, model_config))
     tflite.smoke_test(model_bytes, fields["num_items"], fields["dim"])
     digest = sha256_bytes(model_bytes)
+    dataset_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", fields["dataset"]).strip("-.") or "model"
     manifest = Manifest(
-        model_version=f"{fields['dataset']}-r{fields['round']}-{digest[:8]}", model_sha256=digest,
+        model_version=f"{dataset_slug}-r{fields['round']}-{digest[:8]}", model_sha256=digest,
         model_bytes=len(model_bytes),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **fields,
     )
@@ -124,6 +126,7 @@ def write_package(out_dir: Path, model_bytes: bytes, manifest: Manifest) -> None
     """Write both files into a temporary sibling folder, then swap it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700; a package is meant to be shared
     try:
         (staging / MODEL_FILE).write_bytes(model_bytes)
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
