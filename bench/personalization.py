@@ -109,7 +109,8 @@ def main() -> int:
         unfitted = evaluation.evaluate(DeviceScores(package, split, fit=False), split)
 
     print(f"\n### Personalization lift: {split.name}, model {manifest.model_version} "
-          f"(dim {manifest.dim}, {manifest.model_bytes / 1024:.0f} KiB), {split.num_users} users\n")
+          f"(dim {manifest.dim}, {manifest.model_bytes / 1024:.0f} KiB), "
+          f"{len(fitted_scores.fit_seconds)} users with held-out ratings\n")
     print("| evaluation | RMSE | MAE | HR@10 | NDCG@10 |")
     print("|---|---|---|---|---|")
     for name, metrics in (("on-device, fitted (LiteRT personalize + infer)", fitted),

@@ -1,0 +1,81 @@
+"""What a device uploads in a federated round: the clipped change of the global parameters.
+
+The model's `client_update` signature does the local work (fit this user, then a few local steps
+on the global item parameters) and returns the change of the three global tensors. This module
+bounds that change in L2 norm, over all three tensors together, because the server's
+differential-privacy guarantee assumes every device's contribution is at most `clip_norm` long.
+The result holds only the global deltas and counts: the user's own embedding and bias never
+leave the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from edge_client.litert_model import GlobalWeights, LiteModel, ModelError
+
+_SHRINK = 1.0 - 2.0**-23  # one float32 ulp: tightens the scale if float32 rounding overshoots the bound
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientUpdate:
+    """One device's contribution to a round (float32 deltas, already clipped)."""
+
+    item_embeddings_delta: np.ndarray  # [num_items, dim]
+    item_bias_delta: np.ndarray  # [num_items]
+    global_mean_delta: np.ndarray  # []
+    num_examples: int
+    norm_before_clip: float
+    clipped: bool
+
+    @property
+    def deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.item_embeddings_delta, self.item_bias_delta, self.global_mean_delta
+
+    @property
+    def norm(self) -> float:
+        """L2 norm of the deltas as they will be uploaded."""
+        return global_norm(self.deltas)
+
+
+def global_norm(arrays: tuple[np.ndarray, ...]) -> float:
+    """L2 norm of the concatenation of all arrays (accumulated in float64)."""
+    return math.sqrt(sum(float(np.sum(np.square(np.asarray(a, np.float64)))) for a in arrays))
+
+
+def compute_client_update(
+    model: LiteModel,
+    dense_item_ids: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    clip_norm: float,
+    global_weights: GlobalWeights | None = None,
+) -> ClientUpdate:
+    """Run the model's local work on these ratings and clip the deltas to `clip_norm`.
+
+    With `global_weights` (the server's current item_embeddings, item_bias, global_mean), they are
+    loaded into the interpreter first and stay loaded afterwards.
+    """
+    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)) \
+            or not math.isfinite(clip_norm) or clip_norm <= 0:
+        raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}")
+    if global_weights is not None:
+        model.set_global(GlobalWeights(*global_weights))
+    raw = model.client_update(dense_item_ids, ratings)
+    deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta)
+    if not all(np.all(np.isfinite(d)) for d in deltas):
+        raise ModelError("client_update produced non-finite deltas; nothing to upload", model.model_path)
+    norm = global_norm(deltas)
+    clipped = norm > clip_norm
+    if clipped:
+        scale = clip_norm / norm
+        scaled = tuple((d.astype(np.float64) * scale).astype(np.float32) for d in deltas)
+        while global_norm(scaled) > clip_norm:
+            scale *= _SHRINK
+            scaled = tuple((d.astype(np.float64) * scale).astype(np.float32) for d in deltas)
+        deltas = scaled
+    embeddings, bias, mean = (np.array(d, dtype=np.float32) for d in deltas)
+    return ClientUpdate(embeddings, bias, mean, raw.num_examples, norm, clipped)

@@ -1,0 +1,106 @@
+"""`fedrec-edge` end to end in a process where TensorFlow cannot be imported, plus a static import check."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edge_client
+
+PACKAGE_ROOT = Path(edge_client.__file__).parent
+REPO_ROOT = PACKAGE_ROOT.parent
+ALLOWED_TOP_LEVEL = {"numpy", "ai_edge_litert", "edge_client"}
+BLOCKED = ("tensorflow", "tensorflow_federated", "tensorflow_privacy", "tff_pipeline")
+
+
+@pytest.fixture(scope="module")
+def no_tensorflow_env(tmp_path_factory) -> dict[str, str]:
+    """An environment whose PYTHONPATH starts with packages that refuse to be imported."""
+    blockers = tmp_path_factory.mktemp("blockers")
+    for name in BLOCKED:
+        (blockers / name).mkdir()
+        (blockers / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported on a device')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(blockers), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _edge(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_client.cli", *args], capture_output=True, text=True, check=False,
+                          env=env, cwd=cwd, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_the_blockers_block(no_tensorflow_env, tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
+                          env=no_tensorflow_env, cwd=tmp_path, timeout=60, check=False)
+    assert done.returncode != 0 and "tensorflow must not be imported on a device" in done.stderr
+
+
+def test_the_cli_runs_a_whole_session_without_tensorflow(no_tensorflow_env, make_package, tmp_path):
+    device = str(tmp_path / "device")
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("movieId,rating,timestamp\n1000,5,1\n1007,1,2\n1014,4,3\n")
+
+    def ok(*args: str) -> str:
+        done = _edge(no_tensorflow_env, tmp_path, "--device-dir", device, *args)
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+        return done.stdout
+
+    assert "installed model tiny-r1-" in ok("install", str(make_package()))
+    assert "imported 3 ratings" in ok("import-ratings", str(ratings))
+    assert "rated item 1021: 2" in ok("rate", "1021", "2")
+    assert "from 4 ratings" in ok("personalize")
+    lines = ok("recommend", "-k", "5").splitlines()
+    assert "personalized" in lines[0]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert all(row[2:4] == ["Item", row[1]] for row in rows)  # rank, id, title "Item <id>", score
+    assert not {int(row[1]) for row in rows} & {1000, 1007, 1014, 1021}
+    assert all(1.0 <= float(row[4]) <= 5.0 for row in rows)
+    status = ok("status")
+    assert "ratings: 4 (4 known to the active model)" in status and "fitted with tiny-r1-" in status
+
+    refused = _edge(no_tensorflow_env, tmp_path, "--device-dir", device, "rate", "99", "4")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "fedrec-edge: error: rating refused: item id 99 is not in the active model's vocabulary "
+        f"(model {status.split('model: ')[1].split()[0]})")
+    missing = _edge(no_tensorflow_env, tmp_path, "--device-dir", device, "install", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "fedrec-edge: error: install refused (model tiny-r1-" in missing.stderr
+
+
+def test_cli_errors_on_a_fresh_device_are_one_line(no_tensorflow_env, tmp_path):
+    done = _edge(no_tensorflow_env, tmp_path, "--device-dir", str(tmp_path / "d"), "recommend")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "fedrec-edge: error: no model installed in" in done.stderr
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level module) of every absolute import in the file, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name in {"__import__", "import_module"}:
+                found.append((node.lineno, "<dynamic import>"))
+    return found
+
+
+def test_edge_client_imports_only_the_standard_library_numpy_and_litert():
+    allowed = set(sys.stdlib_module_names) | ALLOWED_TOP_LEVEL | {"__future__"}
+    modules = sorted(PACKAGE_ROOT.rglob("*.py"))
+    assert {p.name for p in modules} >= {"__init__.py", "cli.py", "device.py", "store.py", "litert_model.py",
+                                         "client_update.py", "manifest.py"}
+    offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in _imports(p)
+                 if name not in allowed]
+    assert offending == []

@@ -1,0 +1,134 @@
+"""The SQLite store: durable settings, validation before writing, and atomicity under SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from edge_client.store import Store, StoredUserParams, StoreError
+
+
+def test_the_store_uses_wal_and_full_sync_and_survives_reopening(tmp_path):
+    with Store(tmp_path / "device.db") as store:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        store.put_ratings([(5, 4.0), (3, 1.0)])
+        store.put_user_params(StoredUserParams(np.array([0.5, -1.0], np.float32), 0.25, "v1", 2))
+        store.activate_model("v1")
+    with Store(tmp_path / "device.db") as store:
+        assert store.ratings() == {3: 1.0, 5: 4.0}
+        params = store.user_params()
+        np.testing.assert_array_equal(params.embedding, [0.5, -1.0])
+        assert (params.bias, params.dim, params.model_version, params.num_ratings) == (0.25, 2, "v1", 2)
+        assert params.fitted_at
+        assert store.active_model() == "v1"
+        assert store.integrity_check() == "ok"
+
+
+def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
+    with Store(tmp_path / "device.db") as store:
+        store.put_ratings([(1, 3.0)])
+        for rows, message in [
+            ([(2, 4.0), (3, float("nan"))], r"row 1: rating nan is not finite"),
+            ([(2, 4.0), (True, 4.0)], r"row 1: item id True is not an integer"),
+            ([(2, 4.0), ("7", 4.0)], r"row 1: item id '7' is not an integer"),
+            ([(2, 4.0), (2, 5.0)], r"row 1: item 2 appears twice"),
+            ([(2, 4.0), (2**70, 5.0)], r"does not fit in 64 bits"),
+            ([(2, "4")], r"row 0: rating '4' is not a number"),
+        ]:
+            with pytest.raises(StoreError, match=message):
+                store.put_ratings(rows)
+        assert store.ratings() == {1: 3.0}
+        for params, message in [
+            (StoredUserParams(np.array([np.inf], np.float32), 0.0, "v1", 1), "finite"),
+            (StoredUserParams(np.zeros((2, 2), np.float32), 0.0, "v1", 1), "non-empty vector"),
+            (StoredUserParams(np.zeros(2, np.float32), float("nan"), "v1", 1), "user bias"),
+            (StoredUserParams(np.zeros(2, np.float32), 0.0, "", 1), "model_version"),
+            (StoredUserParams(np.zeros(2, np.float32), 0.0, "v1", -1), "num_ratings"),
+        ]:
+            with pytest.raises(StoreError, match=message):
+                store.put_user_params(params)
+        assert store.user_params() is None
+
+
+def test_switching_the_model_and_the_parameters_is_one_transaction(tmp_path):
+    with Store(tmp_path / "device.db") as store:
+        store.activate_model("v1")
+        store.put_user_params(StoredUserParams(np.zeros(2, np.float32), 0.0, "v1", 1))
+        with pytest.raises(StoreError, match="finite"):  # refused params: the model does not switch either
+            store.activate_model("v2", user_params=StoredUserParams(np.array([np.nan], np.float32), 0.0, "v2", 1))
+        assert store.active_model() == "v1" and store.user_params().model_version == "v1"
+        store.activate_model("v2", user_params=StoredUserParams(np.ones(3, np.float32), 1.0, "v2", 4))
+        assert store.active_model() == "v2" and store.user_params().dim == 3
+        store.activate_model("v3", drop_user_params=True)
+        assert store.active_model() == "v3" and store.user_params() is None
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path):
+    path = tmp_path / "device.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable device store"):
+        Store(path)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="store schema 99 is not supported"):
+        Store(other)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from edge_client.store import StoredUserParams, Store
+
+    store = Store(sys.argv[1])
+    batch = 0
+    while True:
+        # ten new items per transaction, then parameters that claim the count so far
+        store.put_ratings([(batch * 10 + k, float(1 + (batch + k) % 5)) for k in range(10)])
+        store.put_user_params(StoredUserParams(np.full(64, batch, np.float32), float(batch), f"v{batch}",
+                                               (batch + 1) * 10))
+        print(batch, flush=True)
+        batch += 1
+""")
+
+
+@pytest.mark.parametrize(("after_batches", "delay"), [(3, 0.0), (40, 0.007)])
+def test_a_kill_while_writing_leaves_a_consistent_store(after_batches, delay, tmp_path):
+    """The writer is SIGKILLed at an arbitrary point of its endless loop of transactions."""
+    path = tmp_path / "device.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        acknowledged = -1
+        deadline = time.monotonic() + 60
+        while acknowledged < after_batches and time.monotonic() < deadline:
+            line = writer.stdout.readline()
+            assert line, "the writer stopped on its own"
+            acknowledged = int(line)
+        time.sleep(delay)
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert acknowledged >= after_batches
+    with Store(path) as store:
+        assert store.integrity_check() == "ok"
+        ratings = store.ratings()
+        assert len(ratings) % 10 == 0, "a transaction was torn"
+        assert len(ratings) >= (acknowledged + 1) * 10, "an acknowledged write was lost"
+        assert sorted(ratings) == list(range(len(ratings)))
+        params = store.user_params()
+        batch = int(params.bias)
+        np.testing.assert_array_equal(params.embedding, np.full(64, batch, np.float32))
+        assert params.model_version == f"v{batch}" and params.num_ratings == (batch + 1) * 10 <= len(ratings)
+        store.put_ratings([(10**6, 3.0)])  # and it is writable again
