@@ -131,7 +131,7 @@ class Device:
                                 params_dim=None if stored is None else stored.dim)
 
         ratings = self.store.ratings()
-        index = _dense_index(model.manifest)
+        index = model.manifest.dense_index
         ids, stars = _known_ratings(ratings, index)
         new_params: StoredUserParams | None = None
         refit_loss: float | None = None
@@ -160,7 +160,7 @@ class Device:
         """Import a CSV (`item_id,rating` or MovieLens `movieId,rating[,timestamp]`), all or nothing."""
         path = Path(csv_path)
         model = self.model
-        rows = read_ratings_csv(path, model.manifest, _dense_index(model.manifest))
+        rows = read_ratings_csv(path, model.manifest)
         write = self._put_ratings(rows)
         return ImportReport(path, len(rows), write.added, write.replaced)
 
@@ -170,7 +170,7 @@ class Device:
         try:
             raw_id = parse_item_id(item_id)
             rating = parse_rating(stars, model.manifest)
-            check_known(raw_id, model.manifest, _dense_index(model.manifest))
+            check_known(raw_id, model.manifest)
         except (TypeError, ValueError) as error:
             raise DeviceError(f"rating refused: {error}") from None
         before = self.store.ratings().get(raw_id)
@@ -187,7 +187,7 @@ class Device:
         """Fit the personal parameters from every stored rating the active model knows, and persist them."""
         model = self.model
         ratings = self.store.ratings()
-        ids, stars = _known_ratings(ratings, _dense_index(model.manifest))
+        ids, stars = _known_ratings(ratings, model.manifest.dense_index)
         if len(ids) == 0:
             detail = f"{len(ratings)} stored, none for items it knows" if ratings else "none stored yet"
             raise DeviceError(f"no ratings to personalize model {model.model_version} from ({detail}); "
@@ -203,7 +203,7 @@ class Device:
             raise DeviceError(f"k must be a positive integer, got {k!r}")
         model = self.model
         self._restore_user(model)
-        index = _dense_index(model.manifest)
+        index = model.manifest.dense_index
         rated = {index[raw] for raw in self.store.ratings() if raw in index}
         ids, scores = model.topk(min(model.num_items, k + len(rated)))
         manifest = model.manifest
@@ -224,7 +224,7 @@ class Device:
         taking part in a round does not change what this device recommends.
         """
         model = self.model
-        ids, stars = _known_ratings(self.store.ratings(), _dense_index(model.manifest))
+        ids, stars = _known_ratings(self.store.ratings(), model.manifest.dense_index)
         if len(ids) == 0:
             raise DeviceError(f"no ratings known to model {model.model_version}; nothing to contribute")
         shipped = model.get_weights().global_weights
@@ -242,7 +242,7 @@ class Device:
         if version is not None:
             try:
                 manifest = self.model.manifest
-                index = _dense_index(manifest)
+                index = manifest.dense_index
                 known = sum(1 for raw in ratings if raw in index)
             except DeviceError as failure:
                 error = str(failure)
@@ -320,7 +320,7 @@ class Device:
                 refit_num_ratings: int = 0, refit_loss: float | None = None,
                 removed: tuple[str, ...] = ()) -> InstallReport:
         ratings = self.store.ratings()
-        index = _dense_index(model.manifest)
+        index = model.manifest.dense_index
         return InstallReport(
             model_version=model.model_version, previous_version=previous, already_active=already_active,
             repaired=repaired, dim=model.dim, previous_dim=previous_dim, params=params, params_dim=params_dim,
@@ -340,10 +340,6 @@ def _load_package(package_dir: Path) -> tuple[LiteModel, bytes]:
     model = LiteModel.from_bytes(model_bytes, manifest, model_path=model_path)
     model.self_test()
     return model, model_bytes
-
-
-def _dense_index(manifest: Manifest) -> dict[int, int]:
-    return {raw: dense for dense, raw in enumerate(manifest.item_ids)}
 
 
 def _known_ratings(ratings: Mapping[int, float], index: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:

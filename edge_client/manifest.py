@@ -10,6 +10,7 @@ sides can import it; the device never needs TensorFlow to read it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -95,6 +96,11 @@ class Manifest:
         absent = [s for s in SIGNATURES if s not in self.signatures]
         if absent:
             raise ManifestError(f"the model lacks the signatures {', '.join(absent)}")
+
+    @functools.cached_property
+    def dense_index(self) -> dict[int, int]:
+        """The app's item id -> the model's dense index (built once per manifest)."""
+        return {raw: dense for dense, raw in enumerate(self.item_ids)}
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,12 @@ def parse_rating(value: Any, manifest: Manifest) -> float:
     return rating
 
 
-def check_known(raw_id: int, manifest: Manifest, index: Mapping[int, int]) -> None:
-    if raw_id not in index:
+def check_known(raw_id: int, manifest: Manifest) -> None:
+    if raw_id not in manifest.dense_index:
         raise ValueError(f"item id {raw_id} is not in the active model's vocabulary (model {manifest.model_version})")
 
 
-def read_ratings_csv(path: Path, manifest: Manifest, index: Mapping[int, int]) -> list[tuple[int, float]]:
+def read_ratings_csv(path: Path, manifest: Manifest) -> list[tuple[int, float]]:
     """Parse and check every line; raise DeviceError naming the file, lines and values if any is bad."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -90,7 +89,7 @@ def read_ratings_csv(path: Path, manifest: Manifest, index: Mapping[int, int]) -
         try:
             raw_id = parse_item_id(fields[item_col])
             rating = parse_rating(fields[rating_col], manifest)
-            check_known(raw_id, manifest, index)
+            check_known(raw_id, manifest)
             if raw_id in seen:
                 raise ValueError(f"item id {raw_id} appears twice (first on line {seen[raw_id]})")
         except (TypeError, ValueError) as error:
