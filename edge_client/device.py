@@ -13,9 +13,7 @@ ignored by it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
@@ -31,6 +29,7 @@ from edge_client.manifest import (
     Manifest,
     ManifestError,
     read_verified_model,
+    write_package,
 )
 from edge_client.ratings_file import (
     check_known,
@@ -282,28 +281,15 @@ class Device:
         return manifest
 
     def _place(self, model_bytes: bytes, manifest: Manifest, target: Path) -> None:
-        """Write a verified copy beside `target` and rename it into place."""
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.model_version}-", dir=self.models_dir))
-        trash = self.models_dir / f".trash-{staging.name}"
+        """Write a copy as `target` (atomically) and read it back before it can be activated."""
         try:
-            (staging / MODEL_FILE).write_bytes(model_bytes)
-            (staging / MANIFEST_FILE).write_text(manifest.to_json())
-            for name in (MODEL_FILE, MANIFEST_FILE):
-                _fsync(staging / name)
-            copied = Manifest.read(staging / MANIFEST_FILE)
-            read_verified_model(copied, staging / MODEL_FILE)
-            if copied != manifest:
-                raise DeviceError(f"{staging}: the copied manifest does not read back the same")
-            if target.exists():
-                os.replace(target, trash)
-            os.replace(staging, target)
-            _fsync(self.models_dir)
+            write_package(target, model_bytes, manifest)
+            copied = Manifest.read(target / MANIFEST_FILE)
+            read_verified_model(copied, target / MODEL_FILE)
         except (OSError, ManifestError) as error:
             raise DeviceError(f"cannot copy the package into {self.models_dir}: {error}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(trash, ignore_errors=True)
+        if copied != manifest:
+            raise DeviceError(f"{target}: the copied manifest does not read back the same")
 
     def _remove_old_models(self, keep: set[str | None]) -> tuple[str, ...]:
         removed = []
@@ -332,25 +318,12 @@ class Device:
 
 def _load_package(package_dir: Path) -> tuple[LiteModel, bytes]:
     """Manifest, verified bytes, interpreter, and one run of every signature."""
-    if not package_dir.is_dir():
-        raise ManifestError("not a model package folder", package_dir)
-    manifest = Manifest.read(package_dir / MANIFEST_FILE)
-    model_path = package_dir / MODEL_FILE
-    model_bytes = read_verified_model(manifest, model_path)
-    model = LiteModel.from_bytes(model_bytes, manifest, model_path=model_path)
+    model = LiteModel.load(package_dir)
     model.self_test()
-    return model, model_bytes
+    return model, model.model_bytes
 
 
 def _known_ratings(ratings: Mapping[int, float], index: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Dense ids and ratings of the stored ratings whose items the model knows."""
     pairs = [(index[raw], rating) for raw, rating in ratings.items() if raw in index]
     return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.float32)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

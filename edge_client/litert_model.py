@@ -91,9 +91,11 @@ class ModelDelta(NamedTuple):
 class LiteModel:
     """A verified model package loaded in one interpreter; its signature runners share variables."""
 
-    def __init__(self, interpreter: Interpreter, manifest: Manifest, model_path: Path) -> None:
+    def __init__(self, interpreter: Interpreter, manifest: Manifest, model_path: Path,
+                 model_bytes: bytes = b"") -> None:
         self.manifest = manifest
         self.model_path = model_path
+        self.model_bytes = model_bytes  # the interpreter reads from this buffer; kept for copying
         self._interpreter = interpreter
         self._runners: dict[str, Any] = {}
         try:
@@ -148,11 +150,12 @@ class LiteModel:
         model_path = Path(model_path)
         if not model_bytes:
             raise ModelError("the model file is empty", model_path)
+        model_bytes = bytes(model_bytes)
         try:
-            interpreter = Interpreter(model_content=bytes(model_bytes))
+            interpreter = Interpreter(model_content=model_bytes)
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"not a usable TFLite model: {error}", model_path) from None
-        return cls(interpreter, manifest, model_path)
+        return cls(interpreter, manifest, model_path, model_bytes)
 
     @property
     def num_items(self) -> int:

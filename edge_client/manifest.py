@@ -14,7 +14,10 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +191,39 @@ def _is_int(value: Any) -> bool:
 
 def _is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def write_package(target: Path | str, model_bytes: bytes, manifest: Manifest) -> None:
+    """Write `model.tflite` and `manifest.json` as the folder `target`, all or nothing.
+
+    Both files go to a temporary sibling folder, are fsynced, and the folder is renamed into
+    place (an existing `target` is moved aside first and deleted after), so a crash leaves either
+    the old package or the new one where readers look, never half of one. Used by the exporter
+    and by a device installing a package.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700; a package is meant to be readable
+    old = target.with_name(f".{target.name}.old")
+    try:
+        (staging / MODEL_FILE).write_bytes(model_bytes)
+        (staging / MANIFEST_FILE).write_text(manifest.to_json())
+        for name in (MODEL_FILE, MANIFEST_FILE):
+            _fsync(staging / name)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        _fsync(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

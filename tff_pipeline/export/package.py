@@ -1,26 +1,29 @@
 """`fedrec export`: a run folder -> a model package (`model.tflite` + `manifest.json`).
 
-The package is written to a temporary folder beside the target and renamed into place only after
-the model has converted and every signature has run in LiteRT, so a failed export never leaves a
-half-written package where a device could pick it up.
+The package is written (`edge_client.manifest.write_package`) only after the model has converted
+and every signature has run in LiteRT (`LiteModel.self_test`, the device's own check), so a
+failed export never leaves a half-written package where a device could pick it up.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edge_client.litert_model import LiteModel
 from edge_client.manifest import (
-    HYPERPARAMETER_KEYS, MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest, sha256_bytes,
+    HYPERPARAMETER_KEYS,
+    MODEL_FILE,
+    SIGNATURES,
+    Manifest,
+    sha256_bytes,
+    write_package,
 )
-from tff_pipeline import checkpoint, model
+from tff_pipeline import model
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.privacy import accounting
 
@@ -110,39 +113,17 @@ def export_params(
     from tff_pipeline.export.ondevice_model import OnDeviceModel
 
     model_bytes = tflite.convert(OnDeviceModel(params, model_config))
-    tflite.smoke_test(model_bytes, fields["num_items"], fields["dim"])
     digest = sha256_bytes(model_bytes)
     dataset_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", fields["dataset"]).strip("-.") or "model"
     manifest = Manifest(
         model_version=f"{dataset_slug}-r{fields['round']}-{digest[:8]}", model_sha256=digest,
         model_bytes=len(model_bytes),
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **fields,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **fields,
     )
+    # Run every signature in LiteRT as a device would, before anything is written.
+    LiteModel.from_bytes(model_bytes, manifest, model_path=Path(out_dir) / MODEL_FILE).self_test()
     write_package(Path(out_dir), model_bytes, manifest)
     return manifest
-
-
-def write_package(out_dir: Path, model_bytes: bytes, manifest: Manifest) -> None:
-    """Write both files into a temporary sibling folder, then swap it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it 0700; a package is meant to be shared
-    try:
-        (staging / MODEL_FILE).write_bytes(model_bytes)
-        (staging / MANIFEST_FILE).write_text(manifest.to_json())
-        for name in (MODEL_FILE, MANIFEST_FILE):
-            with open(staging / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict:
