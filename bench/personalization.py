@@ -28,13 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from edge_client.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_verified_model  # noqa: E402
-from tff_pipeline import evaluation, model, personalized_eval  # noqa: E402
-from tff_pipeline.config import SimulationConfig  # noqa: E402
-from tff_pipeline.data import DatasetSplit, load_dataset  # noqa: E402
-from tff_pipeline.export.package import export_run  # noqa: E402
+from edge_client.litert_model import LiteModel, UserParams
+from tff_pipeline import evaluation, model, personalized_eval
+from tff_pipeline.config import SimulationConfig
+from tff_pipeline.data import DatasetSplit, load_dataset
+from tff_pipeline.export.package import export_run
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 
@@ -48,14 +46,10 @@ def train_default_run(data_dir: Path, out: Path) -> None:
 
 
 class DeviceScores:
-    """Per-user scores computed by the LiteRT model, looked up as an evaluation.ScoreFn."""
+    """Per-user scores computed by the device's LiteRT model wrapper, looked up as an evaluation.ScoreFn."""
 
     def __init__(self, package: Path, split: DatasetSplit, *, fit: bool) -> None:
-        manifest = Manifest.read(package / MANIFEST_FILE)
-        interpreter = Interpreter(model_content=read_verified_model(manifest, package / MODEL_FILE))
-        personalize = interpreter.get_signature_runner("personalize")
-        set_user = interpreter.get_signature_runner("set_user")
-        infer = interpreter.get_signature_runner("infer")
+        device_model = LiteModel.load(package)
         train, test, ranking = split.train, split.test, split.ranking
         needed: dict[int, list[np.ndarray]] = {}
         for users, items in ((test.users, test.items), (ranking.users, ranking.positives)):
@@ -67,17 +61,16 @@ class DeviceScores:
         bounds = np.searchsorted(train.users[order], np.arange(split.num_users + 1))
         self.table: dict[tuple[int, int], float] = {}
         self.fit_seconds: list[float] = []
-        zero_user = dict(user_embedding=np.zeros(manifest.dim, np.float32), user_bias=np.float32(0))
         for u, parts in needed.items():
             if fit:
                 rows = order[bounds[u]:bounds[u + 1]]
                 start = time.perf_counter()
-                personalize(item_ids=train.items[rows].astype(np.int32), ratings=train.ratings[rows].astype(np.float32))
+                device_model.personalize(train.items[rows], train.ratings[rows])
                 self.fit_seconds.append(time.perf_counter() - start)
             else:
-                set_user(**zero_user)
+                device_model.set_user(UserParams.zeros(device_model.dim))
             items = np.unique(np.concatenate(parts)).astype(np.int32)
-            scores = infer(item_ids=items)["scores"]
+            scores = device_model.infer(items)
             self.table.update({(u, int(i)): float(s) for i, s in zip(items, scores)})
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -113,7 +106,7 @@ def main() -> int:
           f"{len(fitted_scores.fit_seconds)} users with held-out ratings\n")
     print("| evaluation | RMSE | MAE | HR@10 | NDCG@10 |")
     print("|---|---|---|---|---|")
-    for name, metrics in (("on-device, fitted (LiteRT personalize + infer)", fitted),
+    for name, metrics in (("on-device, fitted (LiteModel personalize + infer)", fitted),
                           ("on-device, not fitted (user params at init = 0)", unfitted),
                           ("simulation's own evaluation (TF, direct solve)", simulated)):
         print(f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" for k in ("rmse", "mae", "hr@10", "ndcg@10")) + " |")
