@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_client.manifest import HYPERPARAMETER_KEYS, MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest  # noqa: E402
+from protocol.manifest import HYPERPARAMETER_KEYS, MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest  # noqa: E402
 
 
 def latency_us(call: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def saved_model_calls(weights: dict, manifest: Manifest, tmp: Path):
 
     config = model.ModelConfig(num_items=manifest.num_items, dim=manifest.dim, **manifest.hyperparameters)
     params = model.GlobalParams(weights["item_embeddings"], weights["item_bias"], weights["global_mean"])
-    module = OnDeviceModel(params, config)
+    module = OnDeviceModel(params, config, manifest_digest=manifest.content_digest())
     tf.saved_model.save(module, str(tmp / "saved"), signatures=module.signatures())
     start = time.perf_counter()
     loaded = tf.saved_model.load(str(tmp / "saved"))

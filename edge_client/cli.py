@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_client.device import DEFAULT_DEVICE_DIR, Device, DeviceError
-from edge_client.manifest import ManifestError
 from edge_client.store import StoreError
+from protocol.files import FileRefused
+from protocol.manifest import ManifestError
+from tflite_models import bundled_package
 
 PROG = "fedrec-edge"
-# The model exported from the built-in synthetic run, shipped in the source tree.
-BUNDLED_PACKAGE = Path(__file__).resolve().parents[1] / "tflite_models" / "synthetic"
+# The model exported from the built-in synthetic run, shipped as package data.
+BUNDLED_PACKAGE = bundled_package()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (DeviceError, ManifestError, StoreError, OSError) as error:
+    except (DeviceError, ManifestError, StoreError, FileRefused, OSError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

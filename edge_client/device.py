@@ -13,24 +13,20 @@ ignored by it.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Callable, NamedTuple, Self, TypeVar
 
 import numpy as np
 
 from edge_client.client_update import ClientUpdate, compute_client_update
+from edge_client.device_lock import DeviceLock
 from edge_client.errors import DeviceError
 from edge_client.litert_model import GlobalWeights, LiteModel, UserParams
-from edge_client.manifest import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    Manifest,
-    ManifestError,
-    read_verified_model,
-    write_package,
-)
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from protocol.package import read_verified_model, write_package
 from edge_client.ratings_file import (
     check_known,
     parse_item_id,
@@ -48,8 +44,42 @@ from edge_client.store import DB_FILE, RatingsWrite, Store, StoredUserParams, St
 
 MODELS_DIR = "models"
 DEFAULT_DEVICE_DIR = Path("~/.fedrec/device")
+T = TypeVar("T")
 
 
+class UsableRatings(NamedTuple):
+    """The stored ratings a model can use (dense ids and ratings), and how many it cannot."""
+
+    dense_ids: np.ndarray
+    ratings: np.ndarray
+    unknown_items: int  # items the model does not know
+    out_of_range: int  # ratings outside the model's rating range
+
+    @property
+    def ignored(self) -> int:
+        return self.unknown_items + self.out_of_range
+
+
+def _exclusive(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a Device method holding the device lock exclusively (it writes)."""
+
+    @functools.wraps(method)
+    def locked(self: Device, *args: Any, **kwargs: Any) -> T:
+        with self._lock.exclusive():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _shared(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a Device method holding the device lock shared (it only reads)."""
+
+    @functools.wraps(method)
+    def locked(self: Device, *args: Any, **kwargs: Any) -> T:
+        with self._lock.shared():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class Device:
@@ -65,6 +95,7 @@ class Device:
             self.store = Store(self.device_dir / DB_FILE)
         except StoreError as error:
             raise DeviceError(str(error)) from None
+        self._lock = DeviceLock(self.device_dir)
         self._model: LiteModel | None = None
 
     def __enter__(self) -> Self:
@@ -98,6 +129,7 @@ class Device:
 
     # installing
 
+    @_exclusive
     def install(self, package_dir: Path | str) -> InstallReport:
         """Verify, test-run, copy and activate a model package; see the module docstring."""
         package_dir = Path(package_dir)
@@ -129,9 +161,8 @@ class Device:
                                 params="none" if stored is None else "kept",
                                 params_dim=None if stored is None else stored.dim)
 
-        ratings = self.store.ratings()
-        index = model.manifest.dense_index
-        ids, stars = _known_ratings(ratings, index)
+        usable = usable_ratings(self.store.ratings(), model.manifest)
+        ids, stars = usable.dense_ids, usable.ratings
         new_params: StoredUserParams | None = None
         refit_loss: float | None = None
         if stored is None:
@@ -155,6 +186,7 @@ class Device:
 
     # ratings
 
+    @_exclusive
     def import_ratings(self, csv_path: Path | str) -> ImportReport:
         """Import a CSV (`item_id,rating` or MovieLens `movieId,rating[,timestamp]`), all or nothing."""
         path = Path(csv_path)
@@ -163,6 +195,7 @@ class Device:
         write = self._put_ratings(rows)
         return ImportReport(path, len(rows), write.added, write.replaced)
 
+    @_exclusive
     def rate(self, item_id: int | str, stars: float | str) -> float | None:
         """Store one rating (replacing an earlier one); returns the rating it replaced, if any."""
         model = self.model
@@ -176,19 +209,23 @@ class Device:
         self._put_ratings([(raw_id, rating)])
         return before
 
+    @_shared
     def ratings(self) -> dict[int, float]:
         """All stored ratings, raw item id -> rating (including items the active model does not know)."""
         return self.store.ratings()
 
     # personal model
 
+    @_exclusive
     def personalize(self) -> PersonalizeReport:
-        """Fit the personal parameters from every stored rating the active model knows, and persist them."""
+        """Fit the personal parameters from every stored rating the active model can use, and persist them."""
         model = self.model
         ratings = self.store.ratings()
-        ids, stars = _known_ratings(ratings, model.manifest.dense_index)
+        usable = usable_ratings(ratings, model.manifest)
+        ids, stars = usable.dense_ids, usable.ratings
         if len(ids) == 0:
-            detail = f"{len(ratings)} stored, none for items it knows" if ratings else "none stored yet"
+            detail = (f"{len(ratings)} stored, none usable by it: {usable.unknown_items} of items it does not "
+                      f"know, {usable.out_of_range} outside its rating range") if ratings else "none stored yet"
             raise DeviceError(f"no ratings to personalize model {model.model_version} from ({detail}); "
                               "import or rate some first")
         fit = model.personalize(ids, stars)
@@ -196,6 +233,7 @@ class Device:
             StoredUserParams(fit.user.embedding, float(fit.user.bias), model.model_version, len(ids)))
         return PersonalizeReport(model.model_version, len(ids), len(ratings) - len(ids), fit.loss)
 
+    @_shared
     def recommend(self, k: int = 10) -> list[Recommendation]:
         """The best `k` items this user has not rated (global model if not personalized yet)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -216,6 +254,7 @@ class Device:
             for rank, (d, score) in enumerate(picks, start=1)
         ]
 
+    @_shared
     def compute_update(self, global_weights: GlobalWeights | None, clip_norm: float) -> ClientUpdate:
         """This device's clipped contribution to a round, from its stored ratings.
 
@@ -223,7 +262,8 @@ class Device:
         taking part in a round does not change what this device recommends.
         """
         model = self.model
-        ids, stars = _known_ratings(self.store.ratings(), model.manifest.dense_index)
+        usable = usable_ratings(self.store.ratings(), model.manifest)
+        ids, stars = usable.dense_ids, usable.ratings
         if len(ids) == 0:
             raise DeviceError(f"no ratings known to model {model.model_version}; nothing to contribute")
         shipped = model.get_weights().global_weights
@@ -233,6 +273,7 @@ class Device:
             if global_weights is not None:
                 model.set_global(shipped)
 
+    @_shared
     def status(self) -> DeviceStatus:
         """What is installed and stored; works even when the active model cannot be loaded."""
         version = self.store.active_model()
@@ -283,7 +324,7 @@ class Device:
     def _place(self, model_bytes: bytes, manifest: Manifest, target: Path) -> None:
         """Write a copy as `target` (atomically) and read it back before it can be activated."""
         try:
-            write_package(target, model_bytes, manifest)
+            write_package(target, model_bytes, manifest, replace=True)
             copied = Manifest.read(target / MANIFEST_FILE)
             read_verified_model(copied, target / MODEL_FILE)
         except (OSError, ManifestError) as error:
@@ -292,12 +333,20 @@ class Device:
             raise DeviceError(f"{target}: the copied manifest does not read back the same")
 
     def _remove_old_models(self, keep: set[str | None]) -> tuple[str, ...]:
+        """Remove installed models other than `keep`, and what killed installs left behind.
+
+        Runs under the exclusive device lock, so no other install's staging folder can exist;
+        only folders this device writes are touched (model versions, `.<name>.*.staging` and
+        `.<name>.*.retired`).
+        """
         removed = []
         for folder in sorted(self.models_dir.iterdir()):
-            if folder.name in keep:
+            leftover = folder.name.startswith(".") and folder.name.endswith((".staging", ".retired"))
+            if folder.name in keep or not folder.is_dir() or folder.is_symlink() or \
+                    (folder.name.startswith(".") and not leftover):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
-            if not folder.name.startswith("."):
+            if not leftover:
                 removed.append(folder.name)
         return tuple(removed)
 
@@ -306,13 +355,13 @@ class Device:
                 refit_num_ratings: int = 0, refit_loss: float | None = None,
                 removed: tuple[str, ...] = ()) -> InstallReport:
         ratings = self.store.ratings()
-        index = model.manifest.dense_index
+        usable = usable_ratings(ratings, model.manifest)
         return InstallReport(
             model_version=model.model_version, previous_version=previous, already_active=already_active,
             repaired=repaired, dim=model.dim, previous_dim=previous_dim, params=params, params_dim=params_dim,
             refit_num_ratings=refit_num_ratings, refit_loss=refit_loss,
-            num_ratings=len(ratings), unknown_ratings=sum(1 for raw in ratings if raw not in index),
-            removed_versions=removed,
+            num_ratings=len(ratings), unknown_ratings=usable.unknown_items,
+            out_of_range_ratings=usable.out_of_range, removed_versions=removed,
         )
 
 
@@ -323,7 +372,22 @@ def _load_package(package_dir: Path) -> tuple[LiteModel, bytes]:
     return model, model.model_bytes
 
 
-def _known_ratings(ratings: Mapping[int, float], index: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ids and ratings of the stored ratings whose items the model knows."""
-    pairs = [(index[raw], rating) for raw, rating in ratings.items() if raw in index]
-    return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.float32)
+def usable_ratings(ratings: Mapping[int, float], manifest: Manifest) -> UsableRatings:
+    """The stored ratings a model can use: items it knows, ratings within its range.
+
+    Stored data is checked against the model that uses it, because ratings outlive models: a
+    rating stored under one model may be outside the next one's range (and then, as float32,
+    break its fit). Such ratings are kept in the store and ignored, as are unknown items.
+    """
+    index, low, high = manifest.dense_index, manifest.rating_min, manifest.rating_max
+    ids, stars, unknown, outside = [], [], 0, 0
+    for raw, rating in ratings.items():
+        dense = index.get(raw)
+        if dense is None:
+            unknown += 1
+        elif not low <= rating <= high:
+            outside += 1
+        else:
+            ids.append(dense)
+            stars.append(rating)
+    return UsableRatings(np.array(ids, np.int32), np.array(stars, np.float32), unknown, outside)

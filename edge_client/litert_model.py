@@ -11,37 +11,20 @@ ops loads fine and only fails at its first call.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from edge_client.manifest import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    SIGNATURES,
-    Manifest,
-    ManifestError,
-    read_verified_model,
-)
+from edge_client.native_log import LITERT_NOISE, filtered_stderr
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from protocol.package import read_verified_model
+from protocol.signatures import SIGNATURE_IO, SIGNATURES
 
-# The inputs and outputs each signature must have (names fixed by tff_pipeline/export/ondevice_model.py).
-SIGNATURE_IO: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "infer": (frozenset({"item_ids"}), frozenset({"scores"})),
-    "topk": (frozenset({"k"}), frozenset({"item_ids", "scores"})),
-    "personalize": (frozenset({"item_ids", "ratings"}), frozenset({"user_embedding", "user_bias", "loss"})),
-    "client_update": (
-        frozenset({"item_ids", "ratings"}),
-        frozenset({"item_embeddings_delta", "item_bias_delta", "global_mean_delta", "num_examples", "loss_before"}),
-    ),
-    "get_weights": (
-        frozenset(),
-        frozenset({"item_embeddings", "item_bias", "global_mean", "user_embedding", "user_bias"}),
-    ),
-    "set_global": (frozenset({"item_embeddings", "item_bias", "global_mean"}), frozenset({"num_items"})),
-    "set_user": (frozenset({"user_embedding", "user_bias"}), frozenset({"dim"})),
-}
+
+_delegate_announced = False
 
 
 class ModelError(ManifestError):
@@ -133,6 +116,12 @@ class LiteModel:
                 f"the model's weights do not match the manifest's num_items={self.num_items}, dim={self.dim}: "
                 + ", ".join(wrong), model_path,
             )
+        vouched = np.asarray(self._call("manifest_digest")["sha256"])
+        if vouched.dtype != np.uint8 or vouched.tobytes() != manifest.content_digest():
+            raise ModelError(
+                "the manifest's content does not match the digest the model was exported with "
+                "(manifest.json edited after export?)", model_path,
+            )
 
     @classmethod
     def load(cls, package_dir: Path | str) -> LiteModel:
@@ -151,11 +140,17 @@ class LiteModel:
         if not model_bytes:
             raise ModelError("the model file is empty", model_path)
         model_bytes = bytes(model_bytes)
-        try:
-            interpreter = Interpreter(model_content=model_bytes)
-        except (ValueError, RuntimeError) as error:
-            raise ModelError(f"not a usable TFLite model: {error}", model_path) from None
-        return cls(interpreter, manifest, model_path, model_bytes)
+        global _delegate_announced
+        # LiteRT announces its XNNPACK delegate once per process, at the first call.
+        quiet = contextlib.nullcontext() if _delegate_announced else filtered_stderr(LITERT_NOISE)
+        with quiet:
+            try:
+                interpreter = Interpreter(model_content=model_bytes)
+            except (ValueError, RuntimeError) as error:
+                raise ModelError(f"not a usable TFLite model: {error}", model_path) from None
+            model = cls(interpreter, manifest, model_path, model_bytes)
+            _delegate_announced = True
+        return model
 
     @property
     def num_items(self) -> int:
@@ -273,14 +268,23 @@ class LiteModel:
         return ids.astype(np.int32)
 
     def _examples(self, item_ids: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Checked (ids, ratings) of one user: the local work assumes each item appears once."""
         ids = self._item_ids(item_ids)
         stars = np.asarray(ratings)
         if stars.shape != ids.shape:
             raise ValueError(f"{len(ids)} item ids but ratings of shape {stars.shape}")
         if ids.size == 0:
             raise ValueError("at least one rating is needed")
-        if not np.issubdtype(stars.dtype, np.number) or not np.all(np.isfinite(stars)):
-            raise ValueError("ratings must be finite numbers")
+        unique, counts = np.unique(ids, return_counts=True)
+        if len(unique) != len(ids):
+            raise ValueError(f"item ids must be unique, got repeated {unique[counts > 1][:5].tolist()}")
+        if not np.issubdtype(stars.dtype, np.number) or np.issubdtype(stars.dtype, np.complexfloating):
+            raise TypeError(f"ratings must be real numbers, got {stars.dtype}")
+        low, high = self.manifest.rating_min, self.manifest.rating_max
+        outside = ~((stars >= low) & (stars <= high))  # also catches NaN
+        if outside.any():
+            raise ValueError(f"ratings must be within the model's range [{low:g}, {high:g}], "
+                             f"got {stars[outside][:5].tolist()}")
         return ids, stars.astype(np.float32)
 
     def _array(self, value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:

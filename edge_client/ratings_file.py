@@ -10,18 +10,24 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_client.errors import DeviceError
-from edge_client.manifest import Manifest
+from protocol.files import FileRefused, FileTooLarge, LineTooLong, bounded_lines, open_regular
+from protocol.manifest import Manifest
 
 ITEM_COLUMNS = ("item_id", "movieid")  # header names, compared case-insensitively
 USER_COLUMNS = ("user_id", "userid")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_REPORTED_ERRORS = 5
+MAX_LINE_CHARS = 4096
+# Size allowance per item of the model (a row with a timestamp and a title is ~100 bytes).
+_ROW_ALLOWANCE = 512
+_HEADER_ALLOWANCE = 64 * 1024
 
 
 def parse_item_id(value: Any) -> int:
@@ -57,32 +63,57 @@ def check_known(raw_id: int, manifest: Manifest) -> None:
         raise ValueError(f"item id {raw_id} is not in the active model's vocabulary (model {manifest.model_version})")
 
 
+def max_file_bytes(manifest: Manifest) -> int:
+    """The largest ratings file worth reading for this model: one user rates each item at most
+    once, so a file is refused by its size alone (at once) when it could not be one user's."""
+    return _HEADER_ALLOWANCE + manifest.num_items * _ROW_ALLOWANCE
+
+
 def read_ratings_csv(path: Path, manifest: Manifest) -> list[tuple[int, float]]:
-    """Parse and check every line; raise DeviceError naming the file, lines and values if any is bad."""
+    """Parse and check every line; raise DeviceError naming the file, lines and values if any is bad.
+
+    The file's size is bounded by the model (`max_file_bytes`), it is read line by line, and
+    reading stops once it holds more rows than the model has items.
+    """
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            lines = list(_numbered_rows(csv.reader(handle)))
-    except FileNotFoundError:
-        raise DeviceError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DeviceError(f"{path}: cannot read: {error}") from None
-    if not lines:
+        handle = open_regular(path, max_bytes=max_file_bytes(manifest), what="ratings file", text=True,
+                              encoding="utf-8-sig", newline="")
+    except FileTooLarge as error:
+        raise DeviceError(f"{error}: one user's ratings of the model's {manifest.num_items} items cannot be that "
+                          "large; is it a whole data set?") from None
+    except FileRefused as error:
+        raise DeviceError(str(error)) from None
+    with handle:
+        try:
+            return _parse(path, _numbered_rows(csv.reader(bounded_lines(handle, max_chars=MAX_LINE_CHARS))), manifest)
+        except LineTooLong as error:
+            raise DeviceError(f"{path}: {error}") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise DeviceError(f"{path}: cannot read: {error}") from None
+
+
+def _parse(path: Path, lines: Iterator[tuple[int, list[str]]], manifest: Manifest) -> list[tuple[int, float]]:
+    header_line, header = next(lines, (1, []))
+    if not header:
         raise DeviceError(f"{path}: the file is empty (expected a header item_id,rating)")
-    header_line, header = lines[0]
     names = [name.strip().lower() for name in header]
     item_col = next((names.index(n) for n in ITEM_COLUMNS if n in names), None)
     if item_col is None or "rating" not in names:
+        shown = ",".join(header)
         raise DeviceError(f"{path}: line {header_line}: the header must name an item_id (or movieId) column and a "
-                          f"rating column, got {','.join(header)!r}")
+                          f"rating column, got {shown[:200]!r}")
     rating_col = names.index("rating")
     user_col = next((names.index(n) for n in USER_COLUMNS if n in names), None)
     errors: list[str] = []
     rows: list[tuple[int, float]] = []
     seen: dict[int, int] = {}
     users: set[str] = set()
-    for line, fields in lines[1:]:
+    for line, fields in lines:
         if not any(field.strip() for field in fields):
             continue
+        if len(rows) + len(errors) >= manifest.num_items:
+            raise DeviceError(f"{path}: line {line}: more ratings than the model has items ({manifest.num_items}); "
+                              "a device holds one user's ratings, each item once")
         if len(fields) != len(header):
             errors.append(f"line {line}: expected {len(header)} fields, got {len(fields)}")
             continue
@@ -111,7 +142,7 @@ def read_ratings_csv(path: Path, manifest: Manifest) -> list[tuple[int, float]]:
     return rows
 
 
-def _numbered_rows(reader: Any) -> Any:
+def _numbered_rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) for each CSV record; the number is the record's first line."""
     line = 1
     for fields in reader:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edge_client.manifest import Manifest
+from protocol.manifest import Manifest
 from edge_client.store import StoredUserParams
 
 
@@ -23,6 +23,7 @@ class InstallReport:
     refit_loss: float | None
     num_ratings: int
     unknown_ratings: int  # stored ratings of items the new model does not know
+    out_of_range_ratings: int  # stored ratings outside the new model's rating range
     removed_versions: tuple[str, ...]
 
     @property
@@ -62,6 +63,11 @@ class InstallReport:
             lines.append(
                 f"{self.unknown_ratings} of {self.num_ratings} stored ratings are for items this model does not "
                 "know; they are kept and ignored by it"
+            )
+        if self.out_of_range_ratings:
+            lines.append(
+                f"{self.out_of_range_ratings} of {self.num_ratings} stored ratings are outside this model's rating "
+                "range; they are kept and ignored by it"
             )
         if self.removed_versions:
             lines.append(f"removed old models: {', '.join(self.removed_versions)}")

@@ -15,15 +15,17 @@ import datetime
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator
+import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Callable, Self, TypeVar
 
 import numpy as np
 
 DB_FILE = "device.db"
 SCHEMA_VERSION = 1
 _INT64 = (-(2**63), 2**63 - 1)
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE ratings (
@@ -51,6 +53,31 @@ CREATE TABLE active_model (
 
 class StoreError(ValueError):
     """A write refused (bad rows) or a store that cannot be used; nothing was written."""
+
+
+def _sqlite_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn SQLite's failures (a full or read-only disk, a locked or damaged file) into a
+    StoreError naming the file; a failed transaction has been rolled back, so nothing changed."""
+
+    @functools.wraps(method)
+    def guarded(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: {_explain(error)}; nothing was changed") from None
+
+    return guarded
+
+
+def _explain(error: sqlite3.Error) -> str:
+    text = str(error)
+    if "disk is full" in text or "disk I/O error" in text:
+        return f"the disk is full or failing ({text})"
+    if "readonly" in text or "read-only" in text:
+        return f"the device store is read-only ({text})"
+    if "locked" in text or "busy" in text:
+        return f"the device store is busy in another process ({text})"
+    return f"the device store failed ({text})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +134,7 @@ class Store:
 
     # ratings
 
+    @_sqlite_errors
     def put_ratings(self, rows: Iterable[tuple[int, float]]) -> RatingsWrite:
         """Insert or replace ratings, all in one transaction; any bad row refuses the whole batch."""
         checked: dict[int, float] = {}
@@ -125,15 +153,18 @@ class Store:
             )
         return RatingsWrite(added=len(checked) - existing, replaced=existing)
 
+    @_sqlite_errors
     def ratings(self) -> dict[int, float]:
         """All stored ratings, raw item id -> rating, in item id order."""
         return dict(self._db.execute("SELECT item_id, rating FROM ratings ORDER BY item_id").fetchall())
 
+    @_sqlite_errors
     def num_ratings(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM ratings").fetchone()[0])
 
     # personal parameters
 
+    @_sqlite_errors
     def user_params(self) -> StoredUserParams | None:
         row = self._db.execute(
             "SELECT embedding, bias, dim, model_version, num_ratings, fitted_at FROM user_params WHERE id = 1"
@@ -146,21 +177,25 @@ class Store:
             raise StoreError(f"{self.path}: the stored personal parameters are damaged")
         return StoredUserParams(embedding, float(bias), version, int(count), fitted_at)
 
+    @_sqlite_errors
     def put_user_params(self, params: StoredUserParams) -> None:
         row = _user_row(params)
         with self._transaction():
             self._write_user_row(row)
 
+    @_sqlite_errors
     def delete_user_params(self) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM user_params")
 
     # models
 
+    @_sqlite_errors
     def active_model(self) -> str | None:
         row = self._db.execute("SELECT model_version FROM active_model WHERE id = 1").fetchone()
         return None if row is None else row[0]
 
+    @_sqlite_errors
     def activate_model(
         self, model_version: str, *, user_params: StoredUserParams | None = None, drop_user_params: bool = False
     ) -> None:
@@ -182,6 +217,7 @@ class Store:
             elif drop_user_params:
                 self._db.execute("DELETE FROM user_params")
 
+    @_sqlite_errors
     def integrity_check(self) -> str:
         """SQLite's own check: 'ok' for a sound file."""
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -193,10 +229,14 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolls back itself when a COMMIT fails for a full disk
             raise
-        self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -35,7 +35,7 @@ def make_package(tmp_path_factory):
         if key not in built:
             import numpy as np
 
-            from edge_client.manifest import HYPERPARAMETER_KEYS, SIGNATURES
+            from protocol.manifest import HYPERPARAMETER_KEYS, SIGNATURES
             from tff_pipeline import model
             from tff_pipeline.export.package import export_params
 

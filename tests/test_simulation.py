@@ -57,7 +57,7 @@ def test_resume_ends_where_uninterrupted_run_ends(tff_runtime, small_split, tmp_
 
 def test_resume_refuses_a_different_config(tff_runtime, small_split, tmp_path):
     simulation.run(_config(rounds=2), small_split, out_dir=tmp_path)
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match="configuration differs"):
         simulation.run(_config(rounds=2, dim=4), small_split, out_dir=tmp_path, resume=True)
 
 

@@ -1,10 +1,14 @@
-"""`fedrec` command line: the only place that parses flags into a SimulationConfig."""
+"""`fedrec` command line: the only place that parses flags into a SimulationConfig.
+
+Every error the user can fix (a bad flag value, a malformed data file, a folder that holds
+another run, a corrupt checkpoint) is printed as one `fedrec: error: ...` line with exit status
+2; an interruption prints how to continue, with status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,56 +17,66 @@ from typing import Any, Sequence
 # Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tff_pipeline.config import SimulationConfig, preset
+from tff_pipeline.config import ConfigError, SimulationConfig, preset  # noqa: E402
+
+PROG = "fedrec"
+# Flags that do not change what is trained, so they may accompany --resume.
+_RUN_FLAGS = {"out", "resume", "quiet", "overwrite", "command"}
 
 
-def _simulate_parser(sub: argparse._SubParsersAction) -> None:
-    defaults = SimulationConfig()
+def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = SimulationConfig()
     p = sub.add_parser("simulate", help="federated training in a TFF simulation (one client per user)")
-    p.add_argument("--dataset", default=defaults.dataset, choices=["synthetic", "ml-100k", "movielens-csv"])
-    p.add_argument("--data-dir", default=None, help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
-    p.add_argument("--split", default=None, help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--rounds", type=int, default=defaults.rounds)
-    p.add_argument("--clients-per-round", type=int, default=defaults.clients_per_round,
-                   help="cohort size (expected size under DP's Poisson sampling)")
-    p.add_argument("--dim", type=int, default=None,
-                   help="embedding dimension (default 16; 2 with --dp); 0 = biases only")
-    p.add_argument("--user-l2", type=float, default=defaults.user_l2)
-    p.add_argument("--item-l2", type=float, default=defaults.item_l2)
-    p.add_argument("--item-bias-l2", type=float, default=defaults.item_bias_l2)
-    p.add_argument("--local-steps", type=int, default=defaults.local_steps)
-    p.add_argument("--local-lr", dest="local_learning_rate", type=float, default=defaults.local_learning_rate)
-    p.add_argument("--server-optimizer", default=None, choices=["sgdm", "adam"],
+    p.add_argument("--dataset", choices=["synthetic", "ml-100k", "movielens-csv"], help=f"default {d.dataset}")
+    p.add_argument("--data-dir", help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
+    p.add_argument("--split", help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--rounds", type=int, help=f"default {d.rounds}")
+    p.add_argument("--clients-per-round", type=int,
+                   help=f"cohort size (expected size under DP's Poisson sampling); default {d.clients_per_round}")
+    p.add_argument("--dim", type=int, help="embedding dimension (default 16; 2 with --dp); 0 = biases only")
+    p.add_argument("--user-l2", type=float, help=f"default {d.user_l2}")
+    p.add_argument("--item-l2", type=float, help=f"default {d.item_l2}")
+    p.add_argument("--item-bias-l2", type=float, help=f"default {d.item_bias_l2}")
+    p.add_argument("--local-steps", type=int, help=f"default {d.local_steps}")
+    p.add_argument("--local-lr", dest="local_learning_rate", type=float, help=f"default {d.local_learning_rate}")
+    p.add_argument("--server-optimizer", choices=["sgdm", "adam"],
                    help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
-    p.add_argument("--server-lr", dest="server_learning_rate", type=float, default=None,
-                   help="default 0.01 (adam); 0.6 with --dp")
-    p.add_argument("--server-momentum", type=float, default=None, help="default 0.9; 0 with --dp")
-    p.add_argument("--server-adam-epsilon", type=float, default=None, help="default 1e-2 (damps rare items)")
-    p.add_argument("--dp", default=defaults.dp, choices=["none", "fixed", "adaptive"],
-                   help="model aggregator: plain weighted mean, or DP with fixed / adaptive clipping")
-    p.add_argument("--noise-multiplier", type=float, default=None)
-    p.add_argument("--target-epsilon", type=float, default=None,
+    p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")
+    p.add_argument("--server-momentum", type=float, help="default 0.9; 0 with --dp")
+    p.add_argument("--server-adam-epsilon", type=float, help="default 1e-2 (damps rare items)")
+    p.add_argument("--dp", choices=["none", "fixed", "adaptive"],
+                   help="model aggregator: plain weighted mean (default), or DP with fixed / adaptive clipping")
+    p.add_argument("--noise-multiplier", type=float)
+    p.add_argument("--target-epsilon", type=float,
                    help="alone: calibrate the noise for --rounds; with --noise-multiplier: stop before exceeding it")
-    p.add_argument("--delta", type=float, default=defaults.delta)
-    p.add_argument("--clip", type=float, default=defaults.clip, help="L2 clip (initial clip when adaptive)")
+    p.add_argument("--delta", type=float, help=f"default {d.delta}")
+    p.add_argument("--clip", type=float, help=f"L2 clip (initial clip when adaptive); default {d.clip}")
     p.add_argument("--target-quantile", dest="target_unclipped_quantile", type=float,
-                   default=defaults.target_unclipped_quantile)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--centralized-epochs", type=int, default=defaults.centralized_epochs)
-    p.add_argument("--no-baselines", dest="baselines", action="store_false")
-    p.add_argument("--out", type=Path, default=None, help="output folder (report, metrics.csv, checkpoints)")
-    p.add_argument("--resume", type=Path, default=None, help="continue the interrupted run in this folder")
+                   help=f"default {d.target_unclipped_quantile}")
+    p.add_argument("--eval-every", type=int, help=f"default {d.eval_every}")
+    p.add_argument("--centralized-epochs", type=int, help=f"default {d.centralized_epochs}")
+    p.add_argument("--no-baselines", dest="baselines", action="store_const", const=False)
+    p.add_argument("--out", type=Path, help="output folder (report, metrics.csv, checkpoints); must be new or "
+                                            "empty, or hold an earlier run and --overwrite be given")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", type=Path, help="continue the interrupted run in this folder, as configured there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
 
 
 def _config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """Flags -> config; flags left unset take the preset of the run's privacy mode."""
     fields = {f.name for f in dataclasses.fields(SimulationConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    for key, value in preset(args.dp).items():
+    for key, value in preset(values.get("dp", SimulationConfig.dp)).items():
         values.setdefault(key, value)
     return SimulationConfig(**values)
+
+
+def _given_training_flags(args: argparse.Namespace) -> list[str]:
+    fields = {f.name for f in dataclasses.fields(SimulationConfig)}
+    return sorted(k for k, v in vars(args).items() if k in fields and v is not None)
 
 
 def _progress_callbacks(enabled: bool):
@@ -95,49 +109,86 @@ def _progress_callbacks(enabled: bool):
     return on_start, on_round, progress.stop
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from tff_pipeline import runtime, simulation, reporting
-    from tff_pipeline.data import load_dataset
+def _import_training_stack() -> None:
+    """Import TensorFlow and TFF once, dropping only their harmless CPU start-up lines."""
+    from edge_client.native_log import TENSORFLOW_CPU_NOISE, filtered_stderr
+
+    with filtered_stderr(TENSORFLOW_CPU_NOISE):
+        import tensorflow  # noqa: F401
+        import tensorflow_federated  # noqa: F401
+
+
+def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tff_pipeline.run_folder import RunFolder
 
     if args.resume is not None:
-        out_dir = args.resume
-        config_path = out_dir / simulation.CONFIG_FILE
-        if not config_path.exists():
-            raise SystemExit(f"fedrec: --resume {out_dir}: no {simulation.CONFIG_FILE} there")
-        config = SimulationConfig.from_dict(json.loads(config_path.read_text()))
+        given = _given_training_flags(args)
+        if given:
+            flags = ", ".join(_flag_of(parser, name) for name in given)
+            raise ConfigError("resume", f"{flags} cannot be changed when resuming: the run continues as configured "
+                                        f"in {args.resume}/config.json (start a new run to change them)")
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise ConfigError("resume", "--out and --resume name different folders; --resume writes into its own")
+        if args.overwrite:
+            raise ConfigError("resume", "--overwrite starts a new run; it cannot be combined with --resume")
+        folder = RunFolder(args.resume)
+        identity = folder.read_identity()
+        config = identity.config
     else:
-        out_dir = args.out
         config = _config_from_args(args)
+        folder = None if args.out is None else RunFolder(args.out)
+        identity = None
+        if folder is not None:
+            folder.check_can_start(overwrite=args.overwrite)
+
+    from tff_pipeline.data import load_dataset
+
     split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
+    config.check_model_size(split.num_items)
+    _import_training_stack()
+    from tff_pipeline import reporting, runtime, simulation
+
+    if folder is not None and identity is None:
+        identity = folder.start(config, overwrite=args.overwrite)
     runtime.install()
     on_start, on_round, stop = _progress_callbacks(not args.quiet)
     try:
         result = simulation.run(
-            config, split, out_dir=out_dir, resume=args.resume is not None,
-            on_round=on_round, on_start=on_start,
+            config, split, out_dir=None if folder is None else folder.path, resume=args.resume is not None,
+            identity=identity, on_round=on_round, on_start=on_start,
         )
+    except KeyboardInterrupt:
+        stop()
+        if folder is not None:
+            print(f"{PROG}: interrupted; the last finished round is saved: continue with "
+                  f"`fedrec simulate --resume {folder.path}`", file=sys.stderr)
+        raise
     finally:
         stop()
         runtime.shutdown()
-    if out_dir is not None:
-        reporting.write_outputs(out_dir, result.report, result.params, split.vocab)
-        print(f"wrote {out_dir}/report.json, report.md, metrics.csv, final_model.npz, vocabulary.json")
-    print(reporting.markdown(result.report))
+    if folder is not None:
+        reporting.write_outputs(folder, result.report, result.params, split.vocab)
+        print(f"wrote {folder.path}/report.json, report.md, metrics.csv, final_model.npz, vocabulary.json")
+    print(reporting.markdown(reporting.json_safe(result.report)))
     return 0
 
 
-def _export_parser(sub: argparse._SubParsersAction) -> None:
+def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's model as a TFLite package (model.tflite + manifest.json)")
-    p.add_argument("--run", type=Path, required=True, help="a `fedrec simulate --out` folder")
-    p.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
+    p.add_argument("--run", type=Path, required=True, help="a finished `fedrec simulate --out` folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="package folder to write: new, empty, or an earlier package with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the model package already in --out")
     p.add_argument("--round", dest="round_num", type=int, default=None,
                    help="export the checkpoint after this round instead of the final model")
+    return p
 
 
 def _export(args: argparse.Namespace) -> int:
+    _import_training_stack()
     from tff_pipeline.export.package import export_run
 
-    manifest = export_run(args.run, args.out, round_num=args.round_num)
+    manifest = export_run(args.run, args.out, round_num=args.round_num, overwrite=args.overwrite)
     privacy = manifest.privacy
     spent = (f"epsilon {privacy['epsilon_rdp']:.3g} (RDP) / {privacy['epsilon_pld']:.3g} (PLD) at delta {privacy['delta']:g}"
              if privacy else "no DP")
@@ -146,17 +197,31 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
+    for action in parser._actions:  # noqa: SLF001 (argparse keeps no public map of dest -> flag)
+        if action.dest == dest and action.option_strings:
+            return action.option_strings[0]
+    return dest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedrec", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _simulate_parser(sub)
+    simulate_parser = _simulate_parser(sub)
     _export_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return _export(args) if args.command == "export" else _simulate(args)
-    except (ValueError, FileNotFoundError) as error:  # DataError, ExportError are ValueErrors
-        print(f"fedrec: error: {error}", file=sys.stderr)
+        return _export(args) if args.command == "export" else _simulate(args, simulate_parser)
+    except ConfigError as error:
+        flag = "--resume" if error.field == "resume" else _flag_of(simulate_parser, error.field)
+        print(f"{PROG}: error: {flag}: {error.message}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,13 +4,22 @@ code takes it or its parts as keyword arguments and never reads flags or the env
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
-from tff_pipeline import model
-from tff_pipeline.federated.aggregation import AggregatorConfig, AggregatorKind
-from tff_pipeline.federated.process import ServerOptimizerConfig
+if TYPE_CHECKING:  # the config is read before TensorFlow is imported (the CLI checks flags first)
+    from tff_pipeline import model
+    from tff_pipeline.federated.aggregation import AggregatorConfig
+    from tff_pipeline.federated.process import ServerOptimizerConfig
 
 DEFAULT_DELTA = 1e-4
+# Limits that refuse absurd requests before any memory is spent on them: the global model is
+# num_items x dim floats, held several times over (server optimizer state, every cohort
+# member's delta, the TFLite file, which cannot exceed 2 GiB).
+MAX_DIM = 1024
+MAX_GLOBAL_PARAMETERS = 2**26
+MAX_ROUNDS = 1_000_000
+MAX_LOCAL_STEPS = 1000
 
 # What our ML-100K sweeps found best (closing note of issue 2); the CLI fills any of these flags
 # the user leaves unset from the preset of the run's privacy mode. Under DP noise, FedAdam and
@@ -30,6 +39,15 @@ PRIVATE_PRESET = {
 
 def preset(dp: str) -> dict[str, float | int | str]:
     return dict(NON_PRIVATE_PRESET if dp == "none" else PRIVATE_PRESET)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; `field` names it (the CLI maps it to its flag)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +83,54 @@ class SimulationConfig:
     baselines: bool = True
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.clients_per_round < 1:
-            raise ValueError("rounds and clients_per_round must be >= 1")
-        AggregatorKind(self.dp)  # raises on an unknown value
-        if self.dp == "none" and (self.noise_multiplier or self.target_epsilon):
-            raise ValueError("--noise-multiplier/--target-epsilon need --dp fixed or adaptive")
+        from tff_pipeline.data import DATASETS  # numpy only; kept local so config stays light
+
+        _choice(self, "dataset", DATASETS)
+        _optional_text(self, "data_dir")
+        if self.dataset == "synthetic" and self.data_dir is not None:
+            raise ConfigError("data_dir", "is for ml-100k and movielens-csv; the synthetic data set is generated")
+        _optional_text(self, "split")
+        _integer(self, "seed", 0, 2**63 - 1)
+        _integer(self, "rounds", 1, MAX_ROUNDS)
+        _integer(self, "clients_per_round", 1, 10**9)
+        _integer(self, "dim", 0, MAX_DIM)
+        _number(self, "user_l2", low=0.0, low_open=True)  # > 0: the user's ridge fit must be well posed
+        _number(self, "item_l2", low=0.0)
+        _number(self, "item_bias_l2", low=0.0)
+        _integer(self, "local_steps", 0, MAX_LOCAL_STEPS)
+        _number(self, "local_learning_rate", low=0.0, low_open=True)
+        _choice(self, "server_optimizer", ("sgdm", "adam"))
+        _number(self, "server_learning_rate", low=0.0, low_open=True)
+        _number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
+        _number(self, "server_adam_epsilon", low=0.0, low_open=True)
+        _choice(self, "dp", ("none", "fixed", "adaptive"))
+        if self.noise_multiplier is not None:
+            _number(self, "noise_multiplier", low=0.0, low_open=True)
+        if self.target_epsilon is not None:
+            _number(self, "target_epsilon", low=0.0, low_open=True)
+        _number(self, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
+        _number(self, "clip", low=0.0, low_open=True)
+        _number(self, "target_unclipped_quantile", low=0.0, high=1.0, low_open=True, high_open=True)
+        _integer(self, "eval_every", 1, MAX_ROUNDS)
+        _integer(self, "centralized_epochs", 1, 1000)
+        if not isinstance(self.baselines, bool):
+            raise ConfigError("baselines", f"must be true or false, got {self.baselines!r}")
+        if self.dp == "none" and (self.noise_multiplier is not None or self.target_epsilon is not None):
+            raise ConfigError("dp", "--noise-multiplier/--target-epsilon need --dp fixed or adaptive")
+
+    def check_model_size(self, num_items: int) -> None:
+        """Refuse a model too large to train or export, before any of it is allocated."""
+        if num_items * self.dim > MAX_GLOBAL_PARAMETERS:
+            raise ConfigError("dim", f"{num_items} items x dim {self.dim} = {num_items * self.dim} parameters, "
+                                     f"more than the {MAX_GLOBAL_PARAMETERS} this build supports; lower --dim")
 
     @property
     def private(self) -> bool:
         return self.dp != "none"
 
     def model_config(self, num_items: int) -> model.ModelConfig:
+        from tff_pipeline import model
+
         return model.ModelConfig(
             num_items=num_items,
             dim=self.dim,
@@ -88,6 +143,8 @@ class SimulationConfig:
         )
 
     def server_optimizer_config(self) -> ServerOptimizerConfig:
+        from tff_pipeline.federated.process import ServerOptimizerConfig
+
         return ServerOptimizerConfig(
             name=self.server_optimizer,
             learning_rate=self.server_learning_rate,
@@ -96,6 +153,8 @@ class SimulationConfig:
         )
 
     def aggregator_config(self, *, noise_multiplier: float, expected_clients: float) -> AggregatorConfig:
+        from tff_pipeline.federated.aggregation import AggregatorConfig, AggregatorKind
+
         return AggregatorConfig(
             kind=AggregatorKind(self.dp),
             noise_multiplier=noise_multiplier,
@@ -108,9 +167,46 @@ class SimulationConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SimulationConfig":
+    def from_dict(cls, values: Any) -> "SimulationConfig":
+        if not isinstance(values, dict):
+            raise ValueError("a configuration must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**values)
+
+
+def _integer(config: SimulationConfig, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be in [{low}, {high}], got {value}")
+
+
+def _number(config: SimulationConfig, name: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, " \
+                   f"{'inf' if high is None else f'{high:g}'}{')' if high_open or high is None else ']'}"
+        raise ConfigError(name, f"must be in {interval}, got {value:g}")
+
+
+def _choice(config: SimulationConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _optional_text(config: SimulationConfig, name: str) -> None:
+    value = getattr(config, name)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(name, f"must be text, got {value!r}")

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from protocol import updates
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -213,7 +215,7 @@ def item_gradients(
 class ClientOutput(NamedTuple):
     """What one device's local work produces. Only `delta` and `num_examples` may be uploaded."""
 
-    delta: GlobalParams  # new - old global params (dense, zeros for untouched items)
+    delta: GlobalParams  # new - old global params (protocol.updates; dense, zeros for untouched items)
     num_examples: tf.Tensor  # float32 []
     user: UserParams  # stays on the device
     loss_before: tf.Tensor  # mean squared error after reconstruction, before local training
@@ -272,7 +274,7 @@ def client_update(
         embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
     bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
     return ClientOutput(
-        delta=GlobalParams(embeddings_delta, bias_delta, global_mean - params.global_mean),
+        delta=GlobalParams(embeddings_delta, bias_delta, updates.model_delta(params.global_mean, global_mean)),
         num_examples=tf.cast(tf.size(ratings), tf.float32),
         user=user,
         loss_before=loss_before,

@@ -5,14 +5,25 @@ title), which together are what the export step reads."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
+import math
 from typing import Any
 
 import numpy as np
 
+from protocol.files import atomic_write
 from tff_pipeline import model
 from tff_pipeline.data import Vocabulary
+from tff_pipeline.run_folder import (
+    FINAL_MODEL_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    REPORT_MARKDOWN_FILE,
+    VOCABULARY_FILE,
+    RunFolder,
+    RunFolderError,
+)
 
 METRIC_KEYS = ("rmse", "mae", "hr@10", "ndcg@10")
 CSV_COLUMNS = ("round", "cohort", "train_seconds", "clip", "epsilon_rdp") + METRIC_KEYS
@@ -61,25 +72,47 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (bare NaN is not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_outputs(
-    out_dir: Path, report: dict[str, Any], params: model.GlobalParams, vocab: Vocabulary
+    folder: RunFolder, report: dict[str, Any], params: model.GlobalParams, vocab: Vocabulary
 ) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(markdown(report))
-    with open(out_dir / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in report["history"]:
-            writer.writerow({k: row.get(k) for k in CSV_COLUMNS})
+    """Write the run's results, each atomically and with the run id; report.json goes last, so
+    its presence means the others are complete."""
+    run_id = report["run_id"]
+    model_file = io.BytesIO()
     np.savez(
-        out_dir / "final_model.npz",
+        model_file,
         item_embeddings=np.asarray(params.item_embeddings),
         item_bias=np.asarray(params.item_bias),
         global_mean=np.asarray(params.global_mean),
+        run_id=np.array(run_id),
     )
     items = {
+        "run_id": run_id,
         "item_raw_ids": [int(x) for x in vocab.item_raw_ids.tolist()],
         "item_titles": list(vocab.item_titles) if vocab.item_titles is not None else None,
     }
-    (out_dir / "vocabulary.json").write_text(json.dumps(items))
+    metrics = io.StringIO()
+    writer = csv.DictWriter(metrics, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in report["history"]:
+        writer.writerow({k: row.get(k) for k in CSV_COLUMNS})
+    safe = json_safe(report)
+    try:
+        atomic_write(folder / FINAL_MODEL_FILE, model_file.getvalue())
+    except OSError as error:
+        raise RunFolderError(f"{folder / FINAL_MODEL_FILE}: cannot write: {error.strerror or error}") from None
+    folder.write_text(VOCABULARY_FILE, json.dumps(items))
+    folder.write_text(METRICS_FILE, metrics.getvalue())
+    folder.write_text(REPORT_MARKDOWN_FILE, markdown(safe))
+    folder.write_text(REPORT_FILE, json.dumps(safe, indent=2, allow_nan=False))

@@ -1,56 +1,149 @@
-"""TFF execution runtime that never leaves a `worker_binary` behind.
+"""TFF's local C++ execution context, with a worker that can never outlive us.
 
-TFF's default local context launches `tensorflow_federated/data/worker_binary` as a child
-process that inherits our stdout/stderr and can outlive Python (seen here: it held a shell pipe
-open for 14 minutes). We install the same C++ context, but route the child's output to
-/dev/null and stop every child it started at exit, on SIGTERM, and on an explicit `shutdown()`.
+TFF's own `set_sync_local_cpp_execution_context` starts `tensorflow_federated/data/worker_binary`
+with a plain `subprocess.Popen`: the worker inherits our stdout/stderr and outlives Python
+(seen here: it held a shell pipe open for 14 minutes; after `kill -9` of `fedrec simulate` it
+was re-parented to init every time, ~124 MB). This module builds the same context from the
+same TFF parts (a `RemoteExecutor` over a gRPC stub, in a `ResourceManagingExecutorFactory`,
+in a `SyncExecutionContext`), but owns the worker process:
+- its output goes to /dev/null;
+- it gets a parent-death signal (Linux `PR_SET_PDEATHSIG` = SIGKILL), so the kernel kills it
+  when we die, however we die. The signal fires when the *thread* that forked the child exits,
+  so the worker is forked by a keeper thread that lives as long as the process, through a small
+  exec wrapper (a `preexec_fn` is unsafe with TensorFlow's threads);
+- `shutdown()` (also at exit and on SIGTERM) stops it.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import queue
 import signal
 import subprocess
+import sys
 import threading
-import types
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Callable
 
-_started: list[subprocess.Popen[bytes]] = []
 _lock = threading.Lock()
 _installed = False
+_READY_POLL_SECONDS = 0.05
+_START_TIMEOUT_SECONDS = 60.0
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000  # as TFF's own local factory
+_GRPC_OPTIONS = [
+    ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
+]
+
+# Runs in the child before it becomes the worker.
+_EXEC_WITH_PDEATHSIG = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
+    os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
-class _TrackedQuietPopen(subprocess.Popen):
-    """Popen that detaches the worker from our stdio and remembers it for shutdown."""
+class _Keeper:
+    """One thread, alive for the life of the process, that forks every worker."""
 
-    def __init__(self, args: Any, **kwargs: Any) -> None:
-        kwargs.update(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        super().__init__(args, **kwargs)
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[Callable[[], Any], queue.Queue]] = queue.Queue()
+        threading.Thread(target=self._serve, name="tff-worker-keeper", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, reply = self._requests.get()
+            try:
+                reply.put((True, fn()))
+            except BaseException as error:  # handed back to the caller
+                reply.put((False, error))
+            del fn, reply
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._requests.put((fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+
+class _LocalWorker:
+    """The one local `worker_binary` and the gRPC stub that reaches it (restarted if it dies)."""
+
+    def __init__(self, binary: Path, keeper: _Keeper) -> None:
+        self._binary = binary
+        self._keeper = keeper
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stub: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def stub(self) -> Any:
         with _lock:
-            _started.append(self)
+            if self._stub is not None and self._stub.is_ready:
+                return self._stub
+            self._stop_locked()
+            self._stub = self._start_locked()
+            return self._stub
 
+    def stop(self) -> None:
+        with _lock:
+            self._stop_locked()
 
-def worker_pids() -> list[int]:
-    """PIDs of the TFF workers this process started that are still alive."""
-    with _lock:
-        return [p.pid for p in _started if p.poll() is None]
+    def _start_locked(self) -> Any:
+        import grpc
+        import portpicker
+        from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
+        port = portpicker.pick_unused_port()
+        argv = [sys.executable, "-I", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), str(self._binary),
+                f"--port={port}", "--max_concurrent_computation_calls=-1"]
+        self._process = self._keeper.run(lambda: subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        channel = grpc.insecure_channel(f"localhost:{port}", _GRPC_OPTIONS)
+        stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        while not stub.is_ready:
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the TFF worker {self._binary} did not start (exit code {self._process.poll()})")
+            time.sleep(_READY_POLL_SECONDS)
+        return stub
 
-def shutdown() -> None:
-    """Stop every TFF worker this process started (idempotent)."""
-    with _lock:
-        processes = list(_started)
-        _started.clear()
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
+    def _stop_locked(self) -> None:
+        process, self._process, self._stub = self._process, None, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+_worker: _LocalWorker | None = None
+
+
+def worker_pids() -> list[int]:
+    """PIDs of the TFF workers this process started that are still alive."""
+    pid = None if _worker is None else _worker.pid
+    return [] if pid is None else [pid]
+
+
+def shutdown() -> None:
+    """Stop the TFF worker this process started (idempotent; the next computation restarts it)."""
+    if _worker is not None:
+        _worker.stop()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -60,17 +153,37 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def install() -> None:
-    """Install TFF's local C++ execution context with tracked, silent workers (idempotent)."""
-    global _installed
+    """Make this context TFF's default (idempotent)."""
+    global _installed, _worker
     if _installed:
         return
-    import tensorflow_federated as tff
-    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+    from tensorflow_federated.python.core.backends.native import compiler
+    from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+    from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory, python_executor_stacks
+    from tensorflow_federated.python.core.impl.executors import remote_executor
+    from tensorflow_federated.python.core.impl.types import placements
 
-    shim = types.SimpleNamespace(**{k: getattr(subprocess, k) for k in dir(subprocess) if not k.startswith("__")})
-    shim.Popen = _TrackedQuietPopen
-    executor_factory.subprocess = shim  # type: ignore[attr-defined]
-    tff.backends.native.set_sync_local_cpp_execution_context()
+    binary = (Path(executor_factory.__file__).parent / ".." / ".." / ".." / ".." / "data" / "worker_binary").resolve()
+    if not binary.is_file():
+        raise RuntimeError(f"TFF's worker binary is missing at {binary}")
+    _worker = _LocalWorker(binary, _Keeper())
+
+    def stack_fn(cardinalities: dict) -> Any:
+        if cardinalities.get(placements.CLIENTS) is None:
+            cardinalities[placements.CLIENTS] = 0
+        executor = remote_executor.RemoteExecutor(_worker.stub(), stream_structs=False)
+        executor.set_cardinalities(cardinalities)
+        return executor
+
+    context = sync_execution_context.SyncExecutionContext(
+        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
+        compiler_fn=compiler.desugar_and_transform_to_native,
+        transform_args=tensorflow_computation.transform_args,
+        transform_result=tensorflow_computation.transform_result,
+    )
+    context_stack_impl.context_stack.set_default_context(context)
     atexit.register(shutdown)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)

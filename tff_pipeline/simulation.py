@@ -4,7 +4,6 @@ checkpoint every round, and assemble the report (with baselines computed on the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from collections.abc import Mapping
@@ -12,14 +11,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+import tensorflow as tf
+
 from tff_pipeline import baselines, centralized, checkpoint, model, personalized_eval
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, group_by_user
 from tff_pipeline.federated import client_work, process, sampling
 from tff_pipeline.privacy import accounting
+from tff_pipeline.run_folder import RunFolder, RunFolderError, RunIdentity
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+
+class TrainingDiverged(ValueError):
+    """The global parameters became non-finite; the round was not saved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +105,25 @@ def run(
     *,
     out_dir: Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    identity: RunIdentity | None = None,
     on_round: RoundCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """Train, evaluate, and return the report and the final global parameters."""
+    """Train, evaluate, and return the report and the final global parameters.
+
+    With `out_dir`, the run claims that folder (`RunFolder.start`: refused if it holds another
+    run, unless `overwrite`) or, with `resume`, continues the run saved there; a caller that
+    already did either passes the `identity` it got.
+    """
+    config.check_model_size(split.num_items)
+    folder = None if out_dir is None else RunFolder(out_dir)
+    if folder is not None:
+        if identity is None:
+            identity = folder.read_identity() if resume else folder.start(config, overwrite=overwrite)
+        if identity.config != config:
+            raise RunFolderError(f"{folder / 'config.json'}: the configuration differs from the one given; "
+                                 "a run is resumed with the configuration it started with")
     population = ClientPopulation(split)
     plan = plan_privacy(config, len(population))
     model_config = config.model_config(split.num_items)
@@ -119,15 +137,14 @@ def run(
     )
     state = learning_process.initialize()
     start_round, history, train_seconds = 0, [], 0.0
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            saved = SimulationConfig.from_dict(json.loads((out_dir / CONFIG_FILE).read_text()))
-            if saved != config:
-                raise ValueError(f"--resume: config differs from the one saved in {out_dir / CONFIG_FILE}")
-            start_round, state, meta = checkpoint.load(out_dir / CHECKPOINT_DIR, structure=state)
+    if folder is not None and resume:
+        loaded = checkpoint.load(folder.checkpoints, structure=state, identity=identity)
+        if loaded is not None:
+            start_round, state, meta = loaded
             history, train_seconds = meta["history"], meta["train_seconds"]
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+        if start_round > plan.rounds:
+            raise checkpoint.CheckpointError(
+                f"{folder.checkpoints}: holds round {start_round}, but this run plans {plan.rounds} rounds")
     if on_start:
         on_start(start_round, plan.rounds)
 
@@ -145,6 +162,7 @@ def run(
         started = time.perf_counter()
         if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
             output = learning_process.next(state, population.datasets(cohort))
+            _refuse_divergence(output.state, round_num)
             state = output.state
             metrics = output.metrics
         else:
@@ -158,9 +176,9 @@ def run(
         if round_num % config.eval_every == 0 or round_num == plan.rounds:
             row.update(_evaluate(learning_process, state, split, model_config))
         history.append(row)
-        if out_dir is not None:
+        if folder is not None:
             checkpoint.save(
-                out_dir / CHECKPOINT_DIR, round_num=round_num, state=state,
+                folder.checkpoints, round_num=round_num, state=state, identity=identity,
                 meta={"history": history, "train_seconds": train_seconds},
             )
         if on_round:
@@ -168,7 +186,18 @@ def run(
 
     final = _evaluate(learning_process, state, split, model_config)
     report = _assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
+    report["run_id"] = None if identity is None else identity.run_id
     return RunResult(report=report, params=_global_params(learning_process, state))
+
+
+def _refuse_divergence(state: Any, round_num: int) -> None:
+    """Stop before a non-finite state is saved or reported (a run with a huge learning rate)."""
+    for value in tf.nest.flatten(state):
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise TrainingDiverged(
+                f"round {round_num}: the model diverged (non-finite parameters); the last saved checkpoint "
+                "is the round before. Lower --server-lr or --local-lr and start a new run")
 
 
 def _global_params(learning_process, state) -> model.GlobalParams:

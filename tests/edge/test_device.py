@@ -154,7 +154,7 @@ def test_an_upgrade_that_knows_none_of_the_rated_items_keeps_the_ratings_and_dro
     assert "cannot be refitted" in text and "10 of 10 stored ratings are for items this model does not know" in text
     assert device.store.user_params() is None
     assert sorted(device.ratings()) == unknown_later  # kept for a later model
-    with pytest.raises(DeviceError, match="10 stored, none for items it knows"):
+    with pytest.raises(DeviceError, match="10 stored, none usable by it"):
         device.personalize()
     assert len(device.recommend(k=50)) == 20  # unknown ratings exclude nothing; global model
     device.rate(1000, 5)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_client.device import Device, DeviceError
-from edge_client.manifest import MANIFEST_FILE, MODEL_FILE
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE
 
 
 def _tamper(source: Path, out: Path, *, model: Callable[[bytes], bytes] | None = None,
@@ -66,7 +66,7 @@ CASES = {
     "num_items mismatch": ({"manifest": _fewer_items}, r"weights do not match the manifest's num_items=29"),
     "random bytes, re-hashed": ({"model": lambda d: np.random.default_rng(0).bytes(len(d)), "consistent": True},
                                 r"model\.tflite: not a usable TFLite model"),
-    "empty model, re-hashed": ({"model": lambda d: b"", "consistent": True}, r"model_bytes must be a positive integer"),
+    "empty model, re-hashed": ({"model": lambda d: b"", "consistent": True}, r"model_bytes must be an integer in \[1, "),
     "empty manifest": ({"manifest": lambda f: f.clear()}, r"manifest lacks the fields"),
 }
 
@@ -107,7 +107,7 @@ def test_missing_files_and_folders_are_named(used_device, make_package, tmp_path
         used_device.install(tmp_path / "nowhere")
     no_model = _tamper(make_package(seed=1, round_num=2), tmp_path / "no_model")
     (no_model / MODEL_FILE).unlink()
-    with pytest.raises(DeviceError, match=r"no_model/model\.tflite: model file is missing"):
+    with pytest.raises(DeviceError, match=r"no_model/model\.tflite: no such model file"):
         used_device.install(no_model)
     broken = _tamper(make_package(seed=1, round_num=2), tmp_path / "broken")
     (broken / MANIFEST_FILE).write_text("{not json")

@@ -12,7 +12,7 @@ from edge_client.litert_model import (
     ModelError,
     UserParams,
 )
-from edge_client.manifest import MANIFEST_FILE, SIGNATURES, Manifest, ManifestError
+from protocol.manifest import MANIFEST_FILE, SIGNATURES, Manifest, ManifestError
 
 
 @pytest.fixture
@@ -72,8 +72,10 @@ def test_calls_validate_dtypes_shapes_and_ranges(model):
         model.infer(np.array([[1]]))
     with pytest.raises(ValueError, match="at least one rating"):
         model.personalize(np.array([], np.int32), np.array([], np.float32))
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match=r"within the model's range \[1, 5\], got \[nan\]"):
         model.client_update(np.array([1]), np.array([np.nan]))
+    with pytest.raises(ValueError, match=r"within the model's range \[1, 5\], got \[1e\+300\]"):
+        model.personalize(np.array([1]), np.array([1e300]))  # would be inf as float32
     with pytest.raises(ValueError, match="ratings of shape"):
         model.personalize(np.array([1, 2]), np.array([3.0]))
     # LiteRT itself would accept a user vector of the wrong length without a word

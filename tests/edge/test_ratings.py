@@ -69,7 +69,7 @@ def test_every_bad_line_is_reported_up_to_a_limit(device, tmp_path):
 
 
 def test_a_missing_file_is_named(device, tmp_path):
-    with pytest.raises(DeviceError, match=r"nope\.csv: no such file"):
+    with pytest.raises(DeviceError, match=r"nope\.csv: no such ratings file"):
         device.import_ratings(tmp_path / "nope.csv")
 
 

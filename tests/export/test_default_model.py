@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest, read_verified_model
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest
+from protocol.package import read_verified_model
 
 DEFAULT_PACKAGE = Path(__file__).resolve().parents[2] / "tflite_models" / "synthetic"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_verified_model
-from tff_pipeline.export.package import ExportError, export_run, write_package
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from protocol.package import read_verified_model, write_package
+from tff_pipeline.export.package import ExportError, export_run
 from tff_pipeline.privacy import accounting
 
 
@@ -85,13 +86,21 @@ def test_refusals_name_the_problem(dp_run, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
-def test_rewriting_a_package_replaces_it_whole(make_package, tmp_path):
+def test_a_package_replaces_only_a_package_and_only_when_told(make_package, tmp_path):
     source = make_package(num_items=30, dim=4, seed=1)
     manifest = Manifest.read(source / MANIFEST_FILE)
-    target = tmp_path / "pkg"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
-    write_package(target, (source / MODEL_FILE).read_bytes(), manifest)
+    model_bytes = (source / MODEL_FILE).read_bytes()
+    foreign = tmp_path / "pkg"
+    foreign.mkdir()
+    (foreign / "stale.txt").write_text("old")
+    with pytest.raises(ManifestError, match="not a model package; refusing to replace it"):
+        write_package(foreign, model_bytes, manifest, replace=True)
+    assert [p.name for p in foreign.iterdir()] == ["stale.txt"]
+    target = tmp_path / "pkg2"
+    write_package(target, model_bytes, manifest)
+    with pytest.raises(ManifestError, match="already there"):
+        write_package(target, model_bytes, manifest)
+    write_package(target, model_bytes, manifest, replace=True)
     assert sorted(p.name for p in target.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "pkg2"]  # no staging left behind
     read_verified_model(Manifest.read(target / MANIFEST_FILE), target / MODEL_FILE)
-    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no staging folders left behind

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from ai_edge_litert.interpreter import Interpreter
 
-from edge_client.manifest import MODEL_FILE, SIGNATURES, Manifest
+from protocol.manifest import MODEL_FILE, SIGNATURES, Manifest
 from tff_pipeline import model
 from tff_pipeline.federated import client_work
 
@@ -58,10 +58,10 @@ def test_client_update_matches_the_tff_client_work(package, runners, tff_runtime
 
     weights = tff.learning.models.ModelWeights(trainable=tuple(np.asarray(p) for p in params), non_trainable=())
     simulated = client_work.build_client_update(config)(weights, client_work.client_data(items, ratings))
-    # TFF uploads the pseudo-gradient old - new; the device reports new - old.
-    np.testing.assert_allclose(device["item_embeddings_delta"], -simulated.update[0], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(device["item_bias_delta"], -simulated.update[1], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(device["global_mean_delta"], -simulated.update[2], rtol=RTOL, atol=ATOL)
+    # Both sides upload the model delta new - old (protocol.updates).
+    np.testing.assert_allclose(device["item_embeddings_delta"], simulated.update[0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["item_bias_delta"], simulated.update[1], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["global_mean_delta"], simulated.update[2], rtol=RTOL, atol=ATOL)
     assert float(device["num_examples"]) == simulated.update_weight == len(items)
     assert np.abs(device["item_embeddings_delta"]).sum() > 0  # a real update, not zeros
 

@@ -69,9 +69,9 @@ def _weights_value(params: model.GlobalParams):
 
 
 def _expected_update(params: model.GlobalParams, items, ratings, config) -> list[np.ndarray]:
-    """The pseudo-gradient (old - new) computed eagerly with the model code."""
+    """The model delta (new - old, `protocol.updates`) computed eagerly with the model code."""
     out = model.client_update(params, tf.constant(items), tf.constant(ratings), config)
-    return [-d.numpy().astype(np.float64) for d in out.delta]
+    return [d.numpy().astype(np.float64) for d in out.delta]
 
 
 def _global_norm(arrays) -> float:
@@ -150,8 +150,9 @@ def test_client_work_uploads_only_the_global_update_and_a_scalar_weight():
     # Nothing in the upload has the user-parameter shapes.
     for path, t in _tensor_types(member):
         assert _shape(t) in {(NUM_ITEMS, DIM), (NUM_ITEMS,), ()}, path
-    # The client work returns nothing but the ClientResult: no per-client measurements exist.
-    assert client_work.build_client_work(cfg).type_signature.result.member.is_equivalent_to(member)
+    # The client work returns nothing but the ClientResult: three deltas and one weight, no
+    # per-client measurements.
+    assert len(list(_tensor_types(client_results))) == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_upload_does_not_contain_the_user_parameters(tff_runtime):
     assert not _contains_scalar(uploaded, bias)
     assert not _contains_scalar(uploaded, -bias)
 
-    # The upload is the pseudo-gradient old - new = -(delta of model.client_update).
+    # The upload is the model delta new - old, as the device's (protocol.updates).
     expected = _expected_update(params, items, ratings, cfg)
     for got, want in zip(update, expected):
         assert got.shape == want.shape
@@ -238,10 +239,10 @@ def test_dp_round_applies_the_clipped_sum_over_expected_clients(tff_runtime):
         assert _global_norm(clipped[-1]) <= clip * (1 + 1e-9)
     assert sum(_global_norm(u) > clip for u in updates) == 2
     for k in range(3):
-        expected = before[k] - sum(c[k] for c in clipped) / expected_clients
+        expected = before[k] + sum(c[k] for c in clipped) / expected_clients
         np.testing.assert_allclose(after[k], expected, rtol=1e-4, atol=1e-6)
     # ... which is not what an unclipped mean would have given.
-    unclipped = before[0] - sum(u[0] for u in updates) / len(updates)
+    unclipped = before[0] + sum(u[0] for u in updates) / len(updates)
     assert not np.allclose(after[0], unclipped, atol=1e-4)
 
 
@@ -285,6 +286,6 @@ def test_mean_aggregation_is_example_weighted(tff_runtime):
     before, after = _run_one_round(cfg, aggregation.AggregatorConfig(), clients)
     for k in range(3):
         weighted = (counts[0] * updates[0][k] + counts[1] * updates[1][k]) / counts.sum()
-        np.testing.assert_allclose(after[k], before[k] - weighted, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(after[k], before[k] + weighted, rtol=1e-4, atol=1e-6)
     unweighted = (updates[0][0] + updates[1][0]) / 2
-    assert not np.allclose(after[0], before[0] - unweighted, atol=1e-5)
+    assert not np.allclose(after[0], before[0] + unweighted, atol=1e-5)

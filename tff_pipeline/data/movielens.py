@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
 from .csv_format import (
     RatingRule,
@@ -16,6 +17,8 @@ from .csv_format import (
     build_vocabulary,
     encode_ratings,
     iter_tab_records,
+    pair_keys,
+    parse_int,
     parse_rating_records,
     require_dir,
     require_file,
@@ -40,7 +43,7 @@ def _read_ratings(path: Path) -> RawRatings:
 
 def _read_titles(path: Path) -> dict[int, str] | None:
     """item id -> title from pipe-separated latin-1 ``u.item``; None if absent."""
-    if not path.is_file():
+    if not path.exists():
         return None
     titles: dict[int, str] = {}
     lines: dict[int, int] = {}
@@ -51,12 +54,7 @@ def _read_titles(path: Path) -> dict[int, str] | None:
                 path=path,
                 line=line,
             )
-        try:
-            item = int(fields[0])
-        except ValueError:
-            raise DataError(
-                f"item id {fields[0]!r} is not an integer", path=path, line=line
-            ) from None
+        item = parse_int(fields[0], "item id", path, line)
         if item in titles:
             raise DataError(
                 f"duplicate item id {item} (also on line {lines[item]})", path=path, line=line
@@ -66,37 +64,46 @@ def _read_titles(path: Path) -> dict[int, str] | None:
     return titles
 
 
-def _row_keys(raw: RawRatings) -> list[tuple[int, int, float, int]]:
-    return list(
-        zip(raw.users.tolist(), raw.items.tolist(), raw.ratings.tolist(), raw.timestamps.tolist())
-    )
+def _find_pairs(haystack: RawRatings, needles: RawRatings) -> np.ndarray:
+    """Row of `haystack` holding each needle's (user, item) pair, -1 where none does (vectorised:
+    a data file may hold millions of rows)."""
+    keys = pair_keys(haystack.users, haystack.items)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    wanted = pair_keys(needles.users, needles.items)
+    position = np.minimum(np.searchsorted(sorted_keys, wanted), len(order) - 1)
+    found = sorted_keys[position] == wanted
+    return np.where(found, order[position], -1)
 
 
 def _check_subset(part: RawRatings, full: RawRatings) -> None:
     """Every row of an official split file must be a row of u.data."""
-    known = set(_row_keys(full))
-    for key, line in zip(_row_keys(part), part.lines.tolist()):
-        if key not in known:
-            user, item, rating, stamp = key
-            raise DataError(
-                f"rating (user {user}, item {item}, rating {rating:g}, timestamp {stamp}) "
-                f"is not in {full.path.name}",
-                path=part.path,
-                line=line,
-            )
+    row = _find_pairs(full, part)
+    safe = np.maximum(row, 0)
+    same = (row >= 0) & (full.ratings[safe] == part.ratings) & (full.timestamps[safe] == part.timestamps)
+    if same.all():
+        return
+    bad = int(np.flatnonzero(~same)[0])
+    raise DataError(
+        f"rating (user {part.users[bad]}, item {part.items[bad]}, rating {part.ratings[bad]:g}, "
+        f"timestamp {part.timestamps[bad]}) is not in {full.path.name}",
+        path=part.path,
+        line=int(part.lines[bad]),
+    )
 
 
 def _check_disjoint(train: RawRatings, test: RawRatings) -> None:
     """A (user, item) pair in both files would leak test labels into training."""
-    train_lines = dict(zip(zip(train.users.tolist(), train.items.tolist()), train.lines.tolist()))
-    for pair, line in zip(zip(test.users.tolist(), test.items.tolist()), test.lines.tolist()):
-        if pair in train_lines:
-            raise DataError(
-                f"user {pair[0]} item {pair[1]} is also in {train.path.name} "
-                f"line {train_lines[pair]} (train/test leakage)",
-                path=test.path,
-                line=line,
-            )
+    row = _find_pairs(train, test)
+    if (row < 0).all():
+        return
+    bad = int(np.flatnonzero(row >= 0)[0])
+    raise DataError(
+        f"user {test.users[bad]} item {test.items[bad]} is also in {train.path.name} "
+        f"line {train.lines[row[bad]]} (train/test leakage)",
+        path=test.path,
+        line=int(test.lines[bad]),
+    )
 
 
 def _official_split(

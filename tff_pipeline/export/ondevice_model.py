@@ -19,22 +19,30 @@ Signatures (inputs -> outputs):
                                         user_embedding, user_bias
     set_global(item_embeddings, item_bias, global_mean) -> num_items
     set_user(user_embedding, user_bias)                  -> dim
+    manifest_digest()                -> sha256                        uint8[32]: the content digest
+                                        of the manifest this model was exported with
+                                        (`protocol.manifest`), so the model vouches for it
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
+from protocol.signatures import SIGNATURES
 from tff_pipeline import model
 
 
 class OnDeviceModel(tf.Module):
-    def __init__(self, params: model.GlobalParams, config: model.ModelConfig) -> None:
+    def __init__(self, params: model.GlobalParams, config: model.ModelConfig, *, manifest_digest: bytes) -> None:
         super().__init__(name="fedrec_on_device")
         if config.dim < 1:
             raise ValueError("the TFLite export needs dim >= 1 (TFLite has no zero-size variables)")
+        if len(manifest_digest) != 32:
+            raise ValueError(f"manifest_digest must be 32 bytes (sha256), got {len(manifest_digest)}")
+        self._manifest_digest = np.frombuffer(manifest_digest, np.uint8).copy()
         self.config = dataclasses.replace(config, solver="cg")
         n, d = config.num_items, config.dim
         self.item_embeddings = tf.Variable(tf.cast(params.item_embeddings, tf.float32), name="item_embeddings")
@@ -58,10 +66,13 @@ class OnDeviceModel(tf.Module):
             tf.TensorSpec([d], tf.float32, name="user_embedding"),
             tf.TensorSpec([], tf.float32, name="user_bias"),
         ])
+        self.manifest_digest = tf.function(self._digest, input_signature=[])
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        return {name: getattr(self, name).get_concrete_function() for name in (
-            "infer", "topk", "personalize", "client_update", "get_weights", "set_global", "set_user")}
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+    def _digest(self):
+        return {"sha256": tf.constant(self._manifest_digest, tf.uint8)}
 
     def _global(self) -> model.GlobalParams:
         return model.GlobalParams(self.item_embeddings.read_value(), self.item_bias.read_value(),

@@ -1,76 +1,131 @@
 """`fedrec export`: a run folder -> a model package (`model.tflite` + `manifest.json`).
 
-The package is written (`edge_client.manifest.write_package`) only after the model has converted
-and every signature has run in LiteRT (`LiteModel.self_test`, the device's own check), so a
-failed export never leaves a half-written package where a device could pick it up.
+Every piece read from the run folder must carry the run id of its config.json, so a package can
+never pair one run's weights with another run's ε. The model file bakes in the digest of the
+manifest's content (`protocol.manifest`). The package is written (`protocol.package.write_package`)
+only after the model has converted and every signature has run in LiteRT (`LiteModel.self_test`,
+the device's own check), so a failed export leaves nothing where a device could pick it up; and
+it is never written over anything but an earlier package (`--overwrite`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_client.litert_model import LiteModel
-from edge_client.manifest import (
-    HYPERPARAMETER_KEYS,
-    MODEL_FILE,
-    SIGNATURES,
-    Manifest,
-    sha256_bytes,
-    write_package,
-)
-from tff_pipeline import model
-from tff_pipeline.config import SimulationConfig
+from protocol.manifest import HYPERPARAMETER_KEYS, MODEL_FILE, SIGNATURES, Manifest, ManifestError
+from protocol.manifest import provisional_manifest, sha256_bytes
+from protocol.package import is_replaceable_package, write_package
+from tff_pipeline import checkpoint, model
 from tff_pipeline.privacy import accounting
-
-REPORT_FILE = "report.json"
-FINAL_MODEL_FILE = "final_model.npz"
-VOCABULARY_FILE = "vocabulary.json"
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from tff_pipeline.run_folder import (
+    FINAL_MODEL_FILE,
+    REPORT_FILE,
+    VOCABULARY_FILE,
+    RunFolder,
+    RunFolderError,
+    RunIdentity,
+    read_json,
+)
 
 
 class ExportError(ValueError):
     """The run cannot be exported; the message names the file and what is wrong."""
 
 
-def load_run_params(run_dir: Path, round_num: int | None = None) -> tuple[model.GlobalParams, int]:
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """The pieces of a finished run folder that an export reads, checked to be one run's."""
+
+    folder: RunFolder
+    identity: RunIdentity
+    report: dict[str, Any]
+    vocabulary: dict[str, Any]
+
+    @property
+    def final_round(self) -> int:
+        return int(self.report["privacy"]["rounds"])
+
+
+def read_finished_run(run_dir: Path) -> FinishedRun:
+    folder = RunFolder(run_dir)
+    try:
+        identity = folder.read_identity()
+        if not (folder / REPORT_FILE).exists():
+            raise ExportError(f"{folder / REPORT_FILE}: missing; the run has not finished "
+                              f"(continue it with `fedrec simulate --resume {run_dir}`)")
+        report = read_json(folder / REPORT_FILE, what="report")
+        vocabulary = read_json(folder / VOCABULARY_FILE, what="vocabulary")
+        for name, piece in ((REPORT_FILE, report), (VOCABULARY_FILE, vocabulary)):
+            if not isinstance(piece, dict):
+                raise ExportError(f"{folder / name}: not a JSON object")
+            folder.require_same_run(identity, name, piece.get("run_id"))
+    except RunFolderError as error:
+        raise ExportError(str(error)) from None
+    try:
+        int(report["privacy"]["rounds"])
+        if not isinstance(vocabulary["item_raw_ids"], list):
+            raise TypeError("item_raw_ids")
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(f"{folder.path}: report.json or vocabulary.json lacks required fields") from None
+    return FinishedRun(folder, identity, report, vocabulary)
+
+
+def load_run_params(run: FinishedRun, round_num: int | None = None) -> tuple[model.GlobalParams, int]:
     """Global parameters of the run's final model, or of the checkpoint after `round_num`."""
-    report = _read_json(run_dir / REPORT_FILE)
-    final_round = int(report["privacy"]["rounds"])
-    if round_num is None or round_num == final_round:
-        path = run_dir / FINAL_MODEL_FILE
-        if not path.exists():
-            raise ExportError(f"{path}: missing (is {run_dir} a finished `fedrec simulate --out` folder?)")
-        with np.load(path) as arrays:
-            arrays_out = tuple(arrays[k] for k in ("item_embeddings", "item_bias", "global_mean"))
-        return model.GlobalParams(*arrays_out), final_round
-    path = run_dir / CHECKPOINT_DIR / f"round_{round_num:05d}.npz"
+    folder, identity = run.folder, run.identity
+    if round_num is None or round_num == run.final_round:
+        path = folder / FINAL_MODEL_FILE
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                found = str(arrays["run_id"]) if "run_id" in arrays.files else None
+                params = tuple(arrays[k] for k in ("item_embeddings", "item_bias", "global_mean"))
+        except FileNotFoundError:
+            raise ExportError(f"{path}: missing (is {folder.path} a finished `fedrec simulate --out` folder?)") from None
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise ExportError(f"{path}: truncated or corrupt ({type(error).__name__})") from None
+        _same_run(folder, identity, FINAL_MODEL_FILE, found)
+        return model.GlobalParams(*params), run.final_round
+    if not 1 <= round_num <= run.final_round:
+        raise ExportError(f"--round {round_num}: this run has rounds 1..{run.final_round}")
+    path = folder.checkpoints / checkpoint.round_file(round_num)
     if not path.exists():
-        kept = sorted(int(p.stem.split("_")[1]) for p in (run_dir / CHECKPOINT_DIR).glob("round_*.npz"))
-        raise ExportError(f"{path}: no checkpoint for round {round_num}; this run keeps rounds {kept} and the final {final_round}")
-    with np.load(path) as arrays:
-        # The state is a LearningAlgorithmState; its first leaves are the global model weights.
-        arrays_out = tuple(arrays[f"arr_{k}"] for k in range(3))
-    return model.GlobalParams(*arrays_out), round_num
+        kept = sorted(int(p.stem.split("_")[1]) for p in folder.checkpoints.glob("round_*.npz"))
+        raise ExportError(f"{path}: no checkpoint for round {round_num}; this run keeps rounds {kept} "
+                          f"and the final {run.final_round}")
+    try:
+        flat, found = checkpoint.read_arrays(path)
+    except RunFolderError as error:
+        raise ExportError(str(error)) from None
+    _same_run(folder, identity, str(path.relative_to(folder.path)), found)
+    # The state is a LearningAlgorithmState; its first leaves are the global model weights.
+    return model.GlobalParams(*flat[:3]), round_num
 
 
-def build_manifest_fields(
-    run_dir: Path, params: model.GlobalParams, round_num: int
-) -> tuple[dict, model.ModelConfig]:
+def _same_run(folder: RunFolder, identity: RunIdentity, name: str, found: str | None) -> None:
+    try:
+        folder.require_same_run(identity, name, found)
+    except RunFolderError as error:
+        raise ExportError(str(error)) from None
+
+
+def build_manifest_fields(run: FinishedRun, params: model.GlobalParams, round_num: int) -> tuple[dict, model.ModelConfig]:
     """Everything the manifest says except the model file's hash, size and version."""
-    config = SimulationConfig.from_dict(_read_json(run_dir / CONFIG_FILE))
-    report = _read_json(run_dir / REPORT_FILE)
-    vocabulary = _read_json(run_dir / VOCABULARY_FILE)
+    config, report, vocabulary = run.identity.config, run.report, run.vocabulary
     num_items, dim = np.shape(params.item_embeddings)
     if np.shape(params.item_bias) != (num_items,) or np.shape(params.global_mean) != ():
-        raise ExportError(f"{run_dir}: parameter shapes {[np.shape(p) for p in params]} are not a model's")
+        raise ExportError(f"{run.folder.path}: parameter shapes {[np.shape(p) for p in params]} are not a model's")
+    if not all(np.all(np.isfinite(p)) for p in params):
+        raise ExportError(f"{run.folder.path}: the model holds non-finite parameters; it cannot be exported")
     if len(vocabulary["item_raw_ids"]) != num_items:
-        raise ExportError(f"{run_dir / VOCABULARY_FILE}: {len(vocabulary['item_raw_ids'])} items, the model has {num_items}")
+        raise ExportError(f"{run.folder / VOCABULARY_FILE}: {len(vocabulary['item_raw_ids'])} items, "
+                          f"the model has {num_items}")
     model_config = config.model_config(int(num_items))
     rating_min, rating_max = report["data"]["rating_scale"]
     privacy = None
@@ -78,9 +133,9 @@ def build_manifest_fields(
         plan = report["privacy"]
         spent = accounting.privacy_spent(
             noise_multiplier=plan["noise_multiplier"], sampling_rate=plan["sampling_rate"],
-            rounds=round_num, delta=plan["delta"],
+            rounds=round_num, delta=config.delta,
         )
-        privacy = {"epsilon_rdp": spent.epsilon_rdp, "epsilon_pld": spent.epsilon_pld, "delta": plan["delta"],
+        privacy = {"epsilon_rdp": spent.epsilon_rdp, "epsilon_pld": spent.epsilon_pld, "delta": config.delta,
                    "noise_multiplier": plan["noise_multiplier"], "rounds": round_num,
                    "mechanism": f"user-level DP-FedAvg, {config.dp} clipping, Poisson sampling rate {plan['sampling_rate']:.4g}"}
     return dict(
@@ -93,18 +148,34 @@ def build_manifest_fields(
     ), model_config
 
 
-def export_run(run_dir: Path, out_dir: Path, *, round_num: int | None = None) -> Manifest:
+def export_run(run_dir: Path, out_dir: Path, *, round_num: int | None = None, overwrite: bool = False) -> Manifest:
     """Convert the run's model (final, or after `round_num`) and write the package to `out_dir`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    params, round_num = load_run_params(run_dir, round_num)
-    fields, model_config = build_manifest_fields(run_dir, params, round_num)
+    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
+        raise ExportError(f"--out {out_dir}: inside the run folder {run_dir}; choose a folder outside it")
+    _check_target(out_dir, overwrite)
+    run = read_finished_run(run_dir)
+    params, round_num = load_run_params(run, round_num)
+    fields, model_config = build_manifest_fields(run, params, round_num)
     if model_config.dim < 1:
         raise ExportError(f"{run_dir}: dim={model_config.dim}; the TFLite export needs dim >= 1")
-    return export_params(params, model_config, out_dir, fields)
+    return export_params(params, model_config, out_dir, fields, overwrite=overwrite)
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse before converting (which takes seconds) what `write_package` would refuse."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not is_replaceable_package(out_dir):
+        raise ExportError(f"--out {out_dir}: exists and is not a model package; export never replaces other "
+                          "files or folders, choose another --out")
+    if any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out_dir}: a model package is already there; pass --overwrite to replace it")
 
 
 def export_params(
-    params: model.GlobalParams, model_config: model.ModelConfig, out_dir: Path, fields: dict
+    params: model.GlobalParams, model_config: model.ModelConfig, out_dir: Path, fields: dict, *,
+    overwrite: bool = False,
 ) -> Manifest:
     """Convert `params` and write the package; `fields` are the manifest's descriptive fields
     (round, dataset, num_items, dim, item_ids, item_titles, rating_min/max, hyperparameters,
@@ -112,24 +183,22 @@ def export_params(
     from tff_pipeline.export import tflite
     from tff_pipeline.export.ondevice_model import OnDeviceModel
 
-    model_bytes = tflite.convert(OnDeviceModel(params, model_config))
-    digest = sha256_bytes(model_bytes)
-    dataset_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", fields["dataset"]).strip("-.") or "model"
+    try:
+        digest = provisional_manifest(fields).content_digest()
+    except ManifestError as error:
+        raise ExportError(f"the manifest would be invalid: {error}") from None
+    model_bytes = tflite.convert(OnDeviceModel(params, model_config, manifest_digest=digest))
+    file_digest = sha256_bytes(model_bytes)
+    dataset_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", fields["dataset"]).strip("-.")[:80] or "model"
     manifest = Manifest(
-        model_version=f"{dataset_slug}-r{fields['round']}-{digest[:8]}", model_sha256=digest,
+        model_version=f"{dataset_slug}-r{fields['round']}-{file_digest[:8]}", model_sha256=file_digest,
         model_bytes=len(model_bytes),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **fields,
     )
     # Run every signature in LiteRT as a device would, before anything is written.
     LiteModel.from_bytes(model_bytes, manifest, model_path=Path(out_dir) / MODEL_FILE).self_test()
-    write_package(Path(out_dir), model_bytes, manifest)
-    return manifest
-
-
-def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{path}: missing (is {path.parent} a finished `fedrec simulate --out` folder?)") from None
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        write_package(Path(out_dir), model_bytes, manifest, replace=overwrite)
+    except ManifestError as error:
+        raise ExportError(str(error)) from None
+    return manifest

@@ -51,11 +51,9 @@ def build_client_update(config: model.ModelConfig) -> tff.Computation:
         output = model.client_update(
             model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], config
         )
-        # TFF convention: the update is a pseudo-gradient (old - new), which the server
-        # optimizer then subtracts.
-        return tff.learning.templates.ClientResult(
-            update=tuple(-d for d in output.delta), update_weight=output.num_examples
-        )
+        # The upload is the model delta, new - old (protocol.updates), as on a real device; the
+        # server turns the aggregate into its optimizer's pseudo-gradient.
+        return tff.learning.templates.ClientResult(update=tuple(output.delta), update_weight=output.num_examples)
 
     return client_update
 

@@ -2,7 +2,7 @@
 
     server state --broadcast--> clients --client work--> (delta, n) --aggregator--> mean delta
          ^                                                                              |
-         +-------------------------- finalizer (server optimizer) <--------------------+
+         +------ finalizer (server optimizer on the pseudo-gradient -mean delta) <------+
 
 Only the global item parameters are in the state; user parameters exist only inside the
 client work computation.
@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from protocol import updates
 from tff_pipeline import model
 from tff_pipeline.federated import aggregation, client_work
 
@@ -64,9 +65,31 @@ def build_fedrec_process(
         distributor=tff.learning.templates.build_broadcast_process(weights_type),
         client_work=client_work.build_client_work(config),
         aggregator=factory.create(weights_type.trainable, tff.TensorType(np.float32)),
-        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
-            server_optimizer.build(), weights_type
-        ),
+        finalizer=build_delta_finalizer(server_optimizer.build(), weights_type),
+    )
+
+
+def build_delta_finalizer(
+    optimizer: tff.learning.optimizers.Optimizer, weights_type: tff.Type
+) -> tff.learning.templates.FinalizerProcess:
+    """TFF's apply-optimizer finalizer, fed the aggregated model delta (new - old).
+
+    Clients upload deltas (`protocol.updates`); TFF's optimizers step against a pseudo-gradient.
+    This is the one place where the server converts the one into the other.
+    """
+    inner = tff.learning.templates.build_apply_optimizer_finalizer(optimizer, weights_type)
+    state_type, model_weights_type, update_type = inner.next.type_signature.parameter
+
+    @tff.tensorflow.computation(update_type.member)
+    def to_pseudo_gradient(mean_delta):
+        return tf.nest.map_structure(updates.pseudo_gradient, mean_delta)
+
+    @tff.federated_computation(state_type, model_weights_type, update_type)
+    def next_fn(state, weights, mean_delta):
+        return inner.next(state, weights, tff.federated_map(to_pseudo_gradient, mean_delta))
+
+    return tff.learning.templates.FinalizerProcess(
+        inner.initialize, next_fn, get_hparams_fn=inner.get_hparams, set_hparams_fn=inner.set_hparams
     )
 
 
