@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import DeviceError
-from protocol.files import FileRefused, FileTooLarge, LineTooLong, bounded_lines, open_regular
+from protocol.files import FileRefused, FileTooLarge, LineTooLong, UndecodableLine, bounded_lines, open_regular
 from protocol.manifest import Manifest
 
 ITEM_COLUMNS = ("item_id", "movieid")  # header names, compared case-insensitively
 USER_COLUMNS = ("user_id", "userid")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_REPORTED_ERRORS = 5
-MAX_LINE_CHARS = 4096
+MAX_LINE_BYTES = 4096
 # Size allowance per item of the model (a row with a timestamp and a title is ~100 bytes).
 _ROW_ALLOWANCE = 512
 _HEADER_ALLOWANCE = 64 * 1024
@@ -76,8 +76,7 @@ def read_ratings_csv(path: Path, manifest: Manifest) -> list[tuple[int, float]]:
     reading stops once it holds more rows than the model has items.
     """
     try:
-        handle = open_regular(path, max_bytes=max_file_bytes(manifest), what="ratings file", text=True,
-                              encoding="utf-8-sig", newline="")
+        handle = open_regular(path, max_bytes=max_file_bytes(manifest), what="ratings file")
     except FileTooLarge as error:
         raise DeviceError(f"{error}: one user's ratings of the model's {manifest.num_items} items cannot be that "
                           "large; is it a whole data set?") from None
@@ -85,10 +84,11 @@ def read_ratings_csv(path: Path, manifest: Manifest) -> list[tuple[int, float]]:
         raise DeviceError(str(error)) from None
     with handle:
         try:
-            return _parse(path, _numbered_rows(csv.reader(bounded_lines(handle, max_chars=MAX_LINE_CHARS))), manifest)
-        except LineTooLong as error:
+            lines = bounded_lines(handle, max_bytes=MAX_LINE_BYTES, encoding="utf-8-sig")
+            return _parse(path, _numbered_rows(csv.reader(lines)), manifest)
+        except (LineTooLong, UndecodableLine) as error:
             raise DeviceError(f"{path}: {error}") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
+        except (OSError, csv.Error) as error:
             raise DeviceError(f"{path}: cannot read: {error}") from None
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator
 import functools
@@ -64,17 +66,27 @@ def _sqlite_errors(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: {_explain(error)}; nothing was changed") from None
+            raise StoreError(f"{self.path}: {_explain(error, self.path)}; nothing was changed") from None
 
     return guarded
 
 
-def _explain(error: sqlite3.Error) -> str:
+def _explain(error: sqlite3.Error, path: Path) -> str:
     text = str(error)
-    if "disk is full" in text or "disk I/O error" in text:
-        return f"the disk is full or failing ({text})"
-    if "readonly" in text or "read-only" in text:
-        return f"the device store is read-only ({text})"
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    try:
+        read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only or "readonly" in text or "read-only" in text:
+        return f"the device folder is on a read-only disk ({text})"
+    if "disk is full" in text or (free is not None and free < 1 << 20):
+        return f"the disk is full ({text})"
+    if "disk I/O error" in text:
+        return f"the disk failed ({text})"
     if "locked" in text or "busy" in text:
         return f"the device store is busy in another process ({text})"
     return f"the device store failed ({text})"
@@ -109,7 +121,7 @@ class Store:
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: cannot open the device store: {error}") from None
+            raise StoreError(f"{self.path}: cannot open the device store: {_explain(error, self.path)}") from None
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -118,6 +130,8 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as error:
             self._db.close()
+            if isinstance(error, sqlite3.OperationalError):  # the disk, not the file
+                raise StoreError(f"{self.path}: cannot open the device store: {_explain(error, self.path)}") from None
             raise StoreError(f"{self.path}: not a usable device store: {error}") from None
         except BaseException:
             self._db.close()

@@ -71,24 +71,40 @@ def read_bounded(path: Path | str, *, max_bytes: int, what: str = "file") -> byt
 class LineTooLong(FileRefused):
     """A text line longer than the reader allows; `line` is its 1-based number."""
 
-    def __init__(self, line: int, max_chars: int) -> None:
+    def __init__(self, line: int, max_bytes: int) -> None:
         self.line = line
-        self.max_chars = max_chars
-        super().__init__(f"line {line}: longer than {max_chars} characters")
+        self.max_bytes = max_bytes
+        super().__init__(f"line {line}: longer than {max_bytes} bytes")
 
 
-def bounded_lines(handle: IO[str], *, max_chars: int) -> Iterator[str]:
-    """The lines of a text file, each at most `max_chars` long (LineTooLong otherwise), so that
-    a file without line breaks is never read into memory whole."""
+class UndecodableLine(FileRefused):
+    """A line that is not text in the expected encoding; `line` is its 1-based number."""
+
+    def __init__(self, line: int, encoding: str, reason: str) -> None:
+        self.line = line
+        super().__init__(f"line {line}: not {encoding} text ({reason})")
+
+
+def bounded_lines(handle: IO[bytes], *, max_bytes: int, encoding: str) -> Iterator[str]:
+    """The lines of a binary file as text, each at most `max_bytes` long, decoded one by one.
+
+    A file without line breaks is never read into memory whole (LineTooLong), and a byte that is
+    not `encoding` is reported with its own line number (UndecodableLine; a text-mode file
+    decodes 8 KB at a time and would blame the first line of that block). Line endings are kept,
+    as `open(newline="")` keeps them. "utf-8-sig" drops a byte-order mark at the start.
+    """
     line_no = 0
     while True:
-        line = handle.readline(max_chars + 1)
-        if not line:
+        raw = handle.readline(max_bytes + 1)
+        if not raw:
             return
         line_no += 1
-        if len(line) > max_chars:
-            raise LineTooLong(line_no, max_chars)
-        yield line
+        if len(raw) > max_bytes:
+            raise LineTooLong(line_no, max_bytes)
+        try:
+            yield raw.decode(encoding if line_no == 1 else encoding.replace("-sig", ""))
+        except UnicodeDecodeError as error:
+            raise UndecodableLine(line_no, encoding, error.reason) from None
 
 
 def atomic_write(path: Path | str, data: bytes | str) -> None:

@@ -54,6 +54,19 @@ def is_replaceable_package(path: Path) -> bool:
         return False
 
 
+def check_package_target(target: Path | str, *, replace: bool) -> None:
+    """Refuse (ManifestError) a `target` that `write_package` would refuse, before any work."""
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not is_replaceable_package(target):
+        kind = "a folder with other files" if target.is_dir() and not target.is_symlink() else "not a folder"
+        raise ManifestError(f"{kind}, not a model package; refusing to replace it", target)
+    if not replace and any(target.iterdir()):
+        raise ManifestError("a model package is already there; refusing to replace it unless told to "
+                            "(fedrec export --overwrite)", target)
+
+
 def write_package(target: Path | str, model_bytes: bytes, manifest: Manifest, *, replace: bool = False) -> None:
     """Write `model.tflite` and `manifest.json` as the folder `target`, all or nothing.
 
@@ -63,13 +76,7 @@ def write_package(target: Path | str, model_bytes: bytes, manifest: Manifest, *,
     empty one); anything else at `target` is refused with a ManifestError and left untouched.
     """
     target = Path(target)
-    if target.exists() or target.is_symlink():
-        if not is_replaceable_package(target):
-            kind = "a folder with other files" if target.is_dir() and not target.is_symlink() else "not a folder"
-            raise ManifestError(f"{kind}, not a model package; refusing to replace it", target)
-        if not replace and any(target.iterdir()):
-            raise ManifestError("a model package is already there; refusing to replace it unless told to "
-                                "(fedrec export --overwrite)", target)
+    check_package_target(target, replace=replace)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

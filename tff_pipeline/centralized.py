@@ -36,14 +36,16 @@ def fit_items_batched(
     config: model.ModelConfig,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact ridge solve of every item's (embedding, bias) with the users frozen."""
-    user_vectors = tf.gather(users.embedding, user_ids)
-    design = tf.concat([user_vectors, tf.ones_like(user_ids, tf.float32)[:, tf.newaxis]], axis=1)
-    target = ratings - params.global_mean - tf.gather(users.bias, user_ids)
-    outer = design[:, :, tf.newaxis] * design[:, tf.newaxis, :]
-    dim = int(user_vectors.shape[1])
-    penalty = tf.constant([item_l2] * dim + [item_bias_l2], tf.float32)
-    gram = tf.math.unsorted_segment_sum(outer, item_ids, num_items) + tf.linalg.diag(penalty)
-    rhs = tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], item_ids, num_items)
+    dim = int(users.embedding.shape[1])
+
+    def chunk(start: int, end: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        rows = user_ids[start:end]
+        vectors = tf.gather(users.embedding, rows)
+        design = tf.concat([vectors, tf.ones_like(rows, tf.float32)[:, tf.newaxis]], axis=1)
+        return design, ratings[start:end] - params.global_mean - tf.gather(users.bias, rows), item_ids[start:end]
+
+    gram, rhs = model.accumulate_normal_equations(int(ratings.shape[0]), chunk, num_items, dim + 1)
+    gram = gram + tf.linalg.diag(tf.constant([item_l2] * dim + [item_bias_l2], tf.float32))
     solution = model.solve_ridge_system(gram, rhs, config)
     return solution[:, :dim], solution[:, dim]
 

@@ -185,8 +185,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from tff_pipeline.export.package import check_export_target, export_run
+
+    check_export_target(args.run, args.out, overwrite=args.overwrite)
     _import_training_stack()
-    from tff_pipeline.export.package import export_run
 
     manifest = export_run(args.run, args.out, round_num=args.round_num, overwrite=args.overwrite)
     privacy = manifest.privacy

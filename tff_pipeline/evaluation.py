@@ -20,22 +20,37 @@ ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 TOP_K = 10
 
 
+# Scores are computed in blocks of this many (user, item) pairs: score functions gather a
+# [pairs, dim] block of each factor table, and a large data set's ranking task has ~10 M pairs.
+SCORE_BLOCK_PAIRS = 2**18
+
+
 def rating_metrics(score_fn: ScoreFn, split: DatasetSplit) -> dict[str, float]:
     test = split.test
     low, high = split.rating_scale
-    predictions = np.clip(score_fn(test.users, test.items), low, high)
-    errors = predictions - test.ratings
-    return {"rmse": float(np.sqrt(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
+    squared, absolute = 0.0, 0.0
+    for start in range(0, len(test), SCORE_BLOCK_PAIRS):
+        rows = slice(start, start + SCORE_BLOCK_PAIRS)
+        errors = np.clip(score_fn(test.users[rows], test.items[rows]), low, high) - test.ratings[rows]
+        squared += float(np.sum(np.square(errors, dtype=np.float64)))
+        absolute += float(np.sum(np.abs(errors), dtype=np.float64))
+    count = max(len(test), 1)
+    return {"rmse": float(np.sqrt(squared / count)), "mae": absolute / count}
 
 
 def ranking_metrics(score_fn: ScoreFn, split: DatasetSplit, k: int = TOP_K) -> dict[str, float]:
     task = split.ranking
     num_negatives = task.negatives.shape[1]
-    positive_scores = score_fn(task.users, task.positives)
-    negative_scores = score_fn(
-        np.repeat(task.users, num_negatives), task.negatives.reshape(-1)
-    ).reshape(-1, num_negatives)
-    rank = np.sum(negative_scores >= positive_scores[:, None], axis=1)
+    block_users = max(1, SCORE_BLOCK_PAIRS // (num_negatives + 1))
+    ranks = []
+    for start in range(0, len(task.users), block_users):
+        users = task.users[start:start + block_users]
+        positive_scores = score_fn(users, task.positives[start:start + block_users])
+        negative_scores = score_fn(
+            np.repeat(users, num_negatives), task.negatives[start:start + block_users].reshape(-1)
+        ).reshape(-1, num_negatives)
+        ranks.append(np.sum(negative_scores >= positive_scores[:, None], axis=1))
+    rank = np.concatenate(ranks)
     hits = rank < k
     ndcg = np.where(hits, 1.0 / np.log2(rank + 2.0), 0.0)
     return {f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(ndcg))}

@@ -17,7 +17,7 @@ error, builtin ops only), in TF by one direct solve (faster; `ModelConfig.solver
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -155,6 +155,44 @@ def fit_user(
     return UserParams(embedding=weights[: config.dim], bias=weights[config.dim])
 
 
+# Rows per chunk when normal equations are accumulated over many ratings: the [rows, k, k] outer
+# products of one chunk hold at most 2^24 floats (64 MiB). Unchunked, 9 M ratings at d=16 needed
+# 10 GB for the outer products and ~2 GB for the gathered rows.
+NORMAL_EQUATIONS_CHUNK_FLOATS = 2**24
+
+
+def accumulate_normal_equations(
+    rows: int,
+    chunk_fn: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
+    num_segments: int,
+    k: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per segment, sum_r x_r x_r^T and sum_r x_r y_r over its rows: ([S, k, k], [S, k]).
+
+    `chunk_fn(start, end)` returns the design rows x [m, k], targets y [m] and segment ids [m] of
+    rows start..end. Rows are taken in chunks by a `tf.while_loop` with one iteration in flight
+    (an unrolled Python loop let TF's executor run every chunk at once: 15 GB), so nothing of
+    size [rows, ...] is ever materialised.
+    """
+    chunk = max(1, NORMAL_EQUATIONS_CHUNK_FLOATS // (k * k))
+    num_chunks = max(1, -(-rows // chunk))
+
+    def body(index, gram, rhs):
+        start = index * chunk
+        design, target, segments = chunk_fn(start, tf.minimum(start + chunk, rows))
+        gram += tf.math.unsorted_segment_sum(design[:, :, tf.newaxis] * design[:, tf.newaxis, :], segments,
+                                             num_segments)
+        rhs += tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], segments, num_segments)
+        return index + 1, gram, rhs
+
+    _, gram, rhs = tf.while_loop(
+        lambda index, *_: index < num_chunks, body,
+        (tf.constant(0), tf.zeros([num_segments, k, k]), tf.zeros([num_segments, k])),
+        parallel_iterations=1,
+    )
+    return gram, rhs
+
+
 def fit_users_batched(
     params: GlobalParams,
     user_ids: tf.Tensor,
@@ -164,12 +202,13 @@ def fit_users_batched(
     config: ModelConfig,
 ) -> UserParams:
     """`fit_user` for every user at once (same ridge problem, same solver); used in evaluation."""
-    design = _user_design(params, item_ids)
-    target = ratings - params.global_mean - tf.gather(params.item_bias, item_ids)
-    outer = design[:, :, tf.newaxis] * design[:, tf.newaxis, :]
-    gram = tf.math.unsorted_segment_sum(outer, user_ids, num_users)
+    def chunk(start: int, end: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        items = item_ids[start:end]
+        target = ratings[start:end] - params.global_mean - tf.gather(params.item_bias, items)
+        return _user_design(params, items), target, user_ids[start:end]
+
+    gram, rhs = accumulate_normal_equations(int(ratings.shape[0]), chunk, num_users, config.dim + 1)
     gram = gram + tf.linalg.diag(_ridge_penalty(config))[tf.newaxis]
-    rhs = tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], user_ids, num_users)
     weights = solve_ridge_system(gram, rhs, config)
     return UserParams(embedding=weights[:, : config.dim], bias=weights[:, config.dim])
 

@@ -162,7 +162,7 @@ def run(
         started = time.perf_counter()
         if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
             output = learning_process.next(state, population.datasets(cohort))
-            _refuse_divergence(output.state, round_num)
+            _refuse_divergence(output.state, output.metrics, round_num)
             state = output.state
             metrics = output.metrics
         else:
@@ -190,14 +190,21 @@ def run(
     return RunResult(report=report, params=_global_params(learning_process, state))
 
 
-def _refuse_divergence(state: Any, round_num: int) -> None:
-    """Stop before a non-finite state is saved or reported (a run with a huge learning rate)."""
-    for value in tf.nest.flatten(state):
-        array = np.asarray(value)
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            raise TrainingDiverged(
-                f"round {round_num}: the model diverged (non-finite parameters); the last saved checkpoint "
-                "is the round before. Lower --server-lr or --local-lr and start a new run")
+def _refuse_divergence(state: Any, metrics: Any, round_num: int) -> None:
+    """Stop at a non-finite round instead of training on silently (a huge learning rate, say).
+
+    TFF's finalizer does not apply a non-finite update: it keeps the old weights and counts
+    `update_non_finite`, so without this check such a run "finishes" without ever training.
+    """
+    finalizer = metrics.get("finalizer") if isinstance(metrics, Mapping) else None
+    rejected = finalizer.get("update_non_finite") if isinstance(finalizer, Mapping) else None
+    non_finite_state = any(
+        np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)) for v in tf.nest.flatten(state)
+    )
+    if non_finite_state or (rejected is not None and int(rejected) > 0):
+        raise TrainingDiverged(
+            f"round {round_num}: the model diverged (the update was not finite); the last saved checkpoint is "
+            "the round before. Lower --local-lr or --server-lr and start a new run")
 
 
 def _global_params(learning_process, state) -> model.GlobalParams:

@@ -14,11 +14,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from protocol.files import FileRefused, LineTooLong, bounded_lines, open_regular
+from protocol.files import FileRefused, LineTooLong, UndecodableLine, bounded_lines, open_regular
 
 from .errors import DataError
 from .splits import GENERIC_SPLITS, split_all_ratings
@@ -44,7 +43,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Bounds on what one data file may make us hold: MovieLens-25M's ratings.csv is 678 MB, its
 # longest line 60 characters; u.item lines are ~150.
 MAX_DATA_FILE_BYTES = 4 * 2**30
-MAX_LINE_CHARS = 64 * 1024
+MAX_LINE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -95,34 +94,31 @@ def require_file(path: Path) -> Path:
 
 
 @contextmanager
-def _open_text(path: Path, encoding: str) -> Iterator[IO[str]]:
-    """A data file opened for reading: regular, at most MAX_DATA_FILE_BYTES, errors as DataError."""
+def _open_lines(path: Path, encoding: str) -> Iterator[Iterator[str]]:
+    """A data file's lines: a regular file of at most MAX_DATA_FILE_BYTES, lines of at most
+    MAX_LINE_BYTES, decoded line by line; every defect a DataError naming file and line."""
     try:
-        handle = open_regular(path, max_bytes=MAX_DATA_FILE_BYTES, what="data file", text=True,
-                              encoding=encoding, newline="")
+        handle = open_regular(path, max_bytes=MAX_DATA_FILE_BYTES, what="data file")
     except FileRefused as error:
         raise DataError(str(error).removeprefix(f"{path}: "), path=path) from None
+
+    def lines() -> Iterator[str]:
+        line_no = 0
+        source = bounded_lines(handle, max_bytes=MAX_LINE_BYTES, encoding=encoding)
+        while True:
+            try:
+                line = next(source)
+            except StopIteration:
+                return
+            except (LineTooLong, UndecodableLine) as error:
+                raise DataError(str(error).split(": ", 1)[1], path=path, line=error.line) from None
+            except OSError as error:
+                raise DataError(f"cannot read: {error.strerror or error}", path=path, line=line_no + 1) from None
+            line_no += 1
+            yield line
+
     with handle:
-        yield handle
-
-
-def _bounded_lines(handle: IO[str], path: Path) -> Iterator[str]:
-    """The file's lines (at most MAX_LINE_CHARS each); defects as DataError naming file and line."""
-    lines = bounded_lines(handle, max_chars=MAX_LINE_CHARS)
-    line_no = 0
-    while True:
-        try:
-            line = next(lines)
-        except StopIteration:
-            return
-        except LineTooLong as error:
-            raise DataError(f"longer than {error.max_chars} characters", path=path, line=error.line) from None
-        except UnicodeDecodeError as error:
-            raise DataError(f"not {handle.encoding} text ({error.reason})", path=path, line=line_no + 1) from None
-        except OSError as error:
-            raise DataError(f"cannot read: {error.strerror or error}", path=path, line=line_no + 1) from None
-        line_no += 1
-        yield line
+        yield lines()
 
 
 def _non_blank(records: Iterable[Record], path: Path) -> Iterator[Record]:
@@ -139,15 +135,15 @@ def _non_blank(records: Iterable[Record], path: Path) -> Iterator[Record]:
 
 def iter_tab_records(path: Path, *, delimiter: str = "\t", encoding: str = "latin-1") -> Iterator[Record]:
     """(1-based line, fields) for a delimiter-separated file without quoting."""
-    with _open_text(require_file(path), encoding) as handle:
-        raw = ((n, line.rstrip("\r\n").split(delimiter)) for n, line in enumerate(_bounded_lines(handle, path), 1))
+    with _open_lines(require_file(path), encoding) as lines:
+        raw = ((n, line.rstrip("\r\n").split(delimiter)) for n, line in enumerate(lines, 1))
         yield from _non_blank(raw, path)
 
 
 def iter_csv_records(path: Path, *, header: list[str]) -> Iterator[Record]:
     """(line, fields) for a quoted CSV file whose first row must equal ``header``."""
-    with _open_text(require_file(path), "utf-8-sig") as handle:
-        reader = csv.reader(_bounded_lines(handle, path))
+    with _open_lines(require_file(path), "utf-8-sig") as lines:
+        reader = csv.reader(lines)
         try:
             first = next(reader)
         except StopIteration:

@@ -14,15 +14,14 @@ import dataclasses
 import datetime
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_client.litert_model import LiteModel
 from protocol.manifest import HYPERPARAMETER_KEYS, MODEL_FILE, SIGNATURES, Manifest, ManifestError
 from protocol.manifest import provisional_manifest, sha256_bytes
-from protocol.package import is_replaceable_package, write_package
-from tff_pipeline import checkpoint, model
+from protocol.package import check_package_target, write_package
 from tff_pipeline.privacy import accounting
 from tff_pipeline.run_folder import (
     FINAL_MODEL_FILE,
@@ -33,6 +32,10 @@ from tff_pipeline.run_folder import (
     RunIdentity,
     read_json,
 )
+
+
+if TYPE_CHECKING:  # TensorFlow is imported only once an export really runs (the CLI checks --out first)
+    from tff_pipeline import model
 
 
 class ExportError(ValueError):
@@ -79,6 +82,8 @@ def read_finished_run(run_dir: Path) -> FinishedRun:
 
 def load_run_params(run: FinishedRun, round_num: int | None = None) -> tuple[model.GlobalParams, int]:
     """Global parameters of the run's final model, or of the checkpoint after `round_num`."""
+    from tff_pipeline import checkpoint, model
+
     folder, identity = run.folder, run.identity
     if round_num is None or round_num == run.final_round:
         path = folder / FINAL_MODEL_FILE
@@ -151,9 +156,7 @@ def build_manifest_fields(run: FinishedRun, params: model.GlobalParams, round_nu
 def export_run(run_dir: Path, out_dir: Path, *, round_num: int | None = None, overwrite: bool = False) -> Manifest:
     """Convert the run's model (final, or after `round_num`) and write the package to `out_dir`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
-        raise ExportError(f"--out {out_dir}: inside the run folder {run_dir}; choose a folder outside it")
-    _check_target(out_dir, overwrite)
+    check_export_target(run_dir, out_dir, overwrite=overwrite)
     run = read_finished_run(run_dir)
     params, round_num = load_run_params(run, round_num)
     fields, model_config = build_manifest_fields(run, params, round_num)
@@ -162,15 +165,15 @@ def export_run(run_dir: Path, out_dir: Path, *, round_num: int | None = None, ov
     return export_params(params, model_config, out_dir, fields, overwrite=overwrite)
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse before converting (which takes seconds) what `write_package` would refuse."""
-    if not (out_dir.exists() or out_dir.is_symlink()):
-        return
-    if not is_replaceable_package(out_dir):
-        raise ExportError(f"--out {out_dir}: exists and is not a model package; export never replaces other "
-                          "files or folders, choose another --out")
-    if any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"--out {out_dir}: a model package is already there; pass --overwrite to replace it")
+def check_export_target(run_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse, before any conversion, an --out that export must not write: inside the run folder,
+    or anything but an earlier package (and that only with --overwrite)."""
+    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
+        raise ExportError(f"--out {out_dir}: inside the run folder {run_dir}; choose a folder outside it")
+    try:
+        check_package_target(out_dir, replace=overwrite)
+    except ManifestError as error:
+        raise ExportError(f"--out {error}; export never replaces other files or folders") from None
 
 
 def export_params(
