@@ -60,26 +60,22 @@ class UsableRatings(NamedTuple):
         return self.unknown_items + self.out_of_range
 
 
-def _exclusive(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a Device method holding the device lock exclusively (it writes)."""
+def _locked(*, exclusive: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Run a Device method holding the device lock: exclusively if it writes, shared if it reads."""
 
-    @functools.wraps(method)
-    def locked(self: Device, *args: Any, **kwargs: Any) -> T:
-        with self._lock.exclusive():
-            return method(self, *args, **kwargs)
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def locked(self: Device, *args: Any, **kwargs: Any) -> T:
+            with self._lock.exclusive() if exclusive else self._lock.shared():
+                return method(self, *args, **kwargs)
 
-    return locked
+        return locked
+
+    return decorate
 
 
-def _shared(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a Device method holding the device lock shared (it only reads)."""
-
-    @functools.wraps(method)
-    def locked(self: Device, *args: Any, **kwargs: Any) -> T:
-        with self._lock.shared():
-            return method(self, *args, **kwargs)
-
-    return locked
+_exclusive = _locked(exclusive=True)
+_shared = _locked(exclusive=False)
 
 
 class Device:
