@@ -14,7 +14,6 @@ The lift is what on-device fitting buys; the fitted row should match the simulat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from edge_client.litert_model import LiteModel, UserParams
 from tff_pipeline import evaluation, model, personalized_eval
-from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, load_dataset
 from tff_pipeline.export.package import export_run
+from tff_pipeline.run_folder import RunFolder
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 
@@ -90,7 +89,7 @@ def main() -> int:
                 return 2
             run = Path(tmp) / "run"
             train_default_run(args.data_dir, run)
-        config = SimulationConfig.from_dict(json.loads((run / "config.json").read_text()))
+        config = RunFolder(run).read_identity().config
         split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
         package = Path(tmp) / "package"
         manifest = export_run(run, package)
