@@ -12,9 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_client.device import DEFAULT_DEVICE_DIR, Device, DeviceError
-from edge_client.store import StoreError
-from protocol.files import FileRefused
-from protocol.manifest import ManifestError
+from protocol.messages import one_line
 from tflite_models import bundled_package
 
 PROG = "fedrec-edge"
@@ -78,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (DeviceError, ManifestError, StoreError, FileRefused, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # DeviceError, ManifestError, StoreError, FileRefused are ValueErrors
+        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

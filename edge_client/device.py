@@ -82,7 +82,10 @@ class Device:
     """One user's device in `device_dir` (created if missing)."""
 
     def __init__(self, device_dir: Path | str) -> None:
-        self.device_dir = Path(device_dir).expanduser()
+        try:
+            self.device_dir = Path(device_dir).expanduser()
+        except RuntimeError as error:  # "~user" of no such user, or no home directory
+            raise DeviceError(f"{device_dir}: cannot expand the device folder's '~': {error}") from None
         try:
             self.device_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -20,6 +20,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from edge_client.native_log import LITERT_NOISE, filtered_stderr
 from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from protocol.messages import one_line
 from protocol.package import read_verified_model
 from protocol.signatures import SIGNATURE_IO, SIGNATURES
 
@@ -147,7 +148,7 @@ class LiteModel:
             try:
                 interpreter = Interpreter(model_content=model_bytes)
             except (ValueError, RuntimeError) as error:
-                raise ModelError(f"not a usable TFLite model: {error}", model_path) from None
+                raise ModelError(f"not a usable TFLite model: {one_line(str(error))}", model_path) from None
             model = cls(interpreter, manifest, model_path, model_bytes)
             _delegate_announced = True
         return model
@@ -254,7 +255,7 @@ class LiteModel:
         try:
             return self._runners[name](**inputs)
         except (RuntimeError, ValueError) as error:
-            raise ModelError(f"signature {name!r} failed: {error}", self.model_path) from None
+            raise ModelError(f"signature {name!r} failed: {one_line(str(error))}", self.model_path) from None
 
     def _item_ids(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids)

@@ -7,7 +7,9 @@ Writes go to a temporary sibling, are fsynced and renamed into place.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -85,26 +87,32 @@ class UndecodableLine(FileRefused):
         super().__init__(f"line {line}: not {encoding} text ({reason})")
 
 
-def bounded_lines(handle: IO[bytes], *, max_bytes: int, encoding: str) -> Iterator[str]:
-    """The lines of a binary file as text, each at most `max_bytes` long, decoded one by one.
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes surrogateescape could not decode
 
-    A file without line breaks is never read into memory whole (LineTooLong), and a byte that is
-    not `encoding` is reported with its own line number (UndecodableLine; a text-mode file
-    decodes 8 KB at a time and would blame the first line of that block). Line endings are kept,
-    as `open(newline="")` keeps them. "utf-8-sig" drops a byte-order mark at the start.
+
+def bounded_lines(handle: IO[bytes], *, max_bytes: int, encoding: str) -> Iterator[str]:
+    """The lines of a binary file as text, each at most `max_bytes` characters long.
+
+    A file without line breaks is never read into memory whole (LineTooLong). Lines end at
+    "\n", "\r\n" or a lone "\r", and the endings are kept (as `open(newline="")` does). Bytes
+    that are not `encoding` are decoded as surrogates and reported with the number of their own
+    line (UndecodableLine); a plain text-mode file decodes 8 KB at a time and would blame the
+    first line of that block. "utf-8-sig" drops a byte-order mark at the start.
     """
+    text = io.TextIOWrapper(handle, encoding=encoding, errors="surrogateescape", newline="")
     line_no = 0
     while True:
-        raw = handle.readline(max_bytes + 1)
-        if not raw:
+        line = text.readline(max_bytes + 1)
+        if not line:
             return
         line_no += 1
-        if len(raw) > max_bytes:
+        if len(line) > max_bytes:
             raise LineTooLong(line_no, max_bytes)
-        try:
-            yield raw.decode(encoding if line_no == 1 else encoding.replace("-sig", ""))
-        except UnicodeDecodeError as error:
-            raise UndecodableLine(line_no, encoding, error.reason) from None
+        bad = _UNDECODED.search(line)
+        if bad:
+            byte = ord(bad.group()) - 0xDC00
+            raise UndecodableLine(line_no, encoding, f"byte 0x{byte:02x} at column {bad.start() + 1}")
+        yield line
 
 
 def atomic_write(path: Path | str, data: bytes | str) -> None:

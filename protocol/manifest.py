@@ -113,7 +113,7 @@ class Manifest:
             raise ManifestError(f"hyperparameters lack {', '.join(missing)}")
         bad = [k for k, v in self.hyperparameters.items() if not _is_finite(v)]
         if bad:
-            raise ManifestError(f"hyperparameters {', '.join(map(str, bad))} must be finite numbers")
+            raise ManifestError(f"hyperparameters {_names(bad)} must be finite numbers")
         if not (isinstance(self.model_sha256, str) and _HEX64.fullmatch(self.model_sha256)):
             raise ManifestError("model_sha256 must be 64 lowercase hex digits")
         if not _is_int(self.model_bytes) or not 0 < self.model_bytes <= MAX_MODEL_BYTES:
@@ -132,7 +132,7 @@ class Manifest:
             raise ManifestError("privacy must be an object or null")
         unknown = sorted(set(self.privacy) - set(PRIVACY_KEYS))
         if unknown:
-            raise ManifestError(f"unknown privacy fields: {', '.join(map(str, unknown))}")
+            raise ManifestError(f"unknown privacy fields: {_names(unknown)}")
         for key in ("epsilon_rdp", "epsilon_pld", "delta", "noise_multiplier"):
             value = self.privacy.get(key)
             if value is not None and (not _is_finite(value) or value < 0):
@@ -178,7 +178,7 @@ class Manifest:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ManifestError(f"unknown manifest fields: {', '.join(unknown)}", source)
+            raise ManifestError(f"unknown manifest fields: {_names(unknown)}", source)
         required = [n for n, f in fields.items()
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         missing = [n for n in required if n not in data]
@@ -234,6 +234,13 @@ def provisional_manifest(fields: dict[str, Any]) -> Manifest:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _names(keys: Any) -> str:
+    """Field names as an error shows them: quoted (a key may hold a line break), at most ten."""
+    keys = list(keys)
+    shown = ", ".join(repr(k)[:60] for k in keys[:10])
+    return shown + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
 
 
 def _refuse_constant(name: str) -> Any:

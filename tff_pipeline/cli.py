@@ -17,6 +17,7 @@ from typing import Any, Sequence
 # Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from protocol.messages import one_line  # noqa: E402
 from tff_pipeline.config import ConfigError, SimulationConfig, preset  # noqa: E402
 
 PROG = "fedrec"
@@ -127,7 +128,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             flags = ", ".join(_flag_of(parser, name) for name in given)
             raise ConfigError("resume", f"{flags} cannot be changed when resuming: the run continues as configured "
                                         f"in {args.resume}/config.json (start a new run to change them)")
-        if args.out is not None and args.out.resolve() != args.resume.resolve():
+        if args.out is not None and os.path.realpath(args.out) != os.path.realpath(args.resume):
             raise ConfigError("resume", "--out and --resume name different folders; --resume writes into its own")
         if args.overwrite:
             raise ConfigError("resume", "--overwrite starts a new run; it cannot be combined with --resume")
@@ -216,10 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args) if args.command == "export" else _simulate(args, simulate_parser)
     except ConfigError as error:
         flag = "--resume" if error.field == "resume" else _flag_of(simulate_parser, error.field)
-        print(f"{PROG}: error: {flag}: {error.message}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(f'{flag}: {error.message}')}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

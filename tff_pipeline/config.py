@@ -190,8 +190,12 @@ def _number(config: SimulationConfig, name: str, *, low: float | None = None, hi
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise ConfigError(name, f"must be a finite number, got {str(value)[:40]}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

@@ -134,7 +134,7 @@ class RunFolder:
             raise RunFolderError(f"{path}: run_id must be a non-empty string")
         try:
             config = SimulationConfig.from_dict(data["config"])
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, ArithmeticError) as error:
             raise RunFolderError(f"{path}: invalid configuration: {error}") from None
         return RunIdentity(run_id, config, str(data.get("created_at", "")))
 

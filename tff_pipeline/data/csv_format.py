@@ -178,7 +178,10 @@ def parse_int(text: str, what: str, path: Path, line: int) -> int:
     unsigned = digits[1:] if digits[:1] in "+-" else digits
     if not (unsigned.isascii() and unsigned.isdigit()):
         raise DataError(f"{what} {_shown(text)} is not an integer", path=path, line=line)
-    value = int(digits)
+    # More than 19 significant digits cannot fit (and int() refuses more than 4300 digits, leading
+    # zeros included).
+    significant = unsigned.lstrip("0") or "0"
+    value = (-1 if digits[0] == "-" else 1) * int(significant) if len(significant) <= 19 else INT64_MAX + 1
     if not INT64_MIN <= value <= INT64_MAX:
         raise DataError(f"{what} {_shown(text)} does not fit in 64 bits", path=path, line=line)
     return value
@@ -343,7 +346,7 @@ def load_movielens_csv(
         separator_name="comma",
     )
     movies_path = root / "movies.csv"
-    titles = read_movies_csv(movies_path) if movies_path.exists() else None
+    titles = read_movies_csv(movies_path) if movies_path.exists() or movies_path.is_symlink() else None
     vocab = build_vocabulary(raw, titles)
     return split_all_ratings(
         "movielens-csv",
@@ -353,4 +356,5 @@ def load_movielens_csv(
         seed=seed,
         num_negatives=num_negatives,
         rating_scale=(HALF_STAR.low, HALF_STAR.high),
+        source=ratings_path,
     )

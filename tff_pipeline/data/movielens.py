@@ -24,7 +24,7 @@ from .csv_format import (
     require_file,
 )
 from .errors import DataError
-from .splits import GENERIC_SPLITS, ranking_task, split_all_ratings
+from .splits import GENERIC_SPLITS, TooFewUnratedItems, ranking_task, split_all_ratings
 from .types import DatasetSplit, Ratings, Vocabulary
 
 __all__ = ["load_ml100k", "ML100K_SPLITS", "OFFICIAL_SPLITS"]
@@ -43,7 +43,7 @@ def _read_ratings(path: Path) -> RawRatings:
 
 def _read_titles(path: Path) -> dict[int, str] | None:
     """item id -> title from pipe-separated latin-1 ``u.item``; None if absent."""
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):  # a dangling link is refused when read, not skipped
         return None
     titles: dict[int, str] = {}
     lines: dict[int, int] = {}
@@ -122,9 +122,10 @@ def _official_split(
     _check_disjoint(train_raw, test_raw)
     train = encode_ratings(train_raw, vocab)
     test = encode_ratings(test_raw, vocab)
-    ranking = ranking_task(
-        test, all_ratings, vocab.num_items, num_negatives=num_negatives, seed=seed
-    )
+    try:
+        ranking = ranking_task(test, all_ratings, vocab.num_items, num_negatives=num_negatives, seed=seed)
+    except TooFewUnratedItems as error:
+        raise error.for_user(vocab.user_raw_ids[error.user_index], full.path) from None
     return DatasetSplit(
         name=f"ml-100k/{split}",
         vocab=vocab,
@@ -154,5 +155,6 @@ def load_ml100k(
             seed=seed,
             num_negatives=num_negatives,
             rating_scale=RATING_SCALE,
+            source=full.path,
         )
     return _official_split(root, split, full, vocab, all_ratings, seed, num_negatives)

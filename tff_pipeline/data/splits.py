@@ -19,9 +19,25 @@ __all__ = [
     "ranking_task",
     "split_all_ratings",
     "GENERIC_SPLITS",
+    "TooFewUnratedItems",
 ]
 
 GENERIC_SPLITS = ("random", "loo")
+
+
+class TooFewUnratedItems(DataError):
+    """A user has rated nearly every item, leaving too few to sample ranking negatives from."""
+
+    def __init__(self, user_index: int, unrated: int, needed: int) -> None:
+        self.user_index, self.unrated, self.needed = user_index, unrated, needed
+        super().__init__(f"user index {user_index} has only {unrated} unrated items, fewer than the {needed} "
+                         "negatives the ranking evaluation samples")
+
+    def for_user(self, raw_user_id: object, path: object) -> DataError:
+        """The same refusal, naming the user's own id and the data file."""
+        return DataError(f"user {raw_user_id} has rated all but {self.unrated} items, fewer than the {self.needed} "
+                         "unrated items the ranking evaluation samples as negatives; the catalog is too small "
+                         "for it", path=path)
 
 
 def _rank_within_user(users: np.ndarray, keys: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -42,8 +58,9 @@ def _rank_within_user(users: np.ndarray, keys: tuple[np.ndarray, ...]) -> np.nda
 def _time_rank_from_latest(ratings: Ratings) -> np.ndarray:
     """Rank 0 = user's latest row (timestamp, ties -> larger row index)."""
     rows = np.arange(len(ratings))
-    # Negate so the latest row sorts first within each user.
-    return _rank_within_user(ratings.users.astype(np.int64), (-rows, -ratings.timestamps))
+    # Reverse the order so the latest row sorts first within each user; bitwise NOT (~t = -t - 1)
+    # reverses int64 order without overflow, where -t wraps at -2^63.
+    return _rank_within_user(ratings.users.astype(np.int64), (-rows, ~ratings.timestamps))
 
 
 def latest_per_user(ratings: Ratings) -> np.ndarray:
@@ -124,10 +141,7 @@ def sample_negatives(
         candidates = np.flatnonzero(unrated)
         unrated[seen] = True
         if len(candidates) < num_negatives:
-            raise DataError(
-                f"user index {user} has only {len(candidates)} unrated items, "
-                f"fewer than num_negatives={num_negatives}; lower num_negatives"
-            )
+            raise TooFewUnratedItems(int(user), len(candidates), num_negatives)
         out[row] = rng.choice(candidates, size=num_negatives, replace=False)
     return out
 
@@ -158,8 +172,10 @@ def split_all_ratings(
     seed: int,
     num_negatives: int,
     rating_scale: tuple[float, float],
+    source: object = None,
 ) -> DatasetSplit:
-    """Build a DatasetSplit from one full table using a generic split scheme."""
+    """Build a DatasetSplit from one full table using a generic split scheme (`source`: the data
+    file, named in errors)."""
     if split == "random":
         train, test = per_user_random_split(ratings, seed=seed)
     elif split == "loo":
@@ -168,9 +184,10 @@ def split_all_ratings(
         raise DataError(
             f"unknown split {split!r} for {name}; expected one of {GENERIC_SPLITS}"
         )
-    ranking = ranking_task(
-        test, ratings, vocab.num_items, num_negatives=num_negatives, seed=seed
-    )
+    try:
+        ranking = ranking_task(test, ratings, vocab.num_items, num_negatives=num_negatives, seed=seed)
+    except TooFewUnratedItems as error:
+        raise error.for_user(vocab.user_raw_ids[error.user_index], source) from None
     return DatasetSplit(
         name=f"{name}/{split}",
         vocab=vocab,

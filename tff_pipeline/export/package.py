@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,7 +169,8 @@ def export_run(run_dir: Path, out_dir: Path, *, round_num: int | None = None, ov
 def check_export_target(run_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
     """Refuse, before any conversion, an --out that export must not write: inside the run folder,
     or anything but an earlier package (and that only with --overwrite)."""
-    if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
+    run_real, out_real = Path(os.path.realpath(run_dir)), Path(os.path.realpath(out_dir))
+    if out_real == run_real or run_real in out_real.parents:
         raise ExportError(f"--out {out_dir}: inside the run folder {run_dir}; choose a folder outside it")
     try:
         check_package_target(out_dir, replace=overwrite)
