@@ -224,7 +224,8 @@ def test_split_files_must_not_overlap(tmp_path: Path) -> None:
 
 def test_too_few_unrated_items(tmp_path: Path) -> None:
     root = write_ml100k(tmp_path, tiny_rows(num_items=4, per_user=3))
-    with pytest.raises(DataError, match="num_negatives"):
+    with pytest.raises(DataError, match=r"u\.data: user 1 has rated all but 1 items, fewer than the 2 unrated "
+                                        "items the ranking evaluation samples as negatives"):
         load_ml100k(root, split="loo", num_negatives=2)
 
 

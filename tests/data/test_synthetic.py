@@ -64,7 +64,7 @@ def test_split_is_valid(split: str) -> None:
 def test_small_catalogue_needs_fewer_negatives() -> None:
     ds = synthetic_split(num_users=20, num_items=30, num_negatives=10)
     assert ds.ranking.negatives.shape == (20, 10)
-    with pytest.raises(DataError, match="num_negatives"):
+    with pytest.raises(DataError, match="unrated items the ranking evaluation samples as negatives"):
         synthetic_split(num_users=20, num_items=30)
 
 
