@@ -8,8 +8,9 @@
 * `explore`: as many as `thorough`, but random (new examples every run); a failure prints the
   `@reproduce_failure` blob to replay it.
 
-Inputs that trigger a known product bug are left out of the general tests (each bug has a strict-xfail
-test with a minimal input); FEDREC_FUZZ_KNOWN_BUGS=1 puts them back (see fuzzlib.SKIP_KNOWN_BUGS).
+The general tests generate every input they can, with no known-bug exclusions: the ten product bugs
+this tier found (all fixed) are plain regression tests with their minimal inputs at the end of each
+module. A new bug gets a strict-xfail test there (`test_known_bug_*`) until it is fixed.
 
 No example database is kept (`database=None`), so nothing but hypothesis' own self-ignoring cache
 folder `.hypothesis/` is written to the checkout.

@@ -19,8 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, event, example, given, note, settings
-from hypothesis.errors import InvalidArgument
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tff_pipeline.cli as fedrec_cli
@@ -30,13 +29,14 @@ from edge_client.device import Device
 from fuzzlib import (
     HOSTILE_TOKENS,
     PATH_KINDS,
-    SKIP_KNOWN_BUGS,
     assert_one_line,
     budget,
     float_tokens,
     int_tokens,
     mutated_table,
     place,
+    record,
+    remark,
     scratch_dir,
     tokens,
     utf8_text,
@@ -51,10 +51,10 @@ pytestmark = pytest.mark.fuzz
 BUNDLED = bundled_package()
 BUNDLED_MANIFEST = Manifest.read(BUNDLED / "manifest.json")
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(SimulationConfig)]
-# Python refuses to convert decimal strings of more than 4300 digits; argparse reports that as an
-# invalid value (fine). Huge *ints* reach SimulationConfig only from a config.json (a known bug
-# below), so the general strategies stay within float range.
-FLOAT_RANGE_INTS = st.integers(-(2**1000), 2**1000) if SKIP_KNOWN_BUGS else st.integers(-(10**400), 10**400)
+# Integers beyond float range (a float field must refuse them with a ConfigError). Such ints reach
+# SimulationConfig only from a config.json; on the command line, argparse reports a decimal string
+# of more than 4300 digits (Python's int() limit) as an invalid value.
+HUGE_INTS = st.integers(-(10**400), 10**400)
 
 
 class WouldTrain(BaseException):
@@ -77,7 +77,7 @@ def never_train():
 # SimulationConfig
 
 any_value = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, MAX_ROUNDS + 5), FLOAT_RANGE_INTS, st.floats(), utf8_text,
+    st.none(), st.booleans(), st.integers(-5, MAX_ROUNDS + 5), HUGE_INTS, st.floats(), utf8_text,
     st.sampled_from([0, 1, -1, 2**63 - 1, 2**63, MAX_DIM, MAX_DIM + 1, MAX_LOCAL_STEPS + 1, MAX_ROUNDS + 1, 10**9 + 1,
                      0.0, -0.0, 1.0, 0.5, 1e-300, 5e-324, 1e308, "none", "fixed", "adaptive", "adam", "sgdm",
                      "synthetic", "ml-100k", "movielens-csv", "random", "loo", "u1", ""]),
@@ -102,12 +102,12 @@ def _config_or_error(values: dict) -> SimulationConfig | None:
     try:
         config = SimulationConfig(**values)
     except ConfigError as error:
-        event(f"ConfigError: {error.field}")
+        record(f"ConfigError: {error.field}")
         assert error.field in CONFIG_FIELDS, error.field
         assert_one_line(str(error))
         assert str(error).startswith(f"{error.field}: ")
         return None
-    event("valid config")
+    record("valid config")
     return config
 
 
@@ -120,6 +120,7 @@ def _config_or_error(values: dict) -> SimulationConfig | None:
 @example(values={"dataset": {"synthetic": 1}})
 @example(values={"dataset": "ml-100k", "data_dir": 5})
 @example(values={"user_l2": 2**1000})
+@example(values={"user_l2": 10**400})
 def test_any_config_value_gives_a_config_or_configerror(values):
     config = _config_or_error(values)
     if config is None:
@@ -183,7 +184,7 @@ def _arena(root: Path) -> dict[str, Path]:
     return paths
 
 
-# Values of a config.json (the known OverflowError bug needs ints beyond float range: left out here).
+# Values of a config.json (any_value includes ints beyond float range).
 json_config_value = st.one_of(any_value, st.sampled_from([float("inf"), float("nan")]))
 
 
@@ -245,22 +246,15 @@ def _run(main, argv) -> tuple[str, int | None, str, str]:
     return kind, code, out.getvalue(), err.getvalue()
 
 
-def _record(outcome: str) -> None:
-    """`hypothesis.event`, which may only be called inside a @given test (the known-bug tests
-    below call `_check_refusal` outside one)."""
-    with contextlib.suppress(InvalidArgument):
-        event(outcome)
-
-
 def _check_refusal(prog: str, kind: str, code, stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     if kind == "usage":
-        _record("outcome: argparse usage error")
+        record("outcome: argparse usage error")
         assert code == 2, (code, stderr)
         last = stderr.rstrip("\n").splitlines()[-1]
         assert re.match(rf"{prog}( [a-z-]+)?: error: ", last), stderr
     else:
-        _record("outcome: exit 2, one-line error")
+        record("outcome: exit 2, one-line error")
         assert code == 2, (code, stderr)
         assert stderr.endswith("\n") and stderr.startswith(f"{prog}: error: "), stderr
         assert_one_line(stderr[:-1])
@@ -285,12 +279,6 @@ def _write_fuzzed(path: Path, kind: str, draw) -> None:
         (path / "config.json").write_bytes(draw(fuzzed_config_json()))
 
 
-def _loop_resolved(argv: list[str], paths_used: dict[str, str]) -> bool:
-    """Known bug (xfail below): `--resume` with `--out`, one of them a symlink loop -> RuntimeError."""
-    return (SKIP_KNOWN_BUGS and "--resume" in paths_used and "--out" in paths_used
-            and "loop" in (paths_used["--resume"], paths_used["--out"]))
-
-
 @settings(max_examples=budget(4))
 @given(case=simulate_argv(), data=st.data())
 @example(case=(["simulate", "--rounds", "0"], {}), data=None)
@@ -305,18 +293,18 @@ def _loop_resolved(argv: list[str], paths_used: dict[str, str]) -> bool:
 @example(case=(["simulate", "--dataset", "ml-100k", "--data-dir", "@ml_ok@", "--dim", "1024"], {"--data-dir": "ml_ok"}),
          data=None)
 @example(case=(["simulate", "--split", "u7"], {}), data=None)
+@example(case=(["simulate", "--resume", "@loop@", "--out", "@loop@"], {"--resume": "loop", "--out": "loop"}), data=None)
 def test_fedrec_simulate_refuses_bad_flags_with_one_line(case, data, arena):
     argv, paths_used = case
-    assume(not _loop_resolved(argv, paths_used))
     for flag, kind in paths_used.items():
         if kind.endswith("_fuzzed") and data is not None:
             _write_fuzzed(arena[kind], kind, data.draw)
     argv = [re.sub(r"@(\w+)@", lambda m: str(arena[m.group(1)]), arg) for arg in argv]
-    note(f"argv: {argv}")
+    remark(f"argv: {argv}")
     kind, code, stdout, stderr = _run(fedrec_cli.main, argv)
-    note(f"{kind} {code}: {stderr!r}")
+    remark(f"{kind} {code}: {stderr!r}")
     if kind == "would train":
-        event("outcome: valid, would train (stopped by the guard)")
+        record("outcome: valid, would train (stopped by the guard)")
         assert stderr == ""
         return
     _check_refusal("fedrec", kind, code, stderr)
@@ -336,12 +324,11 @@ def test_fedrec_simulate_resume_of_any_run_folder_is_refused_with_one_line(confi
     argv = ["simulate", "--resume", str(run), *extra]
     if out is not None:
         argv += ["--out", str(run if out == "same" else arena[out])]
-    assume(not _loop_resolved(argv, {"--resume": run_kind, **({"--out": out} if out else {})}))
-    note(f"argv: {argv}, config.json: {config_json[:400]!r}")
+    remark(f"argv: {argv}, config.json: {config_json[:400]!r}")
     kind, code, stdout, stderr = _run(fedrec_cli.main, argv)
-    note(f"{kind} {code}: {stderr!r}")
+    remark(f"{kind} {code}: {stderr!r}")
     if kind == "would train":
-        event("outcome: valid, would train (stopped by the guard)")
+        record("outcome: valid, would train (stopped by the guard)")
         assert stderr == ""
         return
     _check_refusal("fedrec", kind, code, stderr)
@@ -362,7 +349,7 @@ def template_device(tmp_path_factory) -> Path:
 
 
 DEVICE_KINDS = ["ready", "ready", "ready", "fresh", "junk_db", "db_dir", "models_file", "lock_dir", *PATH_KINDS,
-                *([] if SKIP_KNOWN_BUGS else ["unknown_home"])]  # known bug: '~user' of no such user
+                "unknown_home"]  # '~user' of no such user
 PACKAGE_KINDS = ["bundled", "default", "mutated_manifest", "mutated_model", "rehashed_model", "rehashed_model",
                  "manifest_only", *PATH_KINDS]
 RATINGS_KINDS = ["valid", "fuzzed", "fuzzed", "garbage", *PATH_KINDS]
@@ -468,10 +455,6 @@ def _write_rehashed(package: Path, model: bytes) -> None:
     (package / "manifest.json").write_text(json.dumps(fields))
 
 
-# Known bug (xfail tests below): the interpreter's own multi-line messages are embedded in the error.
-_LITERT_MULTI_LINE = re.compile(r"model\.tflite: (signature '\w+' failed|not a usable TFLite model): .*\n.")
-
-
 def _edge_ratings(root: Path, spec: dict) -> list[str]:
     path = root / "ratings.csv"
     if "content" in spec:
@@ -491,6 +474,7 @@ def _edge_ratings(root: Path, spec: dict) -> list[str]:
 @example(spec={"device": "ready", "command": "import-ratings", "ratings": "fifo"})
 @example(spec={"device": "ready", "command": "install", "package": "dev_null"})
 @example(spec={"device": "junk_db", "command": "status"})
+@example(spec={"device": "unknown_home", "command": "status"})
 def test_fedrec_edge_refuses_bad_input_with_one_line(spec, template_device):
     with scratch_dir() as root:
         device = _edge_device(root, spec["device"], template_device)
@@ -503,68 +487,65 @@ def test_fedrec_edge_refuses_bad_input_with_one_line(spec, template_device):
             argv += spec.get("args", [])
         if "junk" in spec:
             argv.append(spec["junk"])
-        note(f"argv: {argv}")
+        remark(f"argv: {argv}")
         kind, code, stdout, stderr = _run(edge_cli.main, argv)
-        note(f"{kind} {code}: {stderr!r}")
+        remark(f"{kind} {code}: {stderr!r}")
     if kind == "returned" and code == 0:
-        event("outcome: exit 0")
+        record("outcome: exit 0")
         assert stderr == "", stderr
-        return
-    if SKIP_KNOWN_BUGS and kind == "returned" and code == 2 and _LITERT_MULTI_LINE.search(stderr):
-        event("known bug: multi-line interpreter error")
         return
     _check_refusal("fedrec-edge", kind, code, stderr)
 
 
 # ---------------------------------------------------------------------------------------------
-# Known product bugs (minimal inputs); remove the xfail once fixed
+# Regression tests: product bugs this tier found (fixed), each with its minimal input
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="config._number: math.isfinite(int too large for a float) raises OverflowError, "
-                          "not ConfigError")
-def test_known_bug_an_int_beyond_float_range_in_a_float_field_raises_overflowerror():
-    with pytest.raises(ConfigError):
+def test_an_int_beyond_float_range_in_a_float_field_is_a_configerror():
+    """Was an OverflowError (math.isfinite of an int too large for a float)."""
+    with pytest.raises(ConfigError) as refused:
         SimulationConfig(user_l2=10**400)
+    assert refused.value.field == "user_l2"
+    assert str(refused.value).startswith("user_l2: must be a finite number, got 1000"), str(refused.value)
+    assert_one_line(str(refused.value))
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="fedrec simulate --resume: RunFolder.read_identity catches TypeError/ValueError only, so "
-                          "config.json with \"user_l2\": 1000...0 (400 digits) ends in an OverflowError traceback")
-def test_known_bug_resume_with_a_huge_int_in_config_json_is_a_traceback(tmp_path):
+def test_resume_with_a_huge_int_in_config_json_is_a_one_line_error_naming_it(tmp_path):
+    """Was an OverflowError traceback (RunFolder.read_identity caught TypeError/ValueError only)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text('{"run_id": "x", "config": {"user_l2": 1' + "0" * 400 + "}}")
     kind, code, _, stderr = _run(fedrec_cli.main, ["simulate", "--resume", str(run)])
     _check_refusal("fedrec", kind, code, stderr)
+    assert stderr.startswith(f"fedrec: error: {run / 'config.json'}: invalid configuration: user_l2: "), stderr
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="fedrec simulate: `args.out.resolve()` / `args.resume.resolve()` raise RuntimeError "
-                          "('Symlink loop from ...') on Python 3.11; the CLI catches only ValueError/OSError")
-def test_known_bug_resume_and_out_on_a_symlink_loop_is_a_traceback(tmp_path):
+def test_resume_and_out_on_a_symlink_loop_is_a_one_line_error_naming_it(tmp_path):
+    """Was a RuntimeError traceback ('Symlink loop from ...' of Path.resolve() on Python 3.11)."""
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     kind, code, _, stderr = _run(fedrec_cli.main, ["simulate", "--resume", str(loop), "--out", str(loop)])
     _check_refusal("fedrec", kind, code, stderr)
+    assert stderr.startswith(f"fedrec: error: {loop}: "), stderr
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="Device.__init__: Path.expanduser() raises RuntimeError('Could not determine home "
-                          "directory.') for '~unknownuser/...'; fedrec-edge catches only its own errors and OSError")
-def test_known_bug_device_dir_of_an_unknown_users_home_is_a_traceback():
-    kind, code, _, stderr = _run(edge_cli.main, ["--device-dir", "~no-such-user-fedrec-fuzz/device", "status"])
+def test_a_device_dir_in_an_unknown_users_home_is_a_one_line_error_naming_it():
+    """Was a RuntimeError traceback ('Could not determine home directory.' of Path.expanduser())."""
+    device_dir = "~no-such-user-fedrec-fuzz/device"
+    kind, code, _, stderr = _run(edge_cli.main, ["--device-dir", device_dir, "status"])
     _check_refusal("fedrec-edge", kind, code, stderr)
+    assert stderr.startswith(f"fedrec-edge: error: {device_dir}: "), stderr
 
 
-@pytest.mark.xfail(strict=True, reason="LiteModel: the interpreter's multi-line error text is put into the ModelError "
-                                       "('signature ... failed: ...' in _call, 'not a usable TFLite model: ...' in "
-                                       "from_bytes), so `fedrec-edge install` of a damaged model prints 2+ lines")
-@pytest.mark.parametrize("offset,bit", [(81644, 4), (53497, 4)], ids=["signature-failed", "not-a-usable-model"])
-def test_known_bug_a_damaged_model_gives_a_multi_line_install_error(offset, bit, tmp_path):
-    """The bundled model with one bit flipped, its manifest stating the new size and sha256."""
+@pytest.mark.parametrize("offset,bit,reason", [(81644, 4, "signature 'client_update' failed: "),
+                                               (53497, 4, "not a usable TFLite model: ")],
+                         ids=["signature-failed", "not-a-usable-model"])
+def test_a_damaged_model_is_a_one_line_install_error_naming_it(offset, bit, reason, tmp_path):
+    """The bundled model with one bit flipped, its manifest stating the new size and sha256. The
+    interpreter's multi-line error text used to be printed as is (2+ lines on stderr)."""
     model = bytearray((BUNDLED / "model.tflite").read_bytes())
     model[offset] ^= 1 << bit
     _write_rehashed(tmp_path / "package", bytes(model))
     kind, code, _, stderr = _run(edge_cli.main, ["--device-dir", str(tmp_path / "device"), "install",
                                                  str(tmp_path / "package")])
     _check_refusal("fedrec-edge", kind, code, stderr)
+    assert f"{tmp_path / 'package' / 'model.tflite'}: {reason}" in stderr, stderr

@@ -8,23 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, event, example, given, note, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from fuzzlib import (
     INT64_MAX,
     INT64_MIN,
     FILE_KINDS,
+    INT_DIGIT_LIMIT,
     PATH_KINDS,
-    SKIP_KNOWN_BUGS,
     VALID_EOLS,
     assert_one_line,
     budget,
     count_lines,
-    has_huge_digit_run,
     latin1_text,
     mutated_table,
     place,
+    record,
+    remark,
     scratch_dir,
     utf8_text,
     whole_file_garbage,
@@ -37,12 +38,10 @@ pytestmark = pytest.mark.fuzz
 # Valid tables
 
 ids = st.one_of(st.integers(1, 3), st.integers(1, 30), st.integers(INT64_MIN, INT64_MAX))
-# INT64_MIN timestamps are left out of the general strategies: a known bug (see the xfail test
-# below) makes leave-latest-out treat them as the latest rating.
-timestamps = st.one_of(st.integers(0, 2_000_000_000), st.integers(INT64_MIN + SKIP_KNOWN_BUGS, INT64_MAX),
-                       st.sampled_from([INT64_MIN + SKIP_KNOWN_BUGS, INT64_MAX, -1, 0]))
-# num_negatives > 0 can hit the known bug of a DataError that names no file (xfail test below).
-num_negatives = st.integers(0, 0 if SKIP_KNOWN_BUGS else 3)
+timestamps = st.one_of(st.integers(0, 2_000_000_000), st.integers(INT64_MIN, INT64_MAX),
+                       st.sampled_from([INT64_MIN, INT64_MIN + 1, INT64_MAX, -1, 0]))
+# Ranking negatives per test user; more than a user's unrated items is a DataError naming the file.
+num_negatives = st.integers(0, 3)
 
 
 @st.composite
@@ -96,14 +95,14 @@ def _check_refusal(error: DataError, folder: Path, written: dict[str, bytes]) ->
 def _load(loader, folder: Path, written: dict[str, bytes], **kwargs) -> DatasetSplit | None:
     for name, data in written.items():
         (folder / name).write_bytes(data)
-    note(f"files: { {k: v[:300] for k, v in written.items()} }, args: {kwargs}")
+    remark(f"files: { {k: v[:300] for k, v in written.items()} }, args: {kwargs}")
     try:
         split = loader(folder, **kwargs)
     except DataError as error:
-        event("outcome: DataError")
+        record("outcome: DataError")
         _check_refusal(error, folder, written)
         return None
-    event("outcome: loaded")
+    record("outcome: loaded")
     assert isinstance(split, DatasetSplit)
     return split
 
@@ -143,7 +142,6 @@ def ml100k_folder(draw):
         test = [r for r, t in zip(data_rows, in_test) if t]
         files["u1.base"] = draw(mutated_table(base, sep="\t", encoding="latin-1", max_mutations=2))
         files["u1.test"] = draw(mutated_table(test, sep="\t", encoding="latin-1", max_mutations=2))
-    assume(not any(has_huge_digit_run(v) for v in files.values()))
     # The official split is asked for when its files are there (else it is refused at once), mostly.
     split = draw(st.sampled_from(["u1", "u1", "u1", "random"] if "u1.base" in files else ["random", "loo", "loo", "u1"]))
     return files, split
@@ -158,6 +156,8 @@ def ml100k_folder(draw):
 @example(folder=({"u.data": b"1\t1\t5\t%d\n" % 2**63}, "random"), seed=0, negatives=0)
 @example(folder=({"u.data": b"1\t1\t5\t0\n", "u.item": b"1|a\n1|b\n"}, "random"), seed=0, negatives=0)
 @example(folder=({"u.data": b"1\t1\t5\t0\n" + b"x" * 70000}, "random"), seed=0, negatives=0)
+@example(folder=({"u.data": b"1" * (INT_DIGIT_LIMIT + 1) + b"\t1\t5\t0\n"}, "random"), seed=0, negatives=0)
+@example(folder=({"u.data": b"1\t1\t5\t0\n1\t2\t5\t0\n"}, "loo"), seed=0, negatives=1)
 @example(folder=({"u.data": b"1\t1\t5\t0\n1\t2\t4\t0\n", "u1.base": b"1\t1\t5\t0\n", "u1.test": b"1\t1\t5\t0\n"},
                  "u1"), seed=0, negatives=0)
 def test_ml100k_any_content_loads_or_is_refused_naming_the_file(folder, seed, negatives):
@@ -181,7 +181,6 @@ def movielens_csv_folder(draw):
             [str(i), draw(st.sampled_from(["Toy Story (1995)", '"Heat, The (1995)"', "Ça (2000)", '""'])),
              "Comedy|Drama"] for i in items]
         files["movies.csv"] = draw(st.one_of(mutated_table(movies, sep=",", encoding="utf-8"), whole_file_garbage()))
-    assume(not any(has_huge_digit_run(v) for v in files.values()))
     return files
 
 
@@ -193,6 +192,8 @@ def movielens_csv_folder(draw):
 @example(files={"ratings.csv": b"\xef\xbb\xbfuserId,movieId,rating,timestamp\n1,1,4.25,0\n"}, split="random", negatives=0)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n" + b"\"" + b"a\n" * 70000}, split="random", negatives=0)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,inf,0\n"}, split="loo", negatives=0)
+@example(files={"ratings.csv": b"userId,movieId,rating,timestamp\r1,1,4,0\r1,2,4,-9223372036854775808\r"},
+         split="loo", negatives=1)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4,0\n", "movies.csv": b"\xff"}, split="loo", negatives=0)
 def test_movielens_csv_any_content_loads_or_is_refused_naming_the_file(files, split, negatives):
     with scratch_dir() as folder:
@@ -218,15 +219,17 @@ def test_a_data_folder_or_file_of_any_kind_is_refused_naming_it(loader, kind, ta
             named.unlink(missing_ok=True)
             place(named, kind)
             data_dir = folder
+        # The titles file is optional: a missing one means none, and an empty u.item is a titles file
+        # without titles. A broken link (dangling or a loop) is not a missing file: it is refused.
+        loads = target == "titles" and (kind == "missing" or (kind == "empty_file" and loader == "ml"))
         try:
             load(data_dir, split="random", num_negatives=0)
         except DataError as error:
+            assert not loads, f"refused a folder without an optional titles file: {error}"
             assert_one_line(str(error), names=named)
+            assert str(error).startswith(f"{named}"), str(error)
         else:
-            # The titles file is optional: a missing one, or a broken link (dangling or a loop: Path.exists()
-            # is False), means none; an empty u.item is a titles file without titles.
-            optional = kind in ("missing", "dangling", "loop") or (kind == "empty_file" and loader == "ml")
-            assert target == "titles" and optional, "loaded from a broken path"
+            assert loads, "loaded from a broken path"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,76 +342,78 @@ def test_ranking_negatives_are_unrated_distinct_items(rows, data):
 
 
 # ---------------------------------------------------------------------------------------------
-# Known product bugs (minimal inputs); remove the xfail once fixed
+# Regression tests: product bugs this tier found (fixed), each with its minimal input
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="parse_int: int() of a field of more than 4300 digits raises a bare ValueError "
-                          "(Python's int max-str-digits limit), not a DataError naming u.data")
-@pytest.mark.parametrize("loader,name,content", [
-    ("ml", "u.data", b"1" * 4301 + b"\t1\t5\t0\n"),
-    ("ml", "u.item", None),
-    ("csv", "ratings.csv", b"userId,movieId,rating,timestamp\n1,1,5," + b"9" * 4301 + b"\n"),
+def _refused(load, folder: Path, **kwargs) -> DataError:
+    with pytest.raises(DataError) as refused:
+        load(folder, **kwargs)
+    return refused.value
+
+
+@pytest.mark.parametrize("loader,name,content,line", [
+    ("ml", "u.data", b"1" * (INT_DIGIT_LIMIT + 1) + b"\t1\t5\t0\n", 1),
+    ("ml", "u.item", b"1" * (INT_DIGIT_LIMIT + 1) + b"|Title\n", 1),
+    ("csv", "ratings.csv", b"userId,movieId,rating,timestamp\n1,1,5," + b"9" * (INT_DIGIT_LIMIT + 1) + b"\n", 2),
 ], ids=["u.data", "u.item", "ratings.csv"])
-def test_known_bug_a_field_of_more_than_4300_digits_escapes_as_valueerror(loader, name, content):
+def test_a_field_of_more_than_4300_digits_is_a_data_error_naming_the_file(loader, name, content, line):
+    """Was a bare ValueError (int() refuses more than 4300 digits)."""
     with scratch_dir() as folder:
         if loader == "ml":
             (folder / "u.data").write_bytes(b"1\t1\t5\t0\n")
-            if name == "u.item":
-                (folder / "u.item").write_bytes(b"0" * 4301 + b"1|Title\n")
-            else:
-                (folder / name).write_bytes(content)
-            call = lambda: load_ml100k(folder, split="random", num_negatives=0)  # noqa: E731
-        else:
-            (folder / name).write_bytes(content)
-            call = lambda: load_movielens_csv(folder, split="random", num_negatives=0)  # noqa: E731
-        try:
-            call()
-        except DataError as error:
-            assert_one_line(str(error), names=folder / name)
-            return
-        pytest.fail("loaded a file with a 4301-digit integer")
+        (folder / name).write_bytes(content)
+        error = _refused(load_ml100k if loader == "ml" else load_movielens_csv, folder, split="random",
+                         num_negatives=0)
+    assert (error.path, error.line) == (str(folder / name), line), str(error)
+    assert str(error).startswith(f"{folder / name} line {line}: "), str(error)
+    assert "does not fit in 64 bits" in str(error) and f"({INT_DIGIT_LIMIT + 1} characters)" in str(error), str(error)
+    assert_one_line(str(error), names=folder / name)
 
 
-@pytest.mark.xfail(strict=True, reason="sample_negatives: the DataError for too few unrated items names no file "
-                                       "(and a dense 'user index', not the user id in u.data)")
-def test_known_bug_too_few_unrated_items_names_no_file():
+def test_an_id_with_more_than_4300_leading_zeros_is_read_as_its_value():
+    """Was a bare ValueError: '000...01' (4302 characters) in u.item is item 1."""
     with scratch_dir() as folder:
-        (folder / "u.data").write_bytes(b"1\t1\t5\t0\n1\t2\t5\t0\n")
-        with pytest.raises(DataError) as refused:
-            load_ml100k(folder, split="random", num_negatives=1)
-        assert refused.value.path is not None and "u.data" in str(refused.value), str(refused.value)
+        (folder / "u.data").write_bytes(b"1\t1\t5\t0\n")
+        (folder / "u.item").write_bytes(b"0" * (INT_DIGIT_LIMIT + 1) + b"1|Title\n")
+        split = load_ml100k(folder, split="random", num_negatives=0)
+    assert split.vocab.item_raw_ids.tolist() == [1]
+    assert split.vocab.item_titles == ("Title",)
 
 
-@pytest.mark.xfail(strict=True, reason="leave_latest_out/latest_per_user negate int64 timestamps: "
-                                       "-(-2**63) wraps, so a rating at timestamp -2**63 counts as the latest")
-def test_known_bug_timestamp_int64_min_is_taken_as_the_latest():
+def test_too_few_unrated_items_is_a_data_error_naming_the_file_and_the_users_id():
+    """Was a DataError naming no file, and a dense 'user index' instead of the id in u.data."""
+    with scratch_dir() as folder:
+        (folder / "u.data").write_bytes(b"7\t1\t5\t0\n7\t2\t5\t0\n")
+        error = _refused(load_ml100k, folder, split="random", num_negatives=1)
+    assert error.path == str(folder / "u.data"), str(error)
+    assert str(error).startswith(f"{folder / 'u.data'}: user 7 has rated all but 0 items, fewer than the 1 "), str(error)
+    assert "user index" not in str(error), str(error)
+    assert_one_line(str(error), names=folder / "u.data")
+
+
+def test_leave_latest_out_holds_out_the_latest_rating_when_a_timestamp_is_int64_min():
+    """Was: -(-2**63) wrapped, so the rating at timestamp -2**63 counted as the user's latest."""
     with scratch_dir() as folder:
         (folder / "u.data").write_bytes(b"1\t1\t5\t-9223372036854775808\n1\t2\t4\t0\n")
         split = load_ml100k(folder, split="loo", num_negatives=0)
-    latest_item = split.vocab.item_raw_ids[split.test.items].tolist()
-    assert latest_item == [2], f"held out item {latest_item}, the latest rating is item 2 (timestamp 0)"
+    held_out = split.vocab.item_raw_ids[split.test.items].tolist()
+    assert held_out == [2], f"held out item {held_out}, the latest rating is item 2 (timestamp 0)"
+    assert split.train.timestamps.tolist() == [INT64_MIN]
 
 
-@pytest.mark.xfail(strict=True, reason="since 8e3f008 (bytes readline split at \\n) a u.item with lone-CR line ends is "
-                                       "read as one line: every title but the first is silently dropped")
-def test_known_bug_u_item_with_cr_line_ends_silently_loses_titles():
+def test_a_u_item_with_lone_cr_line_ends_loads_every_title():
+    """Was read as one line (bytes split at \\n): every title but the first silently dropped."""
     with scratch_dir() as folder:
         (folder / "u.data").write_bytes(b"1\t1\t5\t0\n1\t2\t4\t0\n")
         (folder / "u.item").write_bytes(b"1|Toy Story|x\r2|Heat|x\r")
-        try:
-            split = load_ml100k(folder, split="random", num_negatives=0)
-        except DataError as error:  # refusing the file, naming it, would also be acceptable
-            assert_one_line(str(error), names=folder / "u.item")
-            return
+        split = load_ml100k(folder, split="random", num_negatives=0)
+    assert split.vocab.item_raw_ids.tolist() == [1, 2]
     assert split.vocab.item_titles == ("Toy Story", "Heat")
 
 
-@pytest.mark.xfail(strict=True, reason="since 8e3f008 files with lone-CR line ends (loaded up to d4c1f4d through "
-                                       "universal newlines) are refused: u.data 'expected 4 tab-separated fields, got "
-                                       "7', ratings.csv 'malformed CSV: new-line character seen in unquoted field - do "
-                                       "you need to open the file in universal-newline mode?'")
 @pytest.mark.parametrize("name", ["u.data", "ratings.csv"])
-def test_known_bug_rating_files_with_cr_line_ends_are_refused(name):
+def test_rating_files_with_lone_cr_line_ends_load(name):
+    """Were refused: u.data 'expected 4 tab-separated fields, got 7', ratings.csv 'new-line character
+    seen in unquoted field'."""
     with scratch_dir() as folder:
         if name == "u.data":
             (folder / name).write_bytes(b"1\t1\t5\t0\r1\t2\t4\t0\r")
@@ -416,4 +421,4 @@ def test_known_bug_rating_files_with_cr_line_ends_are_refused(name):
         else:
             (folder / name).write_bytes(b"userId,movieId,rating,timestamp\r1,1,5,0\r1,2,4,0\r")
             split = load_movielens_csv(folder, split="random", num_negatives=0)
-    assert len(split.train) + len(split.test) == 2
+    assert sorted(_raw_rows(split)) == [(1, 1, 5.0, 0), (1, 2, 4.0, 0)]

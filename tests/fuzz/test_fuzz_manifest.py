@@ -7,18 +7,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import assume, event, example, given, note, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from fuzzlib import (
     BOMS,
     PATH_KINDS,
-    SKIP_KNOWN_BUGS,
     assert_one_line,
     budget,
     manifest_fields,
     manifests,
     place,
+    record,
+    remark,
     scratch_dir,
     utf8_text,
 )
@@ -44,18 +45,6 @@ json_values = st.recursive(
     json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(utf8_text, inner, max_size=4),
     max_leaves=10,
 )
-
-
-def _newline_in_a_key(data) -> bool:
-    """A known bug (see the xfail test): names of unknown fields and keys are printed unquoted, so a
-    key with a line break makes a two-line error; the general strategies leave such keys out."""
-    if not SKIP_KNOWN_BUGS or not isinstance(data, dict):
-        return False
-    keys = list(data)
-    for nested in ("hyperparameters", "privacy"):
-        if isinstance(data.get(nested), dict):
-            keys += list(data[nested])
-    return any("\n" in k or "\r" in k for k in keys)
 
 
 @st.composite
@@ -107,15 +96,15 @@ def _check_accepted(manifest: Manifest) -> None:
 
 
 def _parse(text: str | bytes, source=SOURCE) -> Manifest | None:
-    note(f"manifest text: {text[:600]!r}")
+    remark(f"manifest text: {text[:600]!r}")
     try:
         manifest = Manifest.from_json(text, source=source)
     except ManifestError as error:
-        event("outcome: ManifestError")
+        record("outcome: ManifestError")
         assert_one_line(str(error), names=source)
         assert str(error).startswith(f"{source}: "), str(error)
         return None
-    event("outcome: accepted")
+    record("outcome: accepted")
     _check_accepted(manifest)
     return manifest
 
@@ -132,12 +121,8 @@ def _parse(text: str | bytes, source=SOURCE) -> Manifest | None:
 @example(text=BUNDLED_TEXT.replace('"privacy": null', '"privacy": {"epsilon_rdp": 1e400}'))
 @example(text=BUNDLED_TEXT.replace('"signatures": [', '"signatures": [[], '))
 @example(text="\ufeff" + BUNDLED_TEXT)
+@example(text='{"a\\nb": 1}')
 def test_any_json_text_gives_a_manifest_or_a_one_line_error(text):
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        data = None
-    assume(not _newline_in_a_key(data))
     _parse(text)
 
 
@@ -164,20 +149,12 @@ def manifest_bytes(draw):
     return data
 
 
-def _known_bug_input(data: bytes) -> bool:
-    try:
-        return _newline_in_a_key(json.loads(data))
-    except (ValueError, RecursionError):
-        return False
-
-
 @settings(max_examples=budget(2))
 @given(data=st.one_of(manifest_bytes(), st.binary(max_size=200)))
 @example(data=b"\xff\xfe{\x00}\x00")
 @example(data=b'{"model_version": "\xff"}')
 @example(data=b"")
 def test_any_bytes_from_a_file_give_a_manifest_or_a_one_line_error_naming_it(data):
-    assume(not _known_bug_input(data))
     with scratch_dir() as folder:
         path = folder / "package" / "manifest.json"
         path.parent.mkdir()
@@ -185,10 +162,10 @@ def test_any_bytes_from_a_file_give_a_manifest_or_a_one_line_error_naming_it(dat
         try:
             manifest = Manifest.read(path)
         except ManifestError as error:
-            event("outcome: ManifestError")
+            record("outcome: ManifestError")
             assert_one_line(str(error), names=path)
             return
-        event("outcome: accepted")
+        record("outcome: accepted")
         _check_accepted(manifest)
 
 
@@ -205,7 +182,6 @@ def test_a_manifest_path_of_any_kind_is_refused_naming_it(kind):
 @settings(max_examples=budget(1))
 @given(data=st.one_of(json_values, mutated_manifest_dict()))
 def test_from_dict_of_any_json_value_gives_a_manifest_or_manifesterror(data):
-    assume(not _newline_in_a_key(data))
     try:
         manifest = Manifest.from_dict(data, source=SOURCE)
     except ManifestError as error:
@@ -255,24 +231,24 @@ def test_the_digest_changes_exactly_when_a_digested_field_changes(first, second,
     if field in _UNDIGESTED:
         assert changed.content_digest() == base.content_digest()
     elif differs:
-        event("digested field changed")
+        record("digested field changed")
         assert changed.content_digest() != base.content_digest(), f"{field} changed, the digest did not"
     else:
         assert changed.content_digest() == base.content_digest()
 
 
 # ---------------------------------------------------------------------------------------------
-# Known product bug (minimal input); remove the xfail once fixed
+# Regression test: a product bug this tier found (fixed), with its minimal inputs
 
-@pytest.mark.xfail(strict=True, reason="Manifest.from_dict/validate print field names unquoted ('unknown manifest "
-                                       "fields: ...', 'hyperparameters ... must be finite', 'unknown privacy fields'), "
-                                       "so a key with a line break gives a multi-line error")
-@pytest.mark.parametrize("text", [
-    '{"a\\nb": 1}',
-    BUNDLED_TEXT.replace('"hyperparameters": {', '"hyperparameters": {"x\\ny": null, '),
-    BUNDLED_TEXT.replace('"privacy": null', '"privacy": {"x\\ny": 1}'),
+@pytest.mark.parametrize("text,shown", [
+    ('{"a\\nb": 1}', "unknown manifest fields: 'a\\nb'"),
+    (BUNDLED_TEXT.replace('"hyperparameters": {', '"hyperparameters": {"x\\ny": null, '),
+     "hyperparameters 'x\\ny' must be finite numbers"),
+    (BUNDLED_TEXT.replace('"privacy": null', '"privacy": {"x\\ny": 1}'), "unknown privacy fields: 'x\\ny'"),
 ], ids=["unknown-field", "hyperparameter", "privacy-field"])
-def test_known_bug_a_key_with_a_line_break_gives_a_multi_line_error(text):
+def test_a_key_with_a_line_break_is_quoted_in_a_one_line_error(text, shown):
+    """Field names were printed unquoted, so a key holding a line break made a two-line error."""
     with pytest.raises(ManifestError) as refused:
         Manifest.from_json(text, source=SOURCE)
+    assert str(refused.value) == f"{SOURCE}: {shown}"
     assert_one_line(str(refused.value), names=SOURCE)

@@ -9,7 +9,7 @@ import io
 import math
 
 import pytest
-from hypothesis import event, example, given, note, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge_client.errors import DeviceError
@@ -23,6 +23,8 @@ from fuzzlib import (
     manifests,
     mutated_table,
     place,
+    record,
+    remark,
     scratch_dir,
     tokens,
     utf8_text,
@@ -98,7 +100,7 @@ def valid_ratings(draw, manifest: Manifest):
 @given(manifest=any_manifest, data=st.data())
 def test_valid_files_import_exactly(manifest, data):
     content, expected = data.draw(valid_ratings(manifest))
-    note(f"file: {content[:500]!r}")
+    remark(f"file: {content[:500]!r}")
     with scratch_dir() as folder:
         path = folder / "ratings.csv"
         path.write_bytes(content)
@@ -139,18 +141,18 @@ def _check_result(rows, manifest: Manifest) -> None:
 @example(manifest=BUNDLED, data=None)
 def test_any_file_imports_or_is_refused_naming_the_file(manifest, data):
     content = (b"item_id,rating\n1,nan\n2,\xff\n" if data is None else data.draw(hostile_ratings_file(manifest)))
-    note(f"file: {content[:500]!r}")
+    remark(f"file: {content[:500]!r}")
     with scratch_dir() as folder:
         path = folder / "my ratings.csv"
         path.write_bytes(content)
         try:
             rows = read_ratings_csv(path, manifest)
         except DeviceError as error:
-            event("outcome: DeviceError")
+            record("outcome: DeviceError")
             assert_one_line(str(error), names=path)
             assert str(error).startswith(f"{path}: "), str(error)
             return
-    event("outcome: imported")
+    record("outcome: imported")
     _check_result(rows, manifest)
 
 
@@ -164,10 +166,11 @@ def test_a_ratings_path_of_any_kind_is_refused_naming_it(kind):
         assert_one_line(str(refused.value), names=path)
 
 
-@pytest.mark.xfail(strict=True, reason="since 8e3f008 (bytes readline split at \\n) a ratings file with lone-CR line "
-                                       "ends is refused: 'cannot read: new-line character seen in unquoted field - "
-                                       "do you need to open the file in universal-newline mode?'")
-def test_known_bug_a_ratings_file_with_cr_line_ends_is_refused():
+# ---------------------------------------------------------------------------------------------
+# Regression test: a product bug this tier found (fixed), with its minimal input
+
+def test_a_ratings_file_with_lone_cr_line_ends_imports():
+    """Was refused: 'cannot read: new-line character seen in unquoted field'."""
     with scratch_dir() as folder:
         path = folder / "ratings.csv"
         path.write_bytes(b"item_id,rating\r1,5\r2,3\r")
