@@ -49,18 +49,14 @@ class DeviceScores:
 
     def __init__(self, package: Path, split: DatasetSplit, *, fit: bool) -> None:
         device_model = LiteModel.load(package)
-        train, test, ranking = split.train, split.test, split.ranking
-        needed: dict[int, list[np.ndarray]] = {}
-        for users, items in ((test.users, test.items), (ranking.users, ranking.positives)):
-            for u in np.unique(users):
-                needed.setdefault(int(u), []).append(items[users == u])
-        for row, u in enumerate(ranking.users):
-            needed.setdefault(int(u), []).append(ranking.negatives[row])
+        train = split.train
+        users = np.unique(np.concatenate([split.test.users, split.ranking.users]))
         order = np.argsort(train.users, kind="stable")
         bounds = np.searchsorted(train.users[order], np.arange(split.num_users + 1))
-        self.table: dict[tuple[int, int], float] = {}
+        every_item = np.arange(split.num_items, dtype=np.int32)
+        self.scores = np.full((split.num_users, split.num_items), np.nan, np.float32)
         self.fit_seconds: list[float] = []
-        for u, parts in needed.items():
+        for u in users:
             if fit:
                 rows = order[bounds[u]:bounds[u + 1]]
                 start = time.perf_counter()
@@ -68,12 +64,10 @@ class DeviceScores:
                 self.fit_seconds.append(time.perf_counter() - start)
             else:
                 device_model.set_user(UserParams.zeros(device_model.dim))
-            items = np.unique(np.concatenate(parts)).astype(np.int32)
-            scores = device_model.infer(items)
-            self.table.update({(u, int(i)): float(s) for i, s in zip(items, scores)})
+            self.scores[u] = device_model.infer(every_item)  # all items: full-catalog metrics need them
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return np.array([self.table[(int(u), int(i))] for u, i in zip(users, items)])
+        return self.scores[users, items]
 
 
 def main() -> int:

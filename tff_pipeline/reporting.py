@@ -15,6 +15,7 @@ import numpy as np
 from protocol.files import atomic_write
 from tff_pipeline import model
 from tff_pipeline.data import Vocabulary
+from tff_pipeline.evaluation import METRIC_KEYS
 from tff_pipeline.run_folder import (
     FINAL_MODEL_FILE,
     METRICS_FILE,
@@ -25,7 +26,6 @@ from tff_pipeline.run_folder import (
     RunFolderError,
 )
 
-METRIC_KEYS = ("rmse", "mae", "hr@10", "ndcg@10")
 CSV_COLUMNS = ("round", "cohort", "train_seconds", "clip", "epsilon_rdp") + METRIC_KEYS
 
 
@@ -46,13 +46,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['data']['train_ratings']} train / {report['data']['test_ratings']} test ratings; "
         f"{privacy['rounds']} rounds, {config['clients_per_round']} clients per round, dp={config['dp']}.",
         "",
-        "| model | RMSE | MAE | HR@10 | NDCG@10 |",
-        "|---|---|---|---|---|",
+        "| model | RMSE | MAE | HR@10 | NDCG@10 | Recall@20 (full) | NDCG@20 (full) |",
+        "|---|---|---|---|---|---|---|",
         "| **federated (this run)** | " + " | ".join(_fmt(report["final"][k]) for k in METRIC_KEYS) + " |",
     ]
     for name, metrics in report["baselines"].items():
         if metrics:
-            lines.append(f"| {name} | " + " | ".join(_fmt(metrics[k]) for k in METRIC_KEYS) + " |")
+            lines.append(f"| {name} | " + " | ".join(_fmt(metrics.get(k)) for k in METRIC_KEYS) + " |")
+    protocol = report["data"].get("ranking_protocol")
+    if protocol:
+        lines += ["", f"Ranking metrics: {protocol}."]
     lines += [
         "",
         "## Privacy (user level)",

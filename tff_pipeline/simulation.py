@@ -233,7 +233,8 @@ def _assemble_report(
         "data": {
             "name": split.name, "num_users": split.num_users, "num_items": split.num_items,
             "num_clients": num_clients, "train_ratings": len(split.train), "test_ratings": len(split.test),
-            "ranking_users": len(split.ranking.users), "rating_scale": list(split.rating_scale),
+            "ranking_users": len(split.ranking.users), "ranking_protocol": split.ranking.protocol,
+            "rating_scale": list(split.rating_scale),
         },
         "final": final,
         "baselines": {"centralized": None, "biases": None, "global_mean": None, "local_only": None, "popularity": None},

@@ -26,10 +26,11 @@ def pairs(split_part) -> set[tuple[int, int]]:
 def assert_ranking_valid(ds: DatasetSplit, all_pairs: set[tuple[int, int]]) -> None:
     """Negatives are unrated anywhere, distinct per row and never the positive."""
     task = ds.ranking
-    assert task.negatives.shape == (len(task.users), task.num_negatives)
+    assert task.negatives.shape == (3, len(task.users), task.num_negatives)
     assert len(np.unique(task.users)) == len(task.users)
     test_pairs = pairs(ds.test)
-    for user, pos, negs in zip(task.users.tolist(), task.positives.tolist(), task.negatives):
+    for user, pos, negs in zip(task.users.tolist() * 3, task.positives.tolist() * 3,
+                               task.negatives.reshape(-1, task.num_negatives)):
         assert (user, pos) in test_pairs
         assert len(set(negs.tolist())) == len(negs)
         assert pos not in negs

@@ -55,7 +55,8 @@ def test_split_is_valid(split: str) -> None:
     assert not train_pairs & test_pairs
     all_pairs = train_pairs | test_pairs
     assert len(ds.ranking) == 60
-    for user, pos, negs in zip(ds.ranking.users, ds.ranking.positives, ds.ranking.negatives):
+    for user, pos, negs in zip(np.tile(ds.ranking.users, 3), np.tile(ds.ranking.positives, 3),
+                               ds.ranking.negatives.reshape(-1, ds.ranking.num_negatives)):
         assert (user, pos) in test_pairs
         assert len(set(negs.tolist())) == 99
         assert not any((int(user), int(n)) in all_pairs for n in negs)
@@ -63,7 +64,7 @@ def test_split_is_valid(split: str) -> None:
 
 def test_small_catalogue_needs_fewer_negatives() -> None:
     ds = synthetic_split(num_users=20, num_items=30, num_negatives=10)
-    assert ds.ranking.negatives.shape == (20, 10)
+    assert ds.ranking.negatives.shape == (3, 20, 10)
     with pytest.raises(DataError, match="unrated items the ranking evaluation samples as negatives"):
         synthetic_split(num_users=20, num_items=30)
 

@@ -123,7 +123,9 @@ def _official_split(
     train = encode_ratings(train_raw, vocab)
     test = encode_ratings(test_raw, vocab)
     try:
-        ranking = ranking_task(test, all_ratings, vocab.num_items, num_negatives=num_negatives, seed=seed)
+        ranking = ranking_task(test, all_ratings, vocab.num_items, num_negatives=num_negatives, seed=seed,
+                               protocol=f"not the standard protocol: each user's latest rating in {split}.test, "
+                                        "ranked against 99 never-interacted items")
     except TooFewUnratedItems as error:
         raise error.for_user(vocab.user_raw_ids[error.user_index], full.path) from None
     return DatasetSplit(

@@ -14,6 +14,7 @@ from .types import DatasetSplit, RankingTask, Ratings, Vocabulary
 __all__ = [
     "per_user_random_split",
     "leave_latest_out",
+    "leave_two_latest_out",
     "latest_per_user",
     "sample_negatives",
     "ranking_task",
@@ -22,7 +23,12 @@ __all__ = [
     "TooFewUnratedItems",
 ]
 
-GENERIC_SPLITS = ("random", "loo")
+GENERIC_SPLITS = ("random", "loo", "loo-val")
+NEGATIVE_SEEDS = 3  # ranking metrics are averaged over this many samples of negatives
+LOO_PROTOCOL = ("leave-one-out: each user's latest interaction ranked against 99 never-interacted items "
+                "(3 negative samples) and against the whole catalog")
+LOO_VALIDATION_PROTOCOL = ("leave-one-out validation: each user's second-latest interaction (the latest is "
+                           "set aside for the test); for choosing hyperparameters")
 
 
 class TooFewUnratedItems(DataError):
@@ -153,14 +159,25 @@ def ranking_task(
     *,
     num_negatives: int,
     seed: int,
+    protocol: str,
+    num_seeds: int = NEGATIVE_SEEDS,
 ) -> RankingTask:
-    """Positive = each test user's latest test rating; negatives from all data."""
+    """Positive = each test user's latest test rating; negatives from all data, one sample per
+    negative seed (seed, seed + 1, ...)."""
     latest = latest_per_user(test)
     users = test.users[latest]
-    negatives = sample_negatives(
-        all_ratings, users, num_items, num_negatives=num_negatives, seed=seed
-    )
-    return RankingTask(users=users, positives=test.items[latest], negatives=negatives)
+    negatives = np.stack([
+        sample_negatives(all_ratings, users, num_items, num_negatives=num_negatives, seed=seed + k)
+        for k in range(num_seeds)
+    ]) if len(users) else np.zeros((num_seeds, 0, num_negatives), np.int32)
+    return RankingTask(users=users, positives=test.items[latest], negatives=negatives, protocol=protocol)
+
+
+def leave_two_latest_out(ratings: Ratings) -> tuple[Ratings, Ratings]:
+    """Validation split of leave-one-out: drop each user's latest rating (the test item), then
+    hold out the latest of the rest."""
+    without_test, _ = leave_latest_out(ratings)
+    return leave_latest_out(without_test)
 
 
 def split_all_ratings(
@@ -178,14 +195,21 @@ def split_all_ratings(
     file, named in errors)."""
     if split == "random":
         train, test = per_user_random_split(ratings, seed=seed)
+        protocol = ("not the standard protocol: each user's latest rating of a random 80/20 split, ranked "
+                    "against 99 never-interacted items")
     elif split == "loo":
         train, test = leave_latest_out(ratings)
+        protocol = LOO_PROTOCOL
+    elif split == "loo-val":
+        train, test = leave_two_latest_out(ratings)
+        protocol = LOO_VALIDATION_PROTOCOL
     else:
         raise DataError(
             f"unknown split {split!r} for {name}; expected one of {GENERIC_SPLITS}"
         )
     try:
-        ranking = ranking_task(test, ratings, vocab.num_items, num_negatives=num_negatives, seed=seed)
+        ranking = ranking_task(test, ratings, vocab.num_items, num_negatives=num_negatives, seed=seed,
+                               protocol=protocol)
     except TooFewUnratedItems as error:
         raise error.for_user(vocab.user_raw_ids[error.user_index], source) from None
     return DatasetSplit(

@@ -126,17 +126,25 @@ class Vocabulary:
 
 @dataclass(frozen=True, eq=False)
 class RankingTask:
-    """NCF leave-one-out ranking evaluation: rank each positive among negatives."""
+    """Rank each user's held-out positive among sampled never-interacted items.
+
+    `negatives` is [users, K] (one sample) or [seeds, users, K] (one sample per negative seed;
+    metrics are averaged over them). `protocol` says what the positives are, so that a report
+    can label a figure that is not the standard leave-one-out protocol as such.
+    """
 
     users: np.ndarray
     positives: np.ndarray
     negatives: np.ndarray
+    protocol: str = ""
 
     def __post_init__(self) -> None:
         users = np.asarray(self.users, dtype=np.int32)
         positives = np.asarray(self.positives, dtype=np.int32)
         negatives = np.asarray(self.negatives, dtype=np.int32)
-        if negatives.ndim != 2 or not (len(users) == len(positives) == len(negatives)):
+        if negatives.ndim == 2:
+            negatives = negatives[np.newaxis]
+        if negatives.ndim != 3 or not (len(users) == len(positives) == negatives.shape[1]):
             raise ValueError(
                 "RankingTask shapes disagree: "
                 f"users {users.shape}, positives {positives.shape}, negatives {negatives.shape}"
@@ -150,7 +158,11 @@ class RankingTask:
 
     @property
     def num_negatives(self) -> int:
-        return int(self.negatives.shape[1])
+        return int(self.negatives.shape[2])
+
+    @property
+    def num_seeds(self) -> int:
+        return int(self.negatives.shape[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,3 +192,13 @@ class DatasetSplit:
     @property
     def num_items(self) -> int:
         return self.vocab.num_items
+
+    @cached_property
+    def interactions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (user, item) pair of train and test as CSR (indptr [users + 1], items): what
+        full-catalog ranking leaves out of the candidates, besides the positive."""
+        users = np.concatenate([self.train.users, self.test.users])
+        items = np.concatenate([self.train.items, self.test.items])
+        order = np.argsort(users, kind="stable")
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=self.num_users))])
+        return indptr, items[order]
