@@ -329,16 +329,17 @@ def test_ranking_negatives_are_unrated_distinct_items(rows, data):
     files = {"u.data": tsv([list(r) for r in rows]),
              "u.item": "".join(f"{i}|t{i}\n" for i in items).encode("latin-1")}
     with scratch_dir() as folder:
-        result = _load(load_ml100k, folder, files, split=data.draw(st.sampled_from(["random", "loo"])),
+        result = _load(load_ml100k, folder, files, split=data.draw(st.sampled_from(["random", "loo", "loo-val"])),
                        num_negatives=k)
     assert result is not None
     ranking = result.ranking
-    assert ranking.negatives.shape == (len(ranking), k)
-    for user, negatives in zip(ranking.users.tolist(), ranking.negatives.tolist()):
-        raw_user = result.vocab.user_raw_ids[user]
-        raw_negatives = result.vocab.item_raw_ids[negatives].tolist()
-        assert len(set(raw_negatives)) == k
-        assert not set(raw_negatives) & rated[raw_user]
+    assert ranking.negatives.shape == (ranking.num_seeds, len(ranking), k) and ranking.num_seeds == 3
+    for negative_set in ranking.negatives:
+        for user, negatives in zip(ranking.users.tolist(), negative_set.tolist()):
+            raw_user = result.vocab.user_raw_ids[user]
+            raw_negatives = result.vocab.item_raw_ids[negatives].tolist()
+            assert len(set(raw_negatives)) == k
+            assert not set(raw_negatives) & rated[raw_user]
 
 
 # ---------------------------------------------------------------------------------------------
