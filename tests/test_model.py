@@ -314,3 +314,71 @@ def test_bias_only_model_dim_zero_fits_user_bias_and_updates_item_bias():
     output = model.client_update(params, items, ratings, config)
     bias_delta = output.delta.item_bias.numpy()
     assert np.all(bias_delta[:3] > 0) and np.all(bias_delta[3:] == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the implicit (ranking) head
+# ---------------------------------------------------------------------------------------------
+
+
+def _implicit_setup(seed: int = 0, num_items: int = 40, dim: int = 5):
+    rng = np.random.default_rng(seed)
+    config = model.ModelConfig(num_items=num_items, dim=dim, implicit_learning_rate=0.7,
+                               implicit_unobserved_weight=0.2, implicit_l2=0.5)
+    params = model.GlobalParams(tf.constant(rng.normal(0, 0.4, (num_items, dim)), tf.float32),
+                                tf.constant(rng.normal(0, 0.2, num_items), tf.float32), tf.constant(3.4))
+    items = rng.choice(num_items, 9, replace=False).astype(np.int32)
+    return config, params, items
+
+
+def _numpy_implicit_user(V, items, w0, l2):
+    system = w0 * V.T @ V + V[items].T @ V[items] + l2 * np.eye(V.shape[1])
+    return np.linalg.solve(system, V[items].sum(axis=0))
+
+
+def test_the_implicit_user_is_the_exact_minimiser_and_the_delta_its_loss_gradient():
+    config, params, items = _implicit_setup()
+    V = params.item_embeddings.numpy().astype(np.float64)
+    x = model.fit_implicit_user(params, tf.constant(items), config).numpy()
+    expected = _numpy_implicit_user(V, items, 0.2, 0.5)
+    np.testing.assert_allclose(x, expected, rtol=1e-4, atol=1e-5)
+
+    def loss(table):
+        scores = table @ expected
+        return np.sum((1 - scores[items]) ** 2) / 2 + 0.2 * np.sum(scores**2) / 2
+
+    # the delta is -lr * d loss / d V, checked against central finite differences
+    delta = model.implicit_delta(params, tf.constant(items), tf.constant(expected, tf.float32), config).numpy()
+    numeric = np.zeros_like(V)
+    for j in range(V.shape[0]):
+        for k in range(V.shape[1]):
+            step = np.zeros_like(V)
+            step[j, k] = 1e-5
+            numeric[j, k] = (loss(V + step) - loss(V - step)) / 2e-5
+    np.testing.assert_allclose(delta, -0.7 * numeric, rtol=1e-3, atol=1e-5)
+    assert np.count_nonzero(np.abs(delta).sum(axis=1)) == V.shape[0]  # dense: every item moves
+
+
+def test_batched_implicit_fit_equals_one_user_at_a_time():
+    config, params, _ = _implicit_setup(seed=1)
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(6), 7).astype(np.int32)
+    items = np.concatenate([rng.choice(40, 7, replace=False) for _ in range(6)]).astype(np.int32)
+    batched = model.fit_implicit_users_batched(params, tf.constant(users), tf.constant(items), 6, config).numpy()
+    for u in range(6):
+        single = model.fit_implicit_user(params, tf.constant(items[users == u]), config).numpy()
+        np.testing.assert_allclose(batched[u], single, rtol=1e-4, atol=1e-5)
+
+
+def test_client_update_carries_the_implicit_step_only_when_the_head_is_on():
+    config, params, items = _implicit_setup(seed=2)
+    ratings = tf.constant(np.linspace(1, 5, len(items)), tf.float32)
+    on = model.client_update(params, tf.constant(items), ratings, config)
+    x = model.fit_implicit_user(params, tf.constant(items), config)
+    np.testing.assert_allclose(on.implicit_user.numpy(), x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(on.implicit_delta.numpy(),
+                               model.implicit_delta(params, tf.constant(items), x, config).numpy(), rtol=1e-6)
+    off = model.client_update(params, tf.constant(items), ratings, dataclasses.replace(config, implicit_learning_rate=0.0))
+    assert not np.any(off.implicit_delta.numpy()) and not np.any(off.implicit_user.numpy())
+    for a, b in zip(on.delta, off.delta):  # the rating head's delta does not depend on the ranking head
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -41,6 +41,13 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--item-bias-l2", type=float, help=f"default {d.item_bias_l2}")
     p.add_argument("--local-steps", type=int, help=f"default {d.local_steps}")
     p.add_argument("--local-lr", dest="local_learning_rate", type=float, help=f"default {d.local_learning_rate}")
+    p.add_argument("--implicit-lr", dest="implicit_learning_rate", type=float,
+                   help=f"step of the ranking head on the item table; 0 turns it off (default "
+                        f"{d.implicit_learning_rate})")
+    p.add_argument("--implicit-weight", dest="implicit_unobserved_weight", type=float,
+                   help=f"weight of the items a user did not rate in the ranking loss (default "
+                        f"{d.implicit_unobserved_weight})")
+    p.add_argument("--implicit-l2", type=float, help=f"ridge penalty of the user's ranking vector (default {d.implicit_l2})")
     p.add_argument("--server-optimizer", choices=["sgdm", "adam"],
                    help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
     p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")

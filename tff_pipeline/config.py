@@ -65,6 +65,10 @@ class SimulationConfig:
     item_bias_l2: float = 0.0
     local_steps: int = 5
     local_learning_rate: float = 0.1
+    # The ranking head (implicit feedback on the same item table; model.ModelConfig).
+    implicit_learning_rate: float = 3.0
+    implicit_unobserved_weight: float = 0.1
+    implicit_l2: float = 1.0
     # Server.
     server_optimizer: str = "adam"  # adaptive server optimizer (FedAdam, Reddi et al. 2021)
     server_learning_rate: float = 0.01
@@ -99,6 +103,9 @@ class SimulationConfig:
         _number(self, "item_bias_l2", low=0.0)
         _integer(self, "local_steps", 0, MAX_LOCAL_STEPS)
         _number(self, "local_learning_rate", low=0.0, low_open=True)
+        _number(self, "implicit_learning_rate", low=0.0)
+        _number(self, "implicit_unobserved_weight", low=0.0, low_open=True)
+        _number(self, "implicit_l2", low=0.0, low_open=True)
         _choice(self, "server_optimizer", ("sgdm", "adam"))
         _number(self, "server_learning_rate", low=0.0, low_open=True)
         _number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
@@ -140,6 +147,9 @@ class SimulationConfig:
             item_bias_l2=self.item_bias_l2,
             local_steps=self.local_steps,
             local_learning_rate=self.local_learning_rate,
+            implicit_learning_rate=self.implicit_learning_rate,
+            implicit_unobserved_weight=self.implicit_unobserved_weight,
+            implicit_l2=self.implicit_l2,
         )
 
     def server_optimizer_config(self) -> ServerOptimizerConfig:

@@ -97,13 +97,16 @@ def full_catalog_metrics(score_fn: ScoreFn, split: DatasetSplit, k: int = FULL_C
 
 
 def evaluate(
-    score_fn: ScoreFn, split: DatasetSplit, *, ratings: bool = True, ranking: bool = True
+    score_fn: ScoreFn, split: DatasetSplit, *, ratings: bool = True, ranking: bool = True,
+    ranking_fn: ScoreFn | None = None,
 ) -> dict[str, float | None]:
-    """All metrics; a part that does not apply is None (e.g. RMSE of popularity)."""
+    """All metrics; a part that does not apply is None (e.g. RMSE of popularity). `ranking_fn`
+    ranks when the model has a separate ranking score (default: `score_fn`)."""
     result: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     if ratings:
         result.update(rating_metrics(score_fn, split))
     if ranking and len(split.ranking.users):
-        result.update(ranking_metrics(score_fn, split))
-        result.update(full_catalog_metrics(score_fn, split))
+        rank_by = ranking_fn or score_fn
+        result.update(ranking_metrics(rank_by, split))
+        result.update(full_catalog_metrics(rank_by, split))
     return result

@@ -41,10 +41,22 @@ class ModelConfig:
     item_bias_l2: float = 0.0
     local_steps: int = 5
     local_learning_rate: float = 0.1
+    # The implicit (ranking) head on the same item table: each device also fits a second user
+    # vector x to "which items did I rate" (weighted implicit least squares, Hu et al. 2008:
+    # loss sum_rated (1 - <x, v_j>)^2 + w0 sum_all <x, v_j>^2 + l2 |x|^2) and takes one step of
+    # that loss on the whole table. `implicit_learning_rate` 0 turns the head off.
+    implicit_unobserved_weight: float = 0.1
+    implicit_l2: float = 1.0
+    implicit_learning_rate: float = 0.0
     # How the (d+1)x(d+1) ridge system is solved: "direct" (one LAPACK op, fastest in TF) or
     # "cg" (conjugate gradient from builtin ops only, what the TFLite export uses). Both give
     # the exact ridge solution up to float rounding.
     solver: str = "direct"
+
+    @property
+    def implicit(self) -> bool:
+        """Whether the ranking head is trained (it needs an embedding)."""
+        return self.implicit_learning_rate > 0 and self.dim > 0
 
     def __post_init__(self) -> None:
         if self.num_items <= 0 or self.dim < 0:
@@ -213,6 +225,55 @@ def fit_users_batched(
     return UserParams(embedding=weights[:, : config.dim], bias=weights[:, config.dim])
 
 
+def _implicit_system(params: GlobalParams, config: ModelConfig) -> tf.Tensor:
+    """w0 V^T V + l2 I: the part of every user's implicit normal equations that is the same for
+    all users (one [d, d] matmul over the whole table)."""
+    gram = tf.matmul(params.item_embeddings, params.item_embeddings, transpose_a=True)
+    return config.implicit_unobserved_weight * gram + tf.linalg.diag(
+        tf.fill([config.dim], tf.constant(config.implicit_l2, tf.float32)))
+
+
+def fit_implicit_user(params: GlobalParams, item_ids: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    """The user's implicit vector x [dim]: the exact minimiser of
+    sum_{j rated} (1 - <x, v_j>)^2 + w0 sum_{all j} <x, v_j>^2 + l2 |x|^2 (the items alone count,
+    not the stars)."""
+    rated = tf.gather(params.item_embeddings, item_ids)
+    system = _implicit_system(params, config) + tf.matmul(rated, rated, transpose_a=True)
+    return solve_ridge_system(system, tf.reduce_sum(rated, axis=0), config)
+
+
+def fit_implicit_users_batched(
+    params: GlobalParams, user_ids: tf.Tensor, item_ids: tf.Tensor, num_users: int, config: ModelConfig
+) -> tf.Tensor:
+    """`fit_implicit_user` for every user at once: [num_users, dim]."""
+
+    def chunk(start: tf.Tensor, end: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        rated = tf.gather(params.item_embeddings, item_ids[start:end])
+        return rated, tf.ones_like(rated[:, 0]), user_ids[start:end]
+
+    gram, rhs = accumulate_normal_equations(int(item_ids.shape[0]), chunk, num_users, config.dim)
+    return solve_ridge_system(gram + _implicit_system(params, config)[tf.newaxis], rhs, config)
+
+
+def implicit_scores(params: GlobalParams, implicit_user: tf.Tensor) -> tf.Tensor:
+    """Ranking scores <x, v_j> of every item for one user's implicit vector x [dim]: [num_items]."""
+    return tf.reduce_sum(params.item_embeddings * implicit_user[tf.newaxis, :], axis=1)
+
+
+def implicit_delta(
+    params: GlobalParams, item_ids: tf.Tensor, implicit_user: tf.Tensor, config: ModelConfig
+) -> tf.Tensor:
+    """One gradient step of the implicit loss on the whole item table, as a delta [num_items, dim]:
+    dense, because every item the user did not rate is a (weighted) negative."""
+    x = implicit_user
+    every_item = implicit_scores(params, x)
+    gradient = config.implicit_unobserved_weight * every_item[:, tf.newaxis] * x[tf.newaxis, :]
+    rated_error = tf.gather(every_item, item_ids) - 1.0
+    gradient += tf.scatter_nd(item_ids[:, tf.newaxis], rated_error[:, tf.newaxis] * x[tf.newaxis, :],
+                              tf.shape(params.item_embeddings))
+    return -config.implicit_learning_rate * gradient
+
+
 class ItemGradients(NamedTuple):
     """Gradients of the device's loss w.r.t. the global rows it touches (hand-written)."""
 
@@ -252,11 +313,13 @@ def item_gradients(
 
 
 class ClientOutput(NamedTuple):
-    """What one device's local work produces. Only `delta` and `num_examples` may be uploaded."""
+    """What one device's local work produces. Only the deltas and `num_examples` may be uploaded."""
 
-    delta: GlobalParams  # new - old global params (protocol.updates; dense, zeros for untouched items)
+    delta: GlobalParams  # the rating head's new - old global params (protocol.updates; zeros for untouched items)
+    implicit_delta: tf.Tensor  # the ranking head's step on the item table [num_items, dim] (dense)
     num_examples: tf.Tensor  # float32 []
     user: UserParams  # stays on the device
+    implicit_user: tf.Tensor  # the user's implicit vector [dim]; stays on the device
     loss_before: tf.Tensor  # mean squared error after reconstruction, before local training
 
 
@@ -312,9 +375,17 @@ def client_update(
         )
         embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
     bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
+    if config.implicit:
+        implicit_user = fit_implicit_user(params, item_ids, config)
+        ranking_delta = implicit_delta(params, item_ids, implicit_user, config)
+    else:
+        implicit_user = tf.zeros([config.dim])
+        ranking_delta = tf.zeros_like(params.item_embeddings)
     return ClientOutput(
         delta=GlobalParams(embeddings_delta, bias_delta, updates.model_delta(params.global_mean, global_mean)),
+        implicit_delta=ranking_delta,
         num_examples=tf.cast(tf.size(ratings), tf.float32),
         user=user,
+        implicit_user=implicit_user,
         loss_before=loss_before,
     )

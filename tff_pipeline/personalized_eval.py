@@ -36,7 +36,28 @@ def fitted_score_fn(
     return score
 
 
+def fitted_ranking_fn(
+    params: model.GlobalParams, split: DatasetSplit, config: model.ModelConfig
+) -> evaluation.ScoreFn:
+    """Ranking scores <x_u, v_j> of the implicit head, every user's x_u fitted on the items of
+    their train ratings (what the device does before it recommends)."""
+    train = split.train
+    implicit = model.fit_implicit_users_batched(
+        params, tf.constant(train.users), tf.constant(train.items), split.num_users, config
+    ).numpy()
+    item_embeddings = np.asarray(params.item_embeddings)
+
+    def score(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        return np.sum(implicit[user_ids] * item_embeddings[item_ids], axis=1)
+
+    return score
+
+
 def evaluate_global_model(
     params: model.GlobalParams, split: DatasetSplit, config: model.ModelConfig
 ) -> dict[str, float | None]:
-    return evaluation.evaluate(fitted_score_fn(params, split, config), split)
+    """Rating metrics from the rating head; ranking metrics from the ranking head when the model
+    has one (else from predicted stars)."""
+    rating = fitted_score_fn(params, split, config)
+    ranking = fitted_ranking_fn(params, split, config) if config.implicit else rating
+    return evaluation.evaluate(rating, split, ranking_fn=ranking)

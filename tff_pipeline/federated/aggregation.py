@@ -36,10 +36,15 @@ class AggregatorConfig:
         return self.kind is not AggregatorKind.MEAN
 
 
-def build_aggregator(config: AggregatorConfig) -> tff.aggregators.WeightedAggregationFactory:
-    """The weighted aggregation factory the learning process composes."""
+def build_aggregator(
+    config: AggregatorConfig, *, per_device_parts: tuple[int, ...] = ()
+) -> tff.aggregators.WeightedAggregationFactory:
+    """The weighted aggregation factory the learning process composes. `per_device_parts` are
+    the indices of uploaded tensors that the plain mean averages per device rather than per
+    example (the ranking head's step: a device's implicit loss is one per device, whatever its
+    number of ratings; weighting it by ratings measured worse, HR@10 0.636 against 0.662)."""
     if config.kind is AggregatorKind.MEAN:
-        return ExampleWeightedMeanFactory()
+        return ExampleWeightedMeanFactory(per_device_parts=per_device_parts)
     if config.noise_multiplier < 0 or config.clip <= 0:
         raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
     clients = config.expected_clients_per_round

@@ -43,6 +43,13 @@ def global_weights_type(config: model.ModelConfig) -> tff.Type:
     )
 
 
+def update_type(config: model.ModelConfig) -> tff.Type:
+    """What a device uploads: the rating head's three deltas, plus the ranking head's delta of
+    the item table when that head is on."""
+    trainable = global_weights_type(config).trainable
+    return tff.types.to_type(tuple(trainable) + ((trainable[0],) if config.implicit else ()))
+
+
 def build_client_update(config: model.ModelConfig) -> tff.Computation:
     """TF computation: (global weights, device ratings) -> ClientResult(update, example count)."""
 
@@ -52,8 +59,11 @@ def build_client_update(config: model.ModelConfig) -> tff.Computation:
             model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], config
         )
         # The upload is the model delta, new - old (protocol.updates), as on a real device; the
-        # server turns the aggregate into its optimizer's pseudo-gradient.
-        return tff.learning.templates.ClientResult(update=tuple(output.delta), update_weight=output.num_examples)
+        # server turns the aggregate into its optimizer's pseudo-gradient. With the ranking head
+        # on, its step on the item table travels as a fourth tensor (it is averaged per device,
+        # not per rating, and added to the rating head's step on the server).
+        update = tuple(output.delta) + ((output.implicit_delta,) if config.implicit else ())
+        return tff.learning.templates.ClientResult(update=update, update_weight=output.num_examples)
 
     return client_update
 

@@ -59,32 +59,37 @@ def build_fedrec_process(
             trainable=tuple(tf.constant(x) for x in initial_numpy), non_trainable=()
         )
 
-    factory = aggregation.build_aggregator(aggregator)
+    uploaded = client_work.update_type(config)
+    factory = aggregation.build_aggregator(aggregator, per_device_parts=(3,) if config.implicit else ())
     return compose_process(
         initial_weights=initial_weights,
         distributor=tff.learning.templates.build_broadcast_process(weights_type),
         client_work=client_work.build_client_work(config),
-        aggregator=factory.create(weights_type.trainable, tff.TensorType(np.float32)),
-        finalizer=build_delta_finalizer(server_optimizer.build(), weights_type),
+        aggregator=factory.create(uploaded, tff.TensorType(np.float32)),
+        finalizer=build_delta_finalizer(server_optimizer.build(), weights_type, uploaded),
     )
 
 
 def build_delta_finalizer(
-    optimizer: tff.learning.optimizers.Optimizer, weights_type: tff.Type
+    optimizer: tff.learning.optimizers.Optimizer, weights_type: tff.Type, uploaded_type: tff.Type
 ) -> tff.learning.templates.FinalizerProcess:
     """TFF's apply-optimizer finalizer, fed the aggregated model delta (new - old).
 
     Clients upload deltas (`protocol.updates`); TFF's optimizers step against a pseudo-gradient.
-    This is the one place where the server converts the one into the other.
+    This is the one place where the server converts the one into the other, adding the ranking
+    head's step of the item table (a fourth uploaded tensor, when present) to the rating head's.
     """
     inner = tff.learning.templates.build_apply_optimizer_finalizer(optimizer, weights_type)
-    state_type, model_weights_type, update_type = inner.next.type_signature.parameter
+    state_type, model_weights_type, gradient_type = inner.next.type_signature.parameter
 
-    @tff.tensorflow.computation(update_type.member)
+    @tff.tensorflow.computation(uploaded_type)
     def to_pseudo_gradient(mean_delta):
-        return tf.nest.map_structure(updates.pseudo_gradient, mean_delta)
+        embeddings, bias, mean = mean_delta[0], mean_delta[1], mean_delta[2]
+        if len(mean_delta) == 4:
+            embeddings = embeddings + mean_delta[3]
+        return tuple(updates.pseudo_gradient(t) for t in (embeddings, bias, mean))
 
-    @tff.federated_computation(state_type, model_weights_type, update_type)
+    @tff.federated_computation(state_type, model_weights_type, tff.FederatedType(uploaded_type, tff.SERVER))
     def next_fn(state, weights, mean_delta):
         return inner.next(state, weights, tff.federated_map(to_pseudo_gradient, mean_delta))
 

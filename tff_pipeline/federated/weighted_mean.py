@@ -17,7 +17,14 @@ import tensorflow_federated as tff
 
 
 class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
-    """Weighted mean, stateless, no measurements: the non-private aggregator."""
+    """Weighted mean, stateless, no measurements: the non-private aggregator.
+
+    The top-level parts of the value listed in `per_device_parts` are averaged per device
+    (weight 1 each) instead of per example.
+    """
+
+    def __init__(self, *, per_device_parts: tuple[int, ...] = ()) -> None:
+        self._per_device = frozenset(per_device_parts)
 
     def create(
         self, value_type: tff.Type, weight_type: tff.Type
@@ -27,34 +34,54 @@ class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
         if not (isinstance(weight_type, tff.TensorType) and weight_type.shape in ((), [])):
             raise TypeError(f"the weight must be a float scalar, got {weight_type}")
 
+        per_device = self._per_device
+        if per_device and not isinstance(value_type, tff.StructType):
+            raise TypeError("per-device parts need a structured value")
+
+        def parts(structure):
+            """(index, part) of the top-level parts of a value (a lone tensor is part 0)."""
+            return list(enumerate(structure)) if isinstance(value_type, tff.StructType) else [(0, structure)]
+
+        def rebuild(structure, new_parts):
+            return type(structure)(new_parts) if isinstance(value_type, tff.StructType) else new_parts[0]
+
         @tff.tensorflow.computation
         def zero():
             sums = tff.types.structure_from_tensor_type_tree(
                 lambda t: tf.zeros(t.shape, t.dtype), value_type
             )
-            return sums, tf.zeros([], weight_type.dtype)
+            return sums, tf.zeros([], weight_type.dtype), tf.zeros([], weight_type.dtype)
 
         accumulator_type = zero.type_signature.result
 
         @tff.tensorflow.computation(accumulator_type, (value_type, weight_type))
         def accumulate(accumulator, value_and_weight):
-            sums, total = accumulator
+            sums, total, devices = accumulator
             value, weight = value_and_weight
-            scaled = tf.nest.map_structure(
-                lambda s, v: s + tf.cast(weight, v.dtype) * v, sums, value
-            )
-            return scaled, total + weight
+            new_parts = [
+                tf.nest.map_structure(
+                    lambda s, v, k=k: s + (v if k in per_device else tf.cast(weight, v.dtype) * v), part, v_part
+                )
+                for (k, part), (_, v_part) in zip(parts(sums), parts(value))
+            ]
+            return rebuild(sums, new_parts), total + weight, devices + 1.0
 
         @tff.tensorflow.computation(accumulator_type, accumulator_type)
         def merge(first, second):
-            return tf.nest.map_structure(tf.add, first[0], second[0]), first[1] + second[1]
+            return (tf.nest.map_structure(tf.add, first[0], second[0]), first[1] + second[1],
+                    first[2] + second[2])
 
         @tff.tensorflow.computation(accumulator_type)
         def report(accumulator):
-            sums, total = accumulator
-            return tf.nest.map_structure(
-                lambda s: tf.math.divide_no_nan(s, tf.cast(total, s.dtype)), sums
-            )
+            sums, total, devices = accumulator
+            new_parts = [
+                tf.nest.map_structure(
+                    lambda s, k=k: tf.math.divide_no_nan(s, tf.cast(devices if k in per_device else total, s.dtype)),
+                    part,
+                )
+                for k, part in parts(sums)
+            ]
+            return rebuild(sums, new_parts)
 
         @tff.federated_computation
         def initialize():
