@@ -46,7 +46,7 @@ def default_package(out: Path, num_items: int = 1682, dim: int = 16) -> Path:
     from tff_pipeline import model
     from tff_pipeline.export.package import export_params
 
-    config = model.ModelConfig(num_items=num_items, dim=dim)
+    config = model.ModelConfig(num_items=num_items, dim=dim, implicit_learning_rate=3.0)
     params = model.initial_global_params(config, seed=0)
     fields = dict(round=0, dataset="ml-100k-shaped", num_items=num_items, dim=dim,
                   item_ids=tuple(range(1, num_items + 1)), item_titles=tuple(f"Item {k}" for k in range(1, num_items + 1)),

@@ -1,11 +1,11 @@
 """What a device uploads in a federated round: the clipped change of the global parameters.
 
 The model's `client_update` signature does the local work (fit this user, then a few local steps
-on the global item parameters) and returns the change of the three global tensors. This module
-bounds that change in L2 norm, over all three tensors together, because the server's
-differential-privacy guarantee assumes every device's contribution is at most `clip_norm` long.
-The result holds only the global deltas and counts: the user's own embedding and bias never
-leave the device.
+on the global item parameters) and returns the change of the three global tensors, plus the
+ranking head's step of the item table. This module bounds those four deltas in L2 norm, all
+together, because the server's differential-privacy guarantee assumes every device's
+contribution is at most `clip_norm` long. The result holds only the global deltas and counts:
+the user's own vectors never leave the device. Deltas are `new - old` (`protocol.updates`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ class ClientUpdate:
     item_embeddings_delta: np.ndarray  # [num_items, dim]
     item_bias_delta: np.ndarray  # [num_items]
     global_mean_delta: np.ndarray  # []
+    implicit_embeddings_delta: np.ndarray  # [num_items, dim]: the ranking head's step (dense)
     num_examples: int
     norm_before_clip: float
     clipped: bool
 
     @property
-    def deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.item_embeddings_delta, self.item_bias_delta, self.global_mean_delta
+    def deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.item_embeddings_delta, self.item_bias_delta, self.global_mean_delta, self.implicit_embeddings_delta
 
     @property
     def norm(self) -> float:
@@ -65,7 +66,7 @@ def compute_client_update(
     if global_weights is not None:
         model.set_global(GlobalWeights(*global_weights))
     raw = model.client_update(dense_item_ids, ratings)
-    deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta)
+    deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta, raw.implicit_embeddings_delta)
     if not all(np.all(np.isfinite(d)) for d in deltas):
         raise ModelError("client_update produced non-finite deltas; nothing to upload", model.model_path)
     norm = global_norm(deltas)
@@ -77,5 +78,5 @@ def compute_client_update(
             scale *= _SHRINK
             scaled = tuple((d.astype(np.float64) * scale).astype(np.float32) for d in deltas)
         deltas = scaled
-    embeddings, bias, mean = (np.array(d, dtype=np.float32) for d in deltas)
-    return ClientUpdate(embeddings, bias, mean, raw.num_examples, norm, clipped)
+    embeddings, bias, mean, implicit = (np.array(d, dtype=np.float32) for d in deltas)
+    return ClientUpdate(embeddings, bias, mean, implicit, raw.num_examples, norm, clipped)

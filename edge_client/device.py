@@ -166,13 +166,15 @@ class Device:
         refit_loss: float | None = None
         if stored is None:
             action = "none"
-        elif stored.dim == model.dim:
+        elif stored.dim == model.dim and stored.implicit is not None:
             action = "kept"
-        elif len(ids):
+        elif len(ids):  # another dimension, or parameters from before the ranking head: refit them
             fit = model.personalize(ids, stars)
             refit_loss = fit.loss
-            new_params = StoredUserParams(fit.user.embedding, float(fit.user.bias), version, len(ids))
+            new_params = _stored(fit.user, version, len(ids))
             action = "refit"
+        elif stored.dim == model.dim:
+            action = "kept"  # nothing to refit the ranking vector from: recommendations rank by stars
         else:
             action = "dropped"
         self.store.activate_model(version, user_params=new_params, drop_user_params=action == "dropped")
@@ -228,8 +230,7 @@ class Device:
             raise DeviceError(f"no ratings to personalize model {model.model_version} from ({detail}); "
                               "import or rate some first")
         fit = model.personalize(ids, stars)
-        self.store.put_user_params(
-            StoredUserParams(fit.user.embedding, float(fit.user.bias), model.model_version, len(ids)))
+        self.store.put_user_params(_stored(fit.user, model.model_version, len(ids)))
         return PersonalizeReport(model.model_version, len(ids), len(ratings) - len(ids), fit.loss)
 
     @_shared
@@ -241,16 +242,18 @@ class Device:
         self._restore_user(model)
         index = model.manifest.dense_index
         rated = {index[raw] for raw in self.store.ratings() if raw in index}
-        ids, scores = model.topk(min(model.num_items, k + len(rated)))
+        top = model.topk(min(model.num_items, k + len(rated)))
         manifest = model.manifest
-        picks = [(int(d), float(s)) for d, s in zip(ids, scores) if int(d) not in rated][:k]
+        picks = [(int(d), float(r), float(s)) for d, r, s in zip(top.item_ids, top.scores, top.stars)
+                 if int(d) not in rated][:k]
         return [
             Recommendation(
                 rank=rank, item_id=manifest.item_ids[d],
                 title=None if manifest.item_titles is None else manifest.item_titles[d],
-                score=min(max(score, manifest.rating_min), manifest.rating_max),
+                score=min(max(stars, manifest.rating_min), manifest.rating_max),
+                rank_score=rank_score,
             )
-            for rank, (d, score) in enumerate(picks, start=1)
+            for rank, (d, rank_score, stars) in enumerate(picks, start=1)
         ]
 
     @_shared
@@ -300,7 +303,8 @@ class Device:
         """Put the stored parameters into the interpreter (it starts with the zero user); False if none fit."""
         params = self.store.user_params()
         if params is not None and params.dim == model.dim:
-            model.set_user(UserParams(params.embedding, np.float32(params.bias)))
+            implicit = params.implicit if params.implicit is not None else np.zeros(model.dim, np.float32)
+            model.set_user(UserParams(params.embedding, np.float32(params.bias), implicit))
             return True
         model.set_user(UserParams.zeros(model.dim))
         return False
@@ -369,6 +373,10 @@ def _load_package(package_dir: Path) -> tuple[LiteModel, bytes]:
     model = LiteModel.load(package_dir)
     model.self_test()
     return model, model.model_bytes
+
+
+def _stored(user: UserParams, model_version: str, num_ratings: int) -> StoredUserParams:
+    return StoredUserParams(user.embedding, float(user.bias), model_version, num_ratings, implicit=user.implicit)
 
 
 def usable_ratings(ratings: Mapping[int, float], manifest: Manifest) -> UsableRatings:

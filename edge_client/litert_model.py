@@ -43,13 +43,14 @@ class GlobalWeights(NamedTuple):
 class UserParams(NamedTuple):
     """This user's own parameters: they stay on the device."""
 
-    embedding: np.ndarray  # float32 [dim]
-    bias: np.ndarray  # float32 []
+    embedding: np.ndarray  # float32 [dim], the rating head's
+    bias: np.ndarray  # float32 [], the rating head's
+    implicit: np.ndarray  # float32 [dim], the ranking head's (zeros: rank by predicted stars)
 
     @classmethod
     def zeros(cls, dim: int) -> UserParams:
-        """The zero user: predictions are then the global model's."""
-        return cls(np.zeros(dim, np.float32), np.zeros((), np.float32))
+        """The zero user: predictions are then the global model's, ranked by predicted stars."""
+        return cls(np.zeros(dim, np.float32), np.zeros((), np.float32), np.zeros(dim, np.float32))
 
 
 class ModelWeights(NamedTuple):
@@ -68,8 +69,17 @@ class ModelDelta(NamedTuple):
     item_embeddings_delta: np.ndarray
     item_bias_delta: np.ndarray
     global_mean_delta: np.ndarray
+    implicit_embeddings_delta: np.ndarray  # the ranking head's step of the item table
     num_examples: int
     loss_before: float
+
+
+class TopItems(NamedTuple):
+    """The best items by the ranking head (or by predicted stars for a user without a ranking vector)."""
+
+    item_ids: np.ndarray  # int32 [k] dense ids, best first
+    scores: np.ndarray  # float32 [k] the scores they were ranked by
+    stars: np.ndarray  # float32 [k] predicted ratings
 
 
 class LiteModel:
@@ -103,13 +113,14 @@ class LiteModel:
         weights = self.get_weights()
         expected = {
             "item_embeddings": (self.num_items, self.dim), "item_bias": (self.num_items,), "global_mean": (),
-            "user_embedding": (self.dim,), "user_bias": (),
+            "user_embedding": (self.dim,), "user_bias": (), "implicit_embedding": (self.dim,),
         }
         actual = {
             "item_embeddings": weights.global_weights.item_embeddings.shape,
             "item_bias": weights.global_weights.item_bias.shape,
             "global_mean": weights.global_weights.global_mean.shape,
             "user_embedding": weights.user.embedding.shape, "user_bias": weights.user.bias.shape,
+            "implicit_embedding": weights.user.implicit.shape,
         }
         wrong = [f"{k} {actual[k]} (manifest: {expected[k]})" for k in expected if actual[k] != expected[k]]
         if wrong:
@@ -188,26 +199,27 @@ class LiteModel:
             return np.zeros(0, np.float32)
         return self._array(self._call("infer", item_ids=ids)["scores"], (len(ids),), "scores")
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best `k` dense ids (capped to num_items) with their scores, best first."""
+    def topk(self, k: int) -> TopItems:
+        """The best `k` dense ids (capped to num_items), best first, with their ranking scores and
+        predicted stars."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")
         k = min(int(k), self.num_items)
         if k == 0:
-            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+            return TopItems(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         out = self._call("topk", k=np.array(k, np.int32))
         ids = np.array(out["item_ids"], dtype=np.int32)
-        scores = self._array(out["scores"], (k,), "scores")
         if ids.shape != (k,) or ids.min() < 0 or ids.max() >= self.num_items:
             raise ModelError(f"topk returned invalid item ids {ids.tolist()}", self.model_path)
-        return ids, scores
+        return TopItems(ids, self._array(out["scores"], (k,), "scores"), self._array(out["stars"], (k,), "stars"))
 
     def personalize(self, item_ids: np.ndarray, ratings: np.ndarray) -> Personalization:
         """Fit this user's parameters to the ratings (also left in the interpreter's user variables)."""
         ids, stars = self._examples(item_ids, ratings)
         out = self._call("personalize", item_ids=ids, ratings=stars)
         user = UserParams(self._array(out["user_embedding"], (self.dim,), "user_embedding"),
-                          self._array(out["user_bias"], (), "user_bias"))
+                          self._array(out["user_bias"], (), "user_bias"),
+                          self._array(out["implicit_embedding"], (self.dim,), "implicit_embedding"))
         return Personalization(user, float(out["loss"]))
 
     def client_update(self, item_ids: np.ndarray, ratings: np.ndarray) -> ModelDelta:
@@ -218,6 +230,7 @@ class LiteModel:
             self._array(out["item_embeddings_delta"], (self.num_items, self.dim), "item_embeddings_delta"),
             self._array(out["item_bias_delta"], (self.num_items,), "item_bias_delta"),
             self._array(out["global_mean_delta"], (), "global_mean_delta"),
+            self._array(out["implicit_embeddings_delta"], (self.num_items, self.dim), "implicit_embeddings_delta"),
             round(float(out["num_examples"])),
             float(out["loss_before"]),
         )
@@ -228,7 +241,7 @@ class LiteModel:
         as_array = {k: np.array(v, dtype=np.float32) for k, v in out.items()}
         return ModelWeights(
             GlobalWeights(as_array["item_embeddings"], as_array["item_bias"], as_array["global_mean"]),
-            UserParams(as_array["user_embedding"], as_array["user_bias"]),
+            UserParams(as_array["user_embedding"], as_array["user_bias"], as_array["implicit_embedding"]),
         )
 
     def set_global(self, weights: GlobalWeights) -> None:
@@ -247,7 +260,8 @@ class LiteModel:
         user = UserParams(*user)
         embedding = _float32(user.embedding, (self.dim,), "user_embedding")
         bias = _float32(user.bias, (), "user_bias")
-        out = self._call("set_user", user_embedding=embedding, user_bias=bias)
+        implicit = _float32(user.implicit, (self.dim,), "implicit_embedding")
+        out = self._call("set_user", user_embedding=embedding, user_bias=bias, implicit_embedding=implicit)
         if int(out["dim"]) != self.dim:
             raise ModelError(f"set_user reported dim {int(out['dim'])}", self.model_path)
 

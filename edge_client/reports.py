@@ -96,6 +96,7 @@ class Recommendation:
     item_id: int  # the app's raw item id
     title: str | None
     score: float  # predicted rating, clipped to the model's rating range
+    rank_score: float = 0.0  # what the item was ranked by (the ranking head's score, or the stars)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Self, TypeVar
 import numpy as np
 
 DB_FILE = "device.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ranking head's implicit vector beside the rating head's parameters
 _INT64 = (-(2**63), 2**63 - 1)
 T = TypeVar("T")
 
@@ -43,7 +43,9 @@ CREATE TABLE user_params (
     model_version TEXT NOT NULL,                       -- the model they were fitted with
     num_ratings   INTEGER NOT NULL CHECK (num_ratings >= 0),
     fitted_at     TEXT NOT NULL,
-    CHECK (length(embedding) = 4 * dim)
+    implicit_embedding BLOB,                           -- float32 [dim], or NULL: fitted before schema 2
+    CHECK (length(embedding) = 4 * dim),
+    CHECK (implicit_embedding IS NULL OR length(implicit_embedding) = 4 * dim)
 );
 CREATE TABLE active_model (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
@@ -96,11 +98,12 @@ def _explain(error: sqlite3.Error, path: Path) -> str:
 class StoredUserParams:
     """This user's parameters as persisted, with where they came from."""
 
-    embedding: np.ndarray  # float32 [dim]
+    embedding: np.ndarray  # float32 [dim], the rating head's
     bias: float
     model_version: str
     num_ratings: int
     fitted_at: str = ""
+    implicit: np.ndarray | None = None  # float32 [dim], the ranking head's; None if never fitted
 
     @property
     def dim(self) -> int:
@@ -181,15 +184,17 @@ class Store:
     @_sqlite_errors
     def user_params(self) -> StoredUserParams | None:
         row = self._db.execute(
-            "SELECT embedding, bias, dim, model_version, num_ratings, fitted_at FROM user_params WHERE id = 1"
+            "SELECT embedding, bias, dim, model_version, num_ratings, fitted_at, implicit_embedding "
+            "FROM user_params WHERE id = 1"
         ).fetchone()
         if row is None:
             return None
-        blob, bias, dim, version, count, fitted_at = row
-        embedding = np.frombuffer(blob, dtype="<f4").astype(np.float32)
-        if embedding.shape != (dim,) or not np.all(np.isfinite(embedding)):
+        blob, bias, dim, version, count, fitted_at, implicit_blob = row
+        vectors = [_read_vector(b, dim) for b in (blob, implicit_blob) if b is not None]
+        if any(v is None for v in vectors):
             raise StoreError(f"{self.path}: the stored personal parameters are damaged")
-        return StoredUserParams(embedding, float(bias), version, int(count), fitted_at)
+        implicit = vectors[1] if implicit_blob is not None else None
+        return StoredUserParams(vectors[0], float(bias), version, int(count), fitted_at, implicit)
 
     @_sqlite_errors
     def put_user_params(self, params: StoredUserParams) -> None:
@@ -253,17 +258,22 @@ class Store:
             raise
 
     def _migrate(self) -> None:
+        """Create the schema, or bring an older one up to date, in one transaction."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
-            raise StoreError(f"{self.path}: store schema {version} is not supported (this client has {SCHEMA_VERSION})")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is newer than this client's {SCHEMA_VERSION}")
         with self._transaction():
-            if self._db.execute("PRAGMA user_version").fetchone()[0] == 0:  # another process may have won
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version == 0:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # ratings and parameters stay; the ranking vector is fitted at the next install
+                self._db.execute("ALTER TABLE user_params ADD COLUMN implicit_embedding BLOB "
+                                 "CHECK (implicit_embedding IS NULL OR length(implicit_embedding) = 4 * dim)")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _count_existing(self, item_ids: list[int]) -> int:
         total = 0
@@ -275,8 +285,8 @@ class Store:
 
     def _write_user_row(self, row: tuple[Any, ...]) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO user_params (id, embedding, bias, dim, model_version, num_ratings, fitted_at) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?)", row,
+            "INSERT OR REPLACE INTO user_params (id, embedding, bias, dim, model_version, num_ratings, fitted_at, "
+            "implicit_embedding) VALUES (1, ?, ?, ?, ?, ?, ?, ?)", row,
         )
 
 
@@ -293,8 +303,23 @@ def _user_row(params: StoredUserParams) -> tuple[Any, ...]:
             or params.num_ratings < 0:
         raise StoreError(f"num_ratings must be a non-negative integer, got {params.num_ratings!r}")
     blob = embedding.astype("<f4").tobytes()
+    implicit_blob = None
+    if params.implicit is not None:
+        implicit = np.asarray(params.implicit)
+        if implicit.shape != embedding.shape or not np.issubdtype(implicit.dtype, np.number) \
+                or not np.all(np.isfinite(implicit)):
+            raise StoreError(f"the implicit vector must be {embedding.size} finite numbers, got shape {implicit.shape}")
+        implicit_blob = implicit.astype("<f4").tobytes()
     return (blob, bias, int(embedding.size), params.model_version, int(params.num_ratings),
-            params.fitted_at or _now())
+            params.fitted_at or _now(), implicit_blob)
+
+
+def _read_vector(blob: Any, dim: int) -> np.ndarray | None:
+    """A stored float32 vector of `dim` finite values, or None if it is not one."""
+    if not isinstance(blob, bytes) or len(blob) != 4 * dim:
+        return None
+    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    return vector if np.all(np.isfinite(vector)) else None
 
 
 def _check_item_id(value: Any, where: str) -> int:

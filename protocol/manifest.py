@@ -26,11 +26,12 @@ from typing import Any
 from protocol.files import FileRefused, read_bounded
 from protocol.signatures import SIGNATURES
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the ranking head (signatures and hyperparameters)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 HYPERPARAMETER_KEYS = (
     "user_l2", "user_bias_l2", "item_l2", "item_bias_l2", "local_steps", "local_learning_rate",
+    "implicit_learning_rate", "implicit_unobserved_weight", "implicit_l2",
 )
 PRIVACY_KEYS = ("epsilon_rdp", "epsilon_pld", "delta", "noise_multiplier", "rounds", "mechanism")
 # FlatBuffers cannot address more than 2 GiB; a manifest of a million titled items is ~50 MB.
@@ -148,18 +149,26 @@ class Manifest:
         """The app's item id -> the model's dense index (built once per manifest)."""
         return {raw: dense for dense, raw in enumerate(self.item_ids)}
 
+    @functools.cached_property
+    def _content_digest(self) -> bytes:
+        content = {k: v for k, v in self.to_dict().items() if k not in _UNDIGESTED}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return hashlib.sha256(canonical.encode("ascii")).digest()
+
     def content_digest(self) -> bytes:
         """sha256 of every field but the model file's hash, size and version and the export time.
 
         Computed over canonical JSON (sorted keys, no spaces), so it does not depend on how the
         file is laid out; the exporter bakes it into the model (see the module docstring).
         """
-        content = {k: v for k, v in self.to_dict().items() if k not in _UNDIGESTED}
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-        return hashlib.sha256(canonical.encode("ascii")).digest()
+        return self._content_digest
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The fields as JSON-ready values (a shallow copy: `dataclasses.asdict` deep-copied every
+        id and title and took 4.5 ms per load of a 300-item model)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data["hyperparameters"] = dict(self.hyperparameters)
+        data["privacy"] = None if self.privacy is None else dict(self.privacy)
         data["item_ids"] = list(self.item_ids)
         data["item_titles"] = None if self.item_titles is None else list(self.item_titles)
         data["signatures"] = list(self.signatures)

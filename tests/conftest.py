@@ -40,7 +40,7 @@ def make_package(tmp_path_factory):
             from tff_pipeline.export.package import export_params
 
             rng = np.random.default_rng(seed)
-            config = model.ModelConfig(num_items=num_items, dim=dim, local_steps=3)
+            config = model.ModelConfig(num_items=num_items, dim=dim, local_steps=3, implicit_learning_rate=1.0)
             params = model.GlobalParams(
                 rng.normal(0, 0.5, (num_items, dim)).astype(np.float32),
                 rng.normal(0, 0.3, num_items).astype(np.float32),

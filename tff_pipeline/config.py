@@ -68,7 +68,7 @@ class SimulationConfig:
     # The ranking head (implicit feedback on the same item table; model.ModelConfig).
     implicit_learning_rate: float = 3.0
     implicit_unobserved_weight: float = 0.1
-    implicit_l2: float = 1.0
+    implicit_l2: float = 3.0
     # Server.
     server_optimizer: str = "adam"  # adaptive server optimizer (FedAdam, Reddi et al. 2021)
     server_learning_rate: float = 0.01

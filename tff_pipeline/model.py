@@ -46,7 +46,7 @@ class ModelConfig:
     # loss sum_rated (1 - <x, v_j>)^2 + w0 sum_all <x, v_j>^2 + l2 |x|^2) and takes one step of
     # that loss on the whole table. `implicit_learning_rate` 0 turns the head off.
     implicit_unobserved_weight: float = 0.1
-    implicit_l2: float = 1.0
+    implicit_l2: float = 3.0
     implicit_learning_rate: float = 0.0
     # How the (d+1)x(d+1) ridge system is solved: "direct" (one LAPACK op, fastest in TF) or
     # "cg" (conjugate gradient from builtin ops only, what the TFLite export uses). Both give
@@ -225,7 +225,7 @@ def fit_users_batched(
     return UserParams(embedding=weights[:, : config.dim], bias=weights[:, config.dim])
 
 
-def _implicit_system(params: GlobalParams, config: ModelConfig) -> tf.Tensor:
+def implicit_system(params: GlobalParams, config: ModelConfig) -> tf.Tensor:
     """w0 V^T V + l2 I: the part of every user's implicit normal equations that is the same for
     all users (one [d, d] matmul over the whole table)."""
     gram = tf.matmul(params.item_embeddings, params.item_embeddings, transpose_a=True)
@@ -233,12 +233,16 @@ def _implicit_system(params: GlobalParams, config: ModelConfig) -> tf.Tensor:
         tf.fill([config.dim], tf.constant(config.implicit_l2, tf.float32)))
 
 
-def fit_implicit_user(params: GlobalParams, item_ids: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+def fit_implicit_user(
+    params: GlobalParams, item_ids: tf.Tensor, config: ModelConfig, *, system: tf.Tensor | None = None
+) -> tf.Tensor:
     """The user's implicit vector x [dim]: the exact minimiser of
     sum_{j rated} (1 - <x, v_j>)^2 + w0 sum_{all j} <x, v_j>^2 + l2 |x|^2 (the items alone count,
-    not the stars)."""
+    not the stars). `system` is `implicit_system(params, config)` if the caller keeps it (the
+    device does: it changes only with the item table)."""
     rated = tf.gather(params.item_embeddings, item_ids)
-    system = _implicit_system(params, config) + tf.matmul(rated, rated, transpose_a=True)
+    shared = implicit_system(params, config) if system is None else system
+    system = shared + tf.matmul(rated, rated, transpose_a=True)
     return solve_ridge_system(system, tf.reduce_sum(rated, axis=0), config)
 
 
@@ -252,7 +256,7 @@ def fit_implicit_users_batched(
         return rated, tf.ones_like(rated[:, 0]), user_ids[start:end]
 
     gram, rhs = accumulate_normal_equations(int(item_ids.shape[0]), chunk, num_users, config.dim)
-    return solve_ridge_system(gram + _implicit_system(params, config)[tf.newaxis], rhs, config)
+    return solve_ridge_system(gram + implicit_system(params, config)[tf.newaxis], rhs, config)
 
 
 def implicit_scores(params: GlobalParams, implicit_user: tf.Tensor) -> tf.Tensor:
@@ -324,7 +328,8 @@ class ClientOutput(NamedTuple):
 
 
 def client_update(
-    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, config: ModelConfig
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, config: ModelConfig, *,
+    implicit_system_matrix: tf.Tensor | None = None,
 ) -> ClientOutput:
     """The local work of one device in one federated round (FedRecon style).
 
@@ -376,7 +381,7 @@ def client_update(
         embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
     bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
     if config.implicit:
-        implicit_user = fit_implicit_user(params, item_ids, config)
+        implicit_user = fit_implicit_user(params, item_ids, config, system=implicit_system_matrix)
         ranking_delta = implicit_delta(params, item_ids, implicit_user, config)
     else:
         implicit_user = tf.zeros([config.dim])

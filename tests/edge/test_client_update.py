@@ -24,12 +24,15 @@ def test_without_clipping_the_deltas_are_the_models_own(model):
     raw = model.client_update(IDS, STARS)
     update = compute_client_update(model, IDS, STARS, clip_norm=1e6)
     assert not update.clipped and update.num_examples == 6
-    for mine, theirs in zip(update.deltas, raw[:3]):
+    assert len(update.deltas) == 4
+    for mine, theirs in zip(update.deltas, raw[:4]):
         assert mine.dtype == np.float32
         np.testing.assert_array_equal(mine, theirs)
-    assert update.norm_before_clip == pytest.approx(global_norm(raw[:3])) == pytest.approx(update.norm)
+    assert update.norm_before_clip == pytest.approx(global_norm(raw[:4])) == pytest.approx(update.norm)
     untouched = np.setdiff1d(np.arange(30), IDS)
     assert np.all(update.item_embeddings_delta[untouched] == 0) and np.any(update.item_embeddings_delta[IDS] != 0)
+    # the ranking head's step is dense: every item the user did not rate is a weighted negative
+    assert np.all(np.any(update.implicit_embeddings_delta[untouched] != 0, axis=1))
 
 
 def test_repeated_items_are_refused_because_the_local_work_assumes_unique_ones(model):
@@ -40,17 +43,17 @@ def test_repeated_items_are_refused_because_the_local_work_assumes_unique_ones(m
         model.personalize(np.array([1, 3, 3, 7], np.int32), np.array([4, 2, 5, 3], np.float32))
 
 
-def test_a_long_update_is_scaled_to_the_bound_over_all_three_deltas(model):
+def test_a_long_update_is_scaled_to_the_bound_over_all_four_deltas(model):
     raw = model.client_update(IDS, STARS)
-    norm = global_norm(raw[:3])
+    norm = global_norm(raw[:4])
     bound = norm / 4
     update = compute_client_update(model, IDS, STARS, clip_norm=bound)
     assert update.clipped and update.norm_before_clip == pytest.approx(norm)
     assert update.norm <= bound and update.norm == pytest.approx(bound, rel=1e-6)
-    for mine, theirs in zip(update.deltas, raw[:3]):  # same direction, a quarter of the length
+    for mine, theirs in zip(update.deltas, raw[:4]):  # same direction, a quarter of the length
         np.testing.assert_allclose(mine, theirs / 4, rtol=1e-5, atol=1e-9)
     flat = np.concatenate([np.ravel(d) for d in update.deltas])
-    original = np.concatenate([np.ravel(d) for d in raw[:3]])
+    original = np.concatenate([np.ravel(d) for d in raw[:4]])
     assert flat @ original / (np.linalg.norm(flat) * np.linalg.norm(original)) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -58,12 +61,14 @@ def test_the_update_holds_no_user_parameters(model):
     fitted = model.personalize(IDS, STARS).user  # what this user's parameters are
     update = compute_client_update(model, IDS, STARS, clip_norm=1e6)
     names = {f.name for f in dataclasses.fields(ClientUpdate)}
-    assert names == {"item_embeddings_delta", "item_bias_delta", "global_mean_delta", "num_examples",
-                     "norm_before_clip", "clipped"}
+    assert names == {"item_embeddings_delta", "item_bias_delta", "global_mean_delta", "implicit_embeddings_delta",
+                     "num_examples", "norm_before_clip", "clipped"}
     shapes = [np.shape(v) for v in vars(update).values() if isinstance(v, np.ndarray)]
-    assert shapes == [(30, 4), (30,), ()]
+    assert shapes == [(30, 4), (30,), (), (30, 4)]
     values = np.concatenate([np.ravel(d) for d in update.deltas])
+    assert np.any(fitted.implicit != 0)
     assert not np.isin(fitted.embedding, values).any() and fitted.bias not in values
+    assert not np.isin(fitted.implicit, values).any()
 
 
 def test_the_servers_global_weights_are_loaded_first(model):
@@ -82,7 +87,7 @@ def test_the_servers_global_weights_are_loaded_first(model):
 
 def test_the_user_variables_do_not_change_the_update(model):
     first = compute_client_update(model, IDS, STARS, clip_norm=1e6)
-    model.set_user(UserParams(np.ones(4, np.float32), np.float32(2.0)))
+    model.set_user(UserParams(np.ones(4, np.float32), np.float32(2.0), np.full(4, 0.5, np.float32)))
     second = compute_client_update(model, IDS, STARS, clip_norm=1e6)
     for a, b in zip(first.deltas, second.deltas):
         np.testing.assert_array_equal(a, b)

@@ -56,9 +56,10 @@ def test_recommend_without_titles_and_without_personal_parameters_uses_the_globa
     device = _installed(tmp_path, package)
     recommendations = device.recommend(k=3)
     assert all(r.title is None for r in recommendations)
-    ids, scores = LiteModel.load(package).topk(3)  # a fresh interpreter holds the zero user
-    assert [r.item_id for r in recommendations] == [1000 + 7 * int(d) for d in ids]
-    np.testing.assert_allclose([r.score for r in recommendations], np.clip(scores, 1, 5), rtol=1e-6)
+    top = LiteModel.load(package).topk(3)  # a fresh interpreter holds the zero user: ranked by stars
+    assert [r.item_id for r in recommendations] == [1000 + 7 * int(d) for d in top.item_ids]
+    np.testing.assert_allclose([r.score for r in recommendations], np.clip(top.stars, 1, 5), rtol=1e-6)
+    np.testing.assert_array_equal(top.scores, top.stars)
 
 
 def test_personalize_moves_the_ranking_toward_the_users_tastes(make_package, tmp_path):
@@ -189,3 +190,36 @@ def test_reinstalling_the_active_model_changes_nothing_and_repairs_a_damaged_cop
         assert repaired.already_active and repaired.repaired
         assert len(restarted.recommend(k=3)) == 3
         assert restarted.store.user_params().num_ratings == 1
+
+
+def test_after_personalize_recommendations_follow_the_ranking_head_and_show_stars(make_package, tmp_path):
+    device = _installed(tmp_path, make_package(**BASE))
+    ratings = _strong_tastes(device)
+    device.personalize()
+    stored = device.store.user_params()
+    assert stored.implicit is not None and np.any(stored.implicit != 0)
+    recommendations = device.recommend(k=5)
+    model = device.model
+    table = model.get_weights().global_weights.item_embeddings
+    index = model.manifest.dense_index
+    unrated = [d for d in range(30) if model.manifest.item_ids[d] not in ratings]
+    by_ranking = sorted(unrated, key=lambda d: -float(table[d] @ stored.implicit))[:5]
+    assert [index[r.item_id] for r in recommendations] == by_ranking
+    np.testing.assert_allclose([r.rank_score for r in recommendations], [table[d] @ stored.implicit for d in by_ranking],
+                               rtol=1e-5)
+    stars = model.infer(np.array(by_ranking, np.int32))
+    np.testing.assert_allclose([r.score for r in recommendations], np.clip(stars, 1, 5), rtol=1e-6)
+
+
+def test_parameters_from_before_the_ranking_head_are_refit_at_the_next_install(make_package, tmp_path):
+    from edge_client.store import StoredUserParams
+
+    device = _installed(tmp_path, make_package(**BASE))
+    _strong_tastes(device)
+    fit = device.personalize()
+    old = device.store.user_params()
+    device.store.put_user_params(StoredUserParams(old.embedding, old.bias, old.model_version, fit.num_ratings))
+    assert device.store.user_params().implicit is None  # what a schema-1 device holds
+    report = device.install(make_package(**NEWER_SAME_DIM))
+    assert report.params == "refit" and report.refit_num_ratings == 12
+    assert device.store.user_params().implicit is not None

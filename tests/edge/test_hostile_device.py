@@ -121,7 +121,8 @@ def _edit_manifest(source: Path, out: Path, **changes) -> Path:
                  "mechanism": "claimed"}},
     {"item_titles": [f"Ad {k}" for k in range(30)]},
     {"hyperparameters": {"user_l2": 0.0, "user_bias_l2": 0.0, "item_l2": 0.0, "item_bias_l2": 0.0,
-                         "local_steps": 1, "local_learning_rate": 1.0}},
+                         "local_steps": 1, "local_learning_rate": 1.0, "implicit_learning_rate": 9.0,
+                         "implicit_unobserved_weight": 1.0, "implicit_l2": 0.1}},
 ], ids=["rating range", "epsilon", "titles", "hyperparameters"])
 def test_a_manifest_edited_after_export_is_refused(changes, make_package, tmp_path):
     """Item 7: the manifest's fields were covered by no hash; now the model vouches for them."""

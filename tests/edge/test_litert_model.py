@@ -35,7 +35,7 @@ def test_load_reads_the_manifest_and_matches_the_weights(make_package, model):
 
 
 def test_self_test_runs_every_signature_and_leaves_the_variables_as_they_were(model):
-    user = UserParams(np.array([0.1, -0.2, 0.3, 0.4], np.float32), np.float32(0.5))
+    user = UserParams(np.array([0.1, -0.2, 0.3, 0.4], np.float32), np.float32(0.5), np.array([1, 0, -1, 2], np.float32))
     model.set_user(user)
     before = model.get_weights()
     model.self_test()
@@ -52,12 +52,19 @@ def test_personalize_leaves_the_fit_in_the_interpreter_but_a_new_interpreter_sta
 
 
 def test_infer_and_topk_agree_and_use_the_user_variables(model):
-    ids, scores = model.topk(30)
+    ids, scores, stars = model.topk(30)  # no ranking vector yet: ranked by predicted stars
     assert sorted(ids.tolist()) == list(range(30)) and np.all(np.diff(scores) <= 0)
-    np.testing.assert_allclose(model.infer(ids), scores, rtol=1e-6)
-    model.set_user(UserParams(np.ones(4, np.float32), np.float32(1.0)))
-    np.testing.assert_allclose(model.infer(ids[:3]), scores[:3] + 1.0 + model.get_weights().global_weights
-                               .item_embeddings[ids[:3]].sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(model.infer(ids), stars, rtol=1e-6)
+    np.testing.assert_array_equal(scores, stars)
+    table = model.get_weights().global_weights.item_embeddings
+    model.set_user(UserParams(np.ones(4, np.float32), np.float32(1.0), np.zeros(4, np.float32)))
+    np.testing.assert_allclose(model.infer(ids[:3]), stars[:3] + 1.0 + table[ids[:3]].sum(axis=1), rtol=1e-5)
+    implicit = np.array([0.5, -1.0, 0.0, 2.0], np.float32)
+    model.set_user(UserParams(np.ones(4, np.float32), np.float32(1.0), implicit))
+    ranked = model.topk(7)  # with a ranking vector: ranked by <x, v_j>, stars shown beside
+    np.testing.assert_array_equal(ranked.item_ids, np.argsort(-(table @ implicit), kind="stable")[:7])
+    np.testing.assert_allclose(ranked.scores, np.sort(table @ implicit)[::-1][:7], rtol=1e-5)
+    np.testing.assert_allclose(ranked.stars, model.infer(ranked.item_ids), rtol=1e-6)
     assert model.topk(100)[0].shape == (30,)  # capped to num_items
     assert model.topk(0)[0].shape == (0,)
     assert model.infer(np.zeros(0, np.int64)).shape == (0,)  # an empty batch does not reach XNNPACK
@@ -80,7 +87,9 @@ def test_calls_validate_dtypes_shapes_and_ranges(model):
         model.personalize(np.array([1, 2]), np.array([3.0]))
     # LiteRT itself would accept a user vector of the wrong length without a word
     with pytest.raises(ValueError, match=r"user_embedding must have shape \(4,\)"):
-        model.set_user(UserParams(np.zeros(5, np.float32), np.float32(0)))
+        model.set_user(UserParams(np.zeros(5, np.float32), np.float32(0), np.zeros(4, np.float32)))
+    with pytest.raises(ValueError, match=r"implicit_embedding must have shape \(4,\)"):
+        model.set_user(UserParams(np.zeros(4, np.float32), np.float32(0), np.zeros(3, np.float32)))
     weights = model.get_weights().global_weights
     with pytest.raises(ValueError, match=r"item_bias must have shape \(30,\)"):
         model.set_global(GlobalWeights(weights.item_embeddings, weights.item_bias[:29], weights.global_mean))

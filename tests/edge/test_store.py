@@ -80,8 +80,39 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="store schema 99 is not supported"):
+    with pytest.raises(StoreError, match="store schema 99 is newer than this client's"):
         Store(other)
+
+
+SCHEMA_1 = """
+CREATE TABLE ratings (item_id INTEGER PRIMARY KEY, rating REAL NOT NULL, rated_at TEXT NOT NULL);
+CREATE TABLE user_params (id INTEGER PRIMARY KEY CHECK (id = 1), embedding BLOB NOT NULL, bias REAL NOT NULL,
+    dim INTEGER NOT NULL CHECK (dim > 0), model_version TEXT NOT NULL, num_ratings INTEGER NOT NULL,
+    fitted_at TEXT NOT NULL, CHECK (length(embedding) = 4 * dim));
+CREATE TABLE active_model (id INTEGER PRIMARY KEY CHECK (id = 1), model_version TEXT NOT NULL,
+    activated_at TEXT NOT NULL);
+INSERT INTO ratings VALUES (7, 4.0, 'then'), (9, 2.5, 'then');
+INSERT INTO user_params VALUES (1, X'0000803F00000040', 0.5, 2, 'old-model', 2, 'then');
+INSERT INTO active_model VALUES (1, 'old-model', 'then');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_store_is_migrated_keeping_ratings_and_parameters(tmp_path):
+    """Devices from before the ranking head keep everything; the ranking vector is simply absent."""
+    path = tmp_path / "device.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+    with Store(path) as store:
+        assert store.ratings() == {7: 4.0, 9: 2.5} and store.active_model() == "old-model"
+        params = store.user_params()
+        np.testing.assert_array_equal(params.embedding, [1.0, 2.0])
+        assert params.bias == 0.5 and params.implicit is None
+        store.put_user_params(StoredUserParams(params.embedding, 0.5, "new", 2, implicit=np.array([3.0, 4.0])))
+    with Store(path) as reopened:
+        np.testing.assert_array_equal(reopened.user_params().implicit, [3.0, 4.0])
+        with pytest.raises(StoreError, match="implicit vector must be 2 finite numbers"):
+            reopened.put_user_params(StoredUserParams(params.embedding, 0.5, "new", 2, implicit=np.ones(3)))
 
 
 WRITER = textwrap.dedent("""

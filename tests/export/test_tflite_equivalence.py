@@ -62,8 +62,11 @@ def test_client_update_matches_the_tff_client_work(package, runners, tff_runtime
     np.testing.assert_allclose(device["item_embeddings_delta"], simulated.update[0], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(device["item_bias_delta"], simulated.update[1], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(device["global_mean_delta"], simulated.update[2], rtol=RTOL, atol=ATOL)
+    assert config.implicit and len(simulated.update) == 4  # the ranking head's step is the fourth tensor
+    np.testing.assert_allclose(device["implicit_embeddings_delta"], simulated.update[3], rtol=RTOL, atol=ATOL)
     assert float(device["num_examples"]) == simulated.update_weight == len(items)
     assert np.abs(device["item_embeddings_delta"]).sum() > 0  # a real update, not zeros
+    assert np.all(np.abs(device["implicit_embeddings_delta"]).sum(axis=1) > 0)  # dense
 
 
 def test_client_update_changes_no_variable(runners):
@@ -82,8 +85,11 @@ def test_personalize_fits_the_user_as_the_tf_model_does_and_infer_predicts_with_
     reference = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)  # direct solve
     np.testing.assert_allclose(fitted["user_embedding"], reference.embedding.numpy(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(fitted["user_bias"], reference.bias.numpy(), rtol=RTOL, atol=ATOL)
+    implicit = model.fit_implicit_user(params, tf.constant(items), config)  # direct solve
+    np.testing.assert_allclose(fitted["implicit_embedding"], implicit.numpy(), rtol=RTOL, atol=ATOL)
     stored = runners["get_weights"]()
     np.testing.assert_array_equal(stored["user_embedding"], fitted["user_embedding"])
+    np.testing.assert_array_equal(stored["implicit_embedding"], fitted["implicit_embedding"])
 
     every_item = np.arange(config.num_items, dtype=np.int32)
     expected = model.predict(params, reference, tf.constant(every_item)).numpy()
@@ -92,14 +98,26 @@ def test_personalize_fits_the_user_as_the_tf_model_does_and_infer_predicts_with_
     np.testing.assert_allclose(fitted["loss"], np.mean(errors**2), rtol=1e-3)
 
 
-def test_topk_is_the_best_k_of_infer(runners):
+def test_topk_is_the_best_k_of_infer_until_a_ranking_vector_is_set(runners):
     num_items = len(runners["get_weights"]()["item_bias"])
-    runners["set_user"](user_embedding=np.array([0.5, -1.0, 0.2, 0.9], np.float32), user_bias=np.float32(0.1))
+    user = dict(user_embedding=np.array([0.5, -1.0, 0.2, 0.9], np.float32), user_bias=np.float32(0.1))
+    runners["set_user"](**user, implicit_embedding=np.zeros(4, np.float32))
     scores = runners["infer"](item_ids=np.arange(num_items, dtype=np.int32))["scores"]
     top = runners["topk"](k=np.int32(7))
     np.testing.assert_array_equal(top["item_ids"], np.argsort(-scores, kind="stable")[:7])
     np.testing.assert_allclose(top["scores"], np.sort(scores)[::-1][:7], rtol=1e-6)
+    np.testing.assert_allclose(top["stars"], top["scores"], rtol=1e-6)
     assert len(runners["topk"](k=np.int32(num_items + 10))["item_ids"]) == num_items
+
+
+def test_topk_ranks_by_the_tf_models_implicit_scores(package, runners):
+    params, config = _params_and_config(runners, package)
+    implicit = np.array([0.3, -0.7, 1.1, 0.05], np.float32)
+    runners["set_user"](user_embedding=np.zeros(4, np.float32), user_bias=np.float32(0.0), implicit_embedding=implicit)
+    expected = model.implicit_scores(model.GlobalParams(*(tf.constant(p) for p in params)), tf.constant(implicit)).numpy()
+    top = runners["topk"](k=np.int32(7))
+    np.testing.assert_array_equal(top["item_ids"], np.argsort(-expected, kind="stable")[:7])
+    np.testing.assert_allclose(top["scores"], np.sort(expected)[::-1][:7], rtol=RTOL, atol=ATOL)
 
 
 def test_set_global_and_set_user_round_trip(runners):
@@ -111,9 +129,11 @@ def test_set_global_and_set_user_round_trip(runners):
         "global_mean": np.float32(3.1),
     }
     runners["set_global"](**new)
-    runners["set_user"](user_embedding=np.ones(weights["user_embedding"].shape, np.float32), user_bias=np.float32(-0.2))
+    runners["set_user"](user_embedding=np.ones(weights["user_embedding"].shape, np.float32), user_bias=np.float32(-0.2),
+                        implicit_embedding=np.full(weights["user_embedding"].shape, 0.5, np.float32))
     got = runners["get_weights"]()
     for key, value in new.items():
         np.testing.assert_array_equal(got[key], value)
     np.testing.assert_array_equal(got["user_embedding"], 1.0)
+    np.testing.assert_array_equal(got["implicit_embedding"], 0.5)
     assert float(got["user_bias"]) == pytest.approx(-0.2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -536,16 +537,39 @@ def test_a_device_dir_in_an_unknown_users_home_is_a_one_line_error_naming_it():
     assert stderr.startswith(f"fedrec-edge: error: {device_dir}: "), stderr
 
 
-@pytest.mark.parametrize("offset,bit,reason", [(81644, 4, "signature 'client_update' failed: "),
-                                               (53497, 4, "not a usable TFLite model: ")],
-                         ids=["signature-failed", "not-a-usable-model"])
-def test_a_damaged_model_is_a_one_line_install_error_naming_it(offset, bit, reason, tmp_path):
+@functools.lru_cache(maxsize=1)
+def _damaged_model_refusals() -> dict[str, bytes]:
+    """Copies of the bundled model with one bit flipped that LiteRT refuses, one per kind of
+    refusal ("not a usable TFLite model", "signature ... failed"): the offsets that produce them
+    depend on the exported bytes, so they are searched for, deterministically."""
+    from edge_client.litert_model import LiteModel, ModelError
+
+    original = (BUNDLED / "model.tflite").read_bytes()
+    manifest = Manifest.read(BUNDLED / "manifest.json")
+    found: dict[str, bytes] = {}
+    for offset in range(len(original) // 3, len(original), 97):
+        model = bytearray(original)
+        model[offset] ^= 1 << 4
+        try:
+            LiteModel.from_bytes(bytes(model), manifest, model_path=Path("model.tflite")).self_test()
+        except ModelError as error:
+            kind = "not-a-usable-model" if "not a usable TFLite model" in str(error) else \
+                "signature-failed" if "failed:" in str(error) else None
+            if kind and kind not in found:
+                found[kind] = bytes(model)
+        if len(found) == 2:
+            break
+    return found
+
+
+@pytest.mark.parametrize("kind", ["signature-failed", "not-a-usable-model"])
+def test_a_damaged_model_is_a_one_line_install_error_naming_it(kind, tmp_path):
     """The bundled model with one bit flipped, its manifest stating the new size and sha256. The
     interpreter's multi-line error text used to be printed as is (2+ lines on stderr)."""
-    model = bytearray((BUNDLED / "model.tflite").read_bytes())
-    model[offset] ^= 1 << bit
-    _write_rehashed(tmp_path / "package", bytes(model))
-    kind, code, _, stderr = _run(edge_cli.main, ["--device-dir", str(tmp_path / "device"), "install",
-                                                 str(tmp_path / "package")])
-    _check_refusal("fedrec-edge", kind, code, stderr)
-    assert f"{tmp_path / 'package' / 'model.tflite'}: {reason}" in stderr, stderr
+    damaged = _damaged_model_refusals()
+    assert kind in damaged, f"no single-bit flip of the bundled model gave a {kind} refusal"
+    _write_rehashed(tmp_path / "package", damaged[kind])
+    kind_, code, _, stderr = _run(edge_cli.main, ["--device-dir", str(tmp_path / "device"), "install",
+                                                  str(tmp_path / "package")])
+    _check_refusal("fedrec-edge", kind_, code, stderr)
+    assert f"{tmp_path / 'package' / 'model.tflite'}: " in stderr, stderr
