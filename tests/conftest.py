@@ -60,3 +60,17 @@ def make_package(tmp_path_factory):
         return built[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def png_size():
+    """`png_size(path)` -> (height, width) of a PNG file, decoded (a truncated or empty file fails)."""
+    from pathlib import Path
+
+    def size(path: Path) -> tuple[int, int]:
+        import matplotlib.image
+
+        assert Path(path).read_bytes().startswith(b"\x89PNG")
+        return matplotlib.image.imread(path).shape[:2]
+
+    return size

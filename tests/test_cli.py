@@ -22,7 +22,7 @@ def _fedrec(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )
 
 
-def test_simulate_writes_report_and_leaves_no_worker(tmp_path: Path):
+def test_simulate_writes_report_and_leaves_no_worker(tmp_path: Path, png_size):
     before = _worker_binaries()
     out = tmp_path / "run"
     done = _fedrec("simulate", "--rounds", "4", "--clients-per-round", "40", "--eval-every", "2",
@@ -38,7 +38,11 @@ def test_simulate_writes_report_and_leaves_no_worker(tmp_path: Path):
     assert report["privacy"]["rounds"] == 4
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4
-    assert (out / "report.md").read_text().startswith("# fedrec simulation")
+    report_md = (out / "report.md").read_text()
+    assert report_md.startswith("# fedrec simulation")
+    # The accuracy plot is drawn and embedded; a non-private run has no privacy plot.
+    assert png_size(out / "training.png")[0] > 200 and "](training.png)" in report_md
+    assert not (out / "privacy.png").exists() and "privacy.png" not in report_md
     assert (out / "checkpoints" / "checkpoint.json").exists()
     vocab = json.loads((out / "vocabulary.json").read_text())
     assert len(vocab["item_raw_ids"]) == report["data"]["num_items"] == len(vocab["item_titles"])

@@ -32,9 +32,11 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--data-dir", help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
     p.add_argument("--split", help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--rounds", type=int, help=f"default {d.rounds}")
+    p.add_argument("--rounds", type=int,
+                   help=f"default {d.rounds}; with --target-epsilon alone, planned for the budget")
     p.add_argument("--clients-per-round", type=int,
-                   help=f"cohort size (expected size under DP's Poisson sampling); default {d.clients_per_round}")
+                   help=f"cohort size (expected size under DP's Poisson sampling); default {d.clients_per_round}; "
+                        "with --target-epsilon alone, planned for the budget (a third of the users, at most 1000)")
     p.add_argument("--dim", type=int, help="embedding dimension (default 16; 2 with --dp); 0 = biases only")
     p.add_argument("--user-l2", type=float, help=f"default {d.user_l2}")
     p.add_argument("--item-l2", type=float, help=f"default {d.item_l2}")
@@ -57,7 +59,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="model aggregator: plain weighted mean (default), or DP with fixed / adaptive clipping")
     p.add_argument("--noise-multiplier", type=float)
     p.add_argument("--target-epsilon", type=float,
-                   help="alone: calibrate the noise for --rounds; with --noise-multiplier: stop before exceeding it")
+                   help="alone: plan the cohort and rounds left unset and calibrate the noise for them; "
+                        "with --noise-multiplier: stop before exceeding it")
     p.add_argument("--delta", type=float, help=f"default {d.delta}")
     p.add_argument("--clip", type=float, help=f"L2 clip (initial clip when adaptive); default {d.clip}")
     p.add_argument("--target-quantile", dest="target_unclipped_quantile", type=float,
@@ -85,6 +88,23 @@ def _config_from_args(args: argparse.Namespace) -> SimulationConfig:
 def _given_training_flags(args: argparse.Namespace) -> list[str]:
     fields = {f.name for f in dataclasses.fields(SimulationConfig)}
     return sorted(k for k, v in vars(args).items() if k in fields and v is not None)
+
+
+def _plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: int | None,
+                         given_cohort: int | None) -> SimulationConfig:
+    """--target-epsilon alone: plan the cohort size and rounds the user left unset, print the plan,
+    and record the planned values in the config (so config.json and --resume use them)."""
+    if not config.private or config.target_epsilon is None or config.noise_multiplier is not None:
+        return config
+    import numpy as np
+
+    from tff_pipeline.privacy import planner
+
+    population = int(np.unique(split.train.users).size)
+    plan = planner.plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
+                               clients_per_round=given_cohort, rounds=given_rounds)
+    print(plan.describe(population))
+    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds)
 
 
 def _progress_callbacks(enabled: bool):
@@ -153,6 +173,8 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
     config.check_model_size(split.num_items)
+    if identity is None:
+        config = _plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
     _import_training_stack()
     from tff_pipeline import reporting, runtime, simulation
 

@@ -1,4 +1,5 @@
-"""Run outputs: report.json (machine-readable), report.md (for people), metrics.csv (per round),
+"""Run outputs: report.json (machine-readable), report.md (for people, with training.png and,
+under DP, privacy.png), metrics.csv (per round),
 final_model.npz (the global parameters) and vocabulary.json (dense item index -> raw id and
 title), which together are what the export step reads."""
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from protocol.files import atomic_write
-from tff_pipeline import model
+from tff_pipeline import model, plots
 from tff_pipeline.data import Vocabulary
 from tff_pipeline.evaluation import METRIC_KEYS
 from tff_pipeline.run_folder import (
@@ -21,6 +22,8 @@ from tff_pipeline.run_folder import (
     METRICS_FILE,
     REPORT_FILE,
     REPORT_MARKDOWN_FILE,
+    PRIVACY_PLOT_FILE,
+    TRAINING_PLOT_FILE,
     VOCABULARY_FILE,
     RunFolder,
     RunFolderError,
@@ -37,7 +40,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
+    """The report for people; `figures` names the PNG files written beside it (embedded)."""
     config, privacy, timing = report["config"], report["privacy"], report["timing"]
     lines = [
         f"# fedrec simulation: {report['data']['name']}",
@@ -56,6 +60,8 @@ def markdown(report: dict[str, Any]) -> str:
     protocol = report["data"].get("ranking_protocol")
     if protocol:
         lines += ["", f"Ranking metrics: {protocol}."]
+    if TRAINING_PLOT_FILE in figures:
+        lines += ["", f"![RMSE and HR@10 per round against the baselines]({TRAINING_PLOT_FILE})"]
     lines += [
         "",
         "## Privacy (user level)",
@@ -64,6 +70,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"delta: {_fmt(privacy['delta'], 6)}",
         f"- noise multiplier: {_fmt(privacy['noise_multiplier'], 4)}; sampling: {privacy['sampling']}, "
         f"rate {_fmt(privacy['sampling_rate'], 4)}; rounds: {privacy['rounds']}; {privacy['plan']}",
+        *(["", f"![epsilon spent per round against the budget]({PRIVACY_PLOT_FILE})"]
+          if PRIVACY_PLOT_FILE in figures else []),
         "",
         "## Timing",
         "",
@@ -117,5 +125,11 @@ def write_outputs(
         raise RunFolderError(f"{folder / FINAL_MODEL_FILE}: cannot write: {error.strerror or error}") from None
     folder.write_text(VOCABULARY_FILE, json.dumps(items))
     folder.write_text(METRICS_FILE, metrics.getvalue())
-    folder.write_text(REPORT_MARKDOWN_FILE, markdown(safe))
+    figures = []
+    for name, draw in ((TRAINING_PLOT_FILE, plots.training_curves), (PRIVACY_PLOT_FILE, plots.privacy_spent)):
+        image = draw(safe)
+        if image is not None:
+            folder.write_text(name, image)
+            figures.append(name)
+    folder.write_text(REPORT_MARKDOWN_FILE, markdown(safe, figures=tuple(figures)))
     folder.write_text(REPORT_FILE, json.dumps(safe, indent=2, allow_nan=False))

@@ -34,7 +34,10 @@ REPORT_MARKDOWN_FILE = "report.md"
 METRICS_FILE = "metrics.csv"
 FINAL_MODEL_FILE = "final_model.npz"
 VOCABULARY_FILE = "vocabulary.json"
-RESULT_FILES = (REPORT_FILE, REPORT_MARKDOWN_FILE, METRICS_FILE, FINAL_MODEL_FILE, VOCABULARY_FILE)
+TRAINING_PLOT_FILE = "training.png"
+PRIVACY_PLOT_FILE = "privacy.png"
+RESULT_FILES = (REPORT_FILE, REPORT_MARKDOWN_FILE, METRICS_FILE, FINAL_MODEL_FILE, VOCABULARY_FILE,
+                TRAINING_PLOT_FILE, PRIVACY_PLOT_FILE)
 RUN_FILES = (CONFIG_FILE, *RESULT_FILES)
 CHECKPOINT_INDEX = "checkpoint.json"
 MAX_JSON_BYTES = 256 * 2**20  # report.json holds one row per round: ~1 KB each
@@ -145,7 +148,7 @@ class RunFolder:
                 f"{self.path / name}: belongs to run {found!r}, but {CONFIG_FILE} is run {identity.run_id!r}; "
                 "the folder mixes two runs (start a new run with --overwrite, or use another folder)")
 
-    def write_text(self, name: str, text: str) -> None:
+    def write_text(self, name: str, text: str | bytes) -> None:
         try:
             atomic_write(self.path / name, text)
         except OSError as error:

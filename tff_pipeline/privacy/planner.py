@@ -1,0 +1,102 @@
+"""Plan a DP training run for a privacy budget: cohort size (q), rounds (T), noise multiplier (z).
+
+Given (epsilon, delta) and the population, utility under user-level DP depends on how the budget
+is spent, not only on its size:
+
+- **Cohort.** The noise on the averaged update is z * clip / cohort, and at a fixed epsilon z
+  grows more slowly than the cohort (privacy amplification by sampling), so larger cohorts are
+  better until rounds get expensive. On ML-100K u1 at epsilon 8 (300 rounds) cohorts of 100, 200
+  and 300 gave RMSE 0.973-0.978, 0.970-0.972 and 0.968-0.969. The plan takes a third of the
+  population, at most `MAX_PLANNED_COHORT` (the cost of a round grows with it).
+- **Rounds.** A fixed budget over more rounds means more noise per round. Sweeps on u1 found
+  50 rounds best at epsilon 1 (RMSE 1.03 vs 1.44 with 300), 150 at epsilon 4 (0.99 vs 1.00) and
+  300 at epsilon 8 (0.974 vs 0.980 with 150). `planned_rounds` is the power law through the
+  epsilon 1 and 8 points, 300 * (epsilon / 8) ** (log 6 / log 8), which gives 170 at epsilon 4,
+  capped at 300. It is a rule fitted to measurements, not an optimum derived from first
+  principles.
+- **Noise.** z is then calibrated with the RDP accountant so that epsilon after T rounds is at
+  most the budget (`accounting.calibrate_noise_multiplier`).
+
+Flags the user gives are kept; only the unset ones are planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tff_pipeline.privacy import accounting
+
+MAX_PLANNED_COHORT = 1000
+COHORT_FRACTION = 1 / 3
+FULL_BUDGET_EPSILON = 8.0
+FULL_BUDGET_ROUNDS = 300
+MIN_PLANNED_ROUNDS = 20
+ROUNDS_EXPONENT = math.log(6) / math.log(8)  # 50 rounds at epsilon 1, 300 at 8
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    clients_per_round: int
+    rounds: int
+    noise_multiplier: float
+    sampling_rate: float
+    epsilon_rdp: float
+    epsilon_pld: float
+    delta: float
+    planned: tuple[str, ...]  # which of clients_per_round / rounds the planner chose
+
+    def describe(self, population: int) -> str:
+        chosen = {"clients_per_round": "cohort", "rounds": "rounds"}
+        by = ", ".join(chosen[name] for name in self.planned) or "nothing (all given)"
+        return (
+            f"privacy plan for {population} users: expected cohort {self.clients_per_round} "
+            f"(q = {self.sampling_rate:.3g}), {self.rounds} rounds, noise multiplier z = {self.noise_multiplier:.3f} "
+            f"-> epsilon {self.epsilon_rdp:.3g} (RDP) / {self.epsilon_pld:.3g} (PLD) at delta {self.delta:g}; "
+            f"planned: {by}"
+        )
+
+
+def planned_cohort(population: int) -> int:
+    return max(1, min(population, MAX_PLANNED_COHORT, round(population * COHORT_FRACTION)))
+
+
+def planned_rounds(target_epsilon: float) -> int:
+    share = min(1.0, target_epsilon / FULL_BUDGET_EPSILON) ** ROUNDS_EXPONENT
+    rounds = int(round(FULL_BUDGET_ROUNDS * share / 10.0) * 10)
+    return max(MIN_PLANNED_ROUNDS, min(FULL_BUDGET_ROUNDS, rounds))
+
+
+def plan_budget(
+    *,
+    target_epsilon: float,
+    delta: float,
+    population: int,
+    clients_per_round: int | None = None,
+    rounds: int | None = None,
+) -> BudgetPlan:
+    """Fill in the unset cohort size and rounds for the budget and calibrate z (RDP)."""
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise ValueError(f"the privacy budget must be a positive finite epsilon, got {target_epsilon}")
+    if population < 1:
+        raise ValueError("a privacy plan needs at least one user")
+    accounting.validate_delta(delta, population)
+    planned = []
+    if clients_per_round is None:
+        clients_per_round = planned_cohort(population)
+        planned.append("clients_per_round")
+    if rounds is None:
+        rounds = planned_rounds(target_epsilon)
+        planned.append("rounds")
+    q = min(1.0, clients_per_round / population)
+    z = accounting.calibrate_noise_multiplier(target_epsilon=target_epsilon, sampling_rate=q, rounds=rounds, delta=delta)
+    return BudgetPlan(
+        clients_per_round=clients_per_round,
+        rounds=rounds,
+        noise_multiplier=z,
+        sampling_rate=q,
+        epsilon_rdp=accounting.epsilon_rdp(z, q, rounds, delta),
+        epsilon_pld=accounting.epsilon_pld(z, q, rounds, delta),
+        delta=delta,
+        planned=tuple(planned),
+    )
