@@ -1,9 +1,13 @@
-"""Quality/cost benchmark on MovieLens-100K: baselines, centralized MF, federated (non-private),
-and federated with user-level DP at epsilon 1, 4 and 8 (delta 1e-4). Prints one table per fold
-and, with --folds all, the mean of the non-private rows over u1..u5.
+"""Quality benchmark on MovieLens-100K: the rating table (RMSE on the official u1 fold) next to the
+ranking table (the standard leave-one-out protocol: HR@10/NDCG@10 against 99 sampled negatives,
+mean of 3 negative samples, and Recall@20/NDCG@20 against the whole catalog), for baselines,
+centralized references, the federated model without DP and with user-level DP at epsilon 1, 4, 8.
 
-    uv run python bench/quality.py                     # split u1
-    uv run python bench/quality.py --folds all         # u1..u5 (DP rows on u1 only unless --dp-all-folds)
+DP rows run what `fedrec simulate --dp adaptive --target-epsilon E` runs with no other flag: the
+private preset and the privacy planner's cohort and rounds. Draws utility against epsilon.
+
+    uv run python bench/quality.py                     # u1 + loo, DP at epsilon 1, 4, 8 (~15 min)
+    uv run python bench/quality.py --folds all         # RMSE on u1..u5 (DP rows on u1)
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,161 +27,148 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tff_pipeline import baselines, centralized, personalized_eval, runtime, simulation  # noqa: E402
+from tff_pipeline import (  # noqa: E402
+    baselines, centralized, personalized_eval, plots, ranking_baselines, runtime, simulation,
+)
 from tff_pipeline.config import NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig  # noqa: E402
-from tff_pipeline.data import load_ml100k  # noqa: E402
+from tff_pipeline.data import DatasetSplit, load_ml100k  # noqa: E402
+from tff_pipeline.privacy import planner  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
-METRICS = ("rmse", "mae", "hr@10", "ndcg@10")
+RATING_METRICS = ("rmse", "mae")
+RANKING_METRICS = ("hr@10", "ndcg@10", "recall@20", "ndcg@20")
+Row = dict
 
 
-def federated_config(args: argparse.Namespace, split_name: str) -> SimulationConfig:
-    return SimulationConfig(
+def federated_config(args: argparse.Namespace, split_name: str, **changes) -> SimulationConfig:
+    base = SimulationConfig(
         dataset="ml-100k", data_dir=str(args.data_dir), split=split_name, seed=args.seed,
         rounds=args.rounds, clients_per_round=args.clients_per_round, eval_every=10**9, baselines=False,
         **NON_PRIVATE_PRESET,
     )
+    return dataclasses.replace(base, **changes)
 
 
-def parse_rounds(text: str) -> dict[float, int] | int:
-    """`300` (every budget) or `1:50,4:150,8:300` (rounds per epsilon; the largest key at or
-    below a budget applies)."""
-    if ":" not in text:
-        return int(text)
-    pairs = (part.split(":") for part in text.split(","))
-    return {float(eps): int(rounds) for eps, rounds in pairs}
+def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit, epsilon: float) -> tuple[SimulationConfig, str]:
+    """What the plain `fedrec simulate --dp adaptive --target-epsilon E` runs: the private preset,
+    and the planner's cohort and rounds."""
+    population = int(np.unique(split.train.users).size)
+    plan = planner.plan_budget(target_epsilon=epsilon, delta=args.delta, population=population)
+    config = federated_config(args, split_name, **PRIVATE_PRESET)
+    config = dataclasses.replace(config, dp=args.dp, target_epsilon=epsilon, delta=args.delta,
+                                 rounds=plan.rounds, clients_per_round=plan.clients_per_round)
+    return config, f"planned: cohort {plan.clients_per_round}, {plan.rounds} rounds, z {plan.noise_multiplier:.2f}"
 
 
-def rounds_for(rounds: dict[float, int] | int, epsilon: float) -> int:
-    if isinstance(rounds, int):
-        return rounds
-    eligible = [eps for eps in rounds if eps <= epsilon] or [min(rounds)]
-    return rounds[max(eligible)]
+def timed(fn: Callable[[], dict]) -> tuple[dict, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
 
 
-def dp_config(base: SimulationConfig, args: argparse.Namespace, epsilon: float) -> SimulationConfig:
-    return dataclasses.replace(
-        base, dp=args.dp, target_epsilon=epsilon, delta=args.delta, rounds=rounds_for(args.dp_rounds, epsilon),
-        clients_per_round=args.dp_clients_per_round, clip=args.clip,
-        server_optimizer=args.dp_server_optimizer, server_learning_rate=args.dp_server_lr,
-        server_momentum=args.dp_server_momentum, dim=args.dp_dim,
-    )
-
-
-def measure_full_pass_seconds(split, config: SimulationConfig, repeats: int = 3) -> float:
-    """Wall time of one round whose cohort is every client: one federated pass, measured
-    directly (median of `repeats` after a warm-up round that pays for tracing)."""
-    from tff_pipeline.federated import process
-
-    population = simulation.ClientPopulation(split)
-    learning_process = process.build_fedrec_process(
-        config.model_config(split.num_items),
-        aggregator=config.aggregator_config(noise_multiplier=0.0, expected_clients=len(population)),
-        server_optimizer=config.server_optimizer_config(), seed=config.seed,
-    )
-    datasets = population.datasets(np.arange(len(population)))
-    state = learning_process.initialize()
-    state = learning_process.next(state, datasets).state
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state = learning_process.next(state, datasets).state
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def run_fold(args: argparse.Namespace, split_name: str, with_dp: bool) -> list[dict]:
-    split = load_ml100k(args.data_dir, split=split_name, seed=args.seed)
+def centralized_rows(split: DatasetSplit, config: SimulationConfig, epochs: int) -> list[tuple[str, dict, float]]:
     rows = []
+    for name, model_config in (
+        ("centralized rating MF (ALS, ranks by stars)",
+         dataclasses.replace(config, implicit_learning_rate=0.0).model_config(split.num_items)),
+        ("centralized, same model and objective (ALS)", config.model_config(split.num_items)),
+    ):
+        def train_and_evaluate(model_config=model_config):
+            reference = centralized.train_centralized(split, model_config, epochs=epochs, item_l2=config.user_l2)
+            return personalized_eval.evaluate_global_model(reference.params, split, model_config)
 
-    def add(name, metrics, rounds=None, seconds=None, extra=""):
-        rows.append({"fold": split_name, "model": name, **{k: metrics.get(k) for k in METRICS},
-                     "rounds": rounds, "seconds": seconds, "note": extra})
-
-    for name, fn in (("global mean", baselines.global_mean), ("local-only", baselines.local_only),
-                     ("user+item biases", baselines.biases), ("popularity", baselines.popularity)):
-        start = time.perf_counter()
-        add(name, fn(split), seconds=time.perf_counter() - start)
-
-    base = federated_config(args, split_name)
-    model_config = base.model_config(split.num_items)
-    start = time.perf_counter()
-    reference = centralized.train_centralized(split, model_config, epochs=args.centralized_epochs, item_l2=base.user_l2)
-    central_seconds = time.perf_counter() - start
-    epoch_seconds = float(np.median(reference.epoch_seconds[1:]))
-    add("centralized MF (ALS)", personalized_eval.evaluate_global_model(reference.params, split, model_config),
-        rounds=args.centralized_epochs, seconds=central_seconds, extra=f"epoch {epoch_seconds:.3f}s")
-
-    start = time.perf_counter()
-    result = simulation.run(base, split)
-    seconds = time.perf_counter() - start
-    timing = result.report["timing"]
-    pass_seconds = measure_full_pass_seconds(split, base)
-    add("federated (no DP)", result.report["final"], rounds=base.rounds, seconds=seconds,
-        extra=(f"pass: {pass_seconds:.3f}s as one all-client round = {pass_seconds / epoch_seconds:.1f}x epoch; "
-               f"{timing['federated_pass_seconds']:.3f}s as {split.num_users / base.clients_per_round:.1f} rounds "
-               f"of {base.clients_per_round} = {timing['federated_pass_seconds'] / epoch_seconds:.1f}x"))
-
-    if with_dp:
-        largest = max(args.epsilons)
-        configs = [dp_config(base, args, epsilon) for epsilon in args.epsilons]
-        # The largest budget spent on smaller models too (0 = biases only).
-        configs += [dataclasses.replace(dp_config(base, args, largest), dim=d) for d in args.dp_extra_dims]
-        for config in configs:
-            start = time.perf_counter()
-            report = simulation.run(config, split).report
-            privacy = report["privacy"]
-            add(f"federated DP eps={config.target_epsilon:g} d={config.dim}", report["final"],
-                rounds=privacy["rounds"], seconds=time.perf_counter() - start,
-                extra=f"eps rdp {privacy['epsilon_rdp']:.2f} pld {privacy['epsilon_pld']:.2f} "
-                      f"z {privacy['noise_multiplier']:.3f}")
+        rows.append((name, *timed(train_and_evaluate)))
     return rows
 
 
-def fmt(value, digits=4):
+def federated_rows(args: argparse.Namespace, split_name: str, split: DatasetSplit, with_dp: bool) -> list[tuple[str, dict, float, str]]:
+    runs = [
+        ("federated, rating head only (ranks by stars)", federated_config(args, split_name, implicit_learning_rate=0.0), ""),
+        ("**federated (this model)**", federated_config(args, split_name), ""),
+    ]
+    if with_dp:
+        for epsilon in args.epsilons:
+            config, note = dp_config(args, split_name, split, epsilon)
+            runs.append((f"federated, DP eps={epsilon:g}", config, note))
+    rows = []
+    for name, config, note in runs:
+        report, seconds = timed(lambda config=config: simulation.run(config, split).report)
+        privacy = report["privacy"]
+        if privacy["epsilon_rdp"] is not None:
+            note += f"; spent eps {privacy['epsilon_rdp']:.2f} (RDP) / {privacy['epsilon_pld']:.2f} (PLD)"
+        rows.append((name, report["final"], seconds, note.strip("; ")))
+    return rows
+
+
+def run_split(args: argparse.Namespace, split_name: str, *, with_dp: bool, ranking: bool) -> list[Row]:
+    split = load_ml100k(args.data_dir, split=split_name, seed=args.seed)
+    metrics = RANKING_METRICS if ranking else RATING_METRICS
+    rows: list[Row] = []
+
+    def add(name: str, result: dict, seconds: float, note: str = "") -> None:
+        rows.append({"split": split_name, "model": name, **{k: result.get(k) for k in metrics},
+                     "seconds": seconds, "note": note})
+        print(f"  {split_name}: {name}: " + ", ".join(f"{k} {result.get(k)}" for k in metrics), file=sys.stderr, flush=True)
+
+    simple = [("user+item biases", baselines.biases)]
+    if ranking:
+        simple = [("popularity", baselines.popularity), *simple,
+                  ("iALS (numpy, d=16)", ranking_baselines.ials), ("BPR-MF (numpy, d=16)", ranking_baselines.bpr)]
+    else:
+        simple = [("global mean", baselines.global_mean), ("local-only (device alone)", baselines.local_only), *simple]
+    for name, fn in simple:
+        add(name, *timed(lambda fn=fn: fn(split)))
+    for name, result, seconds in centralized_rows(split, federated_config(args, split_name), args.centralized_epochs):
+        add(name, result, seconds)
+    for name, result, seconds, note in federated_rows(args, split_name, split, with_dp):
+        add(name, result, seconds, note)
+    return rows
+
+
+def fmt(value, digits: int = 4) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def print_table(rows: list[dict], title: str) -> None:
+def print_table(rows: list[Row], title: str, metrics: tuple[str, ...]) -> None:
     print(f"\n### {title}\n")
-    print("| model | RMSE | MAE | HR@10 | NDCG@10 | rounds/epochs | wall s | note |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | " + " | ".join(m.upper().replace("NDCG@20", "NDCG@20 (full)").replace("RECALL@20", "Recall@20 (full)")
+                                    for m in metrics) + " | wall s | note |")
+    print("|---|" + "---|" * (len(metrics) + 2))
     for r in rows:
-        print(f"| {r['model']} | " + " | ".join(fmt(r[k]) for k in METRICS)
-              + f" | {fmt(r['rounds'])} | {fmt(r['seconds'], 1)} | {r['note']} |")
+        print(f"| {r['model']} | " + " | ".join(fmt(r[k]) for k in metrics) + f" | {fmt(r['seconds'], 1)} | {r['note']} |")
     sys.stdout.flush()
+
+
+def draw_utility_against_epsilon(rows: list[Row], metric: str, reference_model: str, path: Path) -> None:
+    points = [(float(r["model"].split("eps=")[1]), r[metric]) for r in rows if "DP eps=" in r["model"]]
+    if not points:
+        return
+    by_name = {r["model"]: r[metric] for r in rows}
+    image = plots.utility_against_epsilon(
+        points, by_name.get("**federated (this model)**"), by_name.get(reference_model),
+        metric=metric.upper(), reference_label=reference_model,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image)
+    print(f"wrote {path}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--folds", default="u1", help="u1 (default), a comma list, or 'all' for u1..u5")
-    parser.add_argument("--dp-all-folds", action="store_true", help="also run the DP rows on every fold")
+    parser.add_argument("--folds", default="u1", help="rating folds: u1 (default), a comma list, or 'all' for u1..u5")
+    parser.add_argument("--no-ranking", action="store_true", help="skip the leave-one-out ranking table")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=300, help="rounds of the non-private runs")
+    parser.add_argument("--clients-per-round", type=int, default=100, help="cohort of the non-private runs")
     parser.add_argument("--centralized-epochs", type=int, default=15)
     parser.add_argument("--dp", default="adaptive", choices=["fixed", "adaptive"])
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
+    parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 8.0])
     parser.add_argument("--delta", type=float, default=1e-4)
-    # A fixed budget buys less noise per round with fewer rounds: on u1, epsilon 1 gave RMSE 1.44
-    # with 300 rounds (z 6.6) and 1.03 with 50 (z 2.9); epsilon 4 gave 1.00 with 300 and 0.991
-    # with 150; epsilon 8 is best with 300 (0.974; 150 rounds gave 0.980).
-    parser.add_argument("--dp-rounds", type=parse_rounds, default=parse_rounds("1:50,4:150,8:300"),
-                        help="rounds for every DP run (e.g. 300), or per epsilon (default 1:50,4:150,8:300)")
-    # Larger DP cohorts help: at epsilon 8 on u1, 100 clients gave 0.973-0.978, 200 gave 0.970-0.972,
-    # 300 gave 0.968-0.969 (the noise multiplier grows slower than the cohort).
-    parser.add_argument("--dp-clients-per-round", type=int, default=300)
-    parser.add_argument("--clip", type=float, default=SimulationConfig.clip)
-    # DP rows default to the private preset (tff_pipeline/config.py says why).
-    parser.add_argument("--dp-server-optimizer", default=PRIVATE_PRESET["server_optimizer"], choices=["sgdm", "adam"])
-    parser.add_argument("--dp-server-lr", type=float, default=PRIVATE_PRESET["server_learning_rate"])
-    parser.add_argument("--dp-server-momentum", type=float, default=PRIVATE_PRESET["server_momentum"])
-    parser.add_argument("--dp-dim", type=int, default=PRIVATE_PRESET["dim"])
-    parser.add_argument("--dp-extra-dims", type=int, nargs="*", default=[0],
-                        help="also run the largest epsilon with these dimensions (0 = biases only)")
+    parser.add_argument("--figures", type=Path, default=ROOT / "bench" / "figures",
+                        help="where the utility-against-epsilon PNGs go")
     parser.add_argument("--json", type=Path, default=None, help="also write all rows here")
     args = parser.parse_args()
     if not (args.data_dir / "u.data").exists():
@@ -185,25 +177,32 @@ def main() -> int:
         return 2
     folds = ["u1", "u2", "u3", "u4", "u5"] if args.folds == "all" else args.folds.split(",")
     runtime.install()
-    all_rows = []
+    rating_rows: list[Row] = []
+    ranking_rows: list[Row] = []
     try:
         for index, fold in enumerate(folds):
-            rows = run_fold(args, fold, with_dp=index == 0 or args.dp_all_folds)
-            print_table(rows, f"ML-100K {fold}")
-            all_rows += rows
+            rows = run_split(args, fold, with_dp=index == 0, ranking=False)
+            print_table(rows, f"Rating prediction, ML-100K {fold} (official fold)", RATING_METRICS)
+            rating_rows += rows
+        if not args.no_ranking:
+            ranking_rows = run_split(args, "loo", with_dp=True, ranking=True)
+            print_table(ranking_rows, "Ranking, ML-100K leave-one-out (latest interaction held out; HR/NDCG@10 vs 99 "
+                                      "sampled negatives, mean of 3 samples; Recall/NDCG@20 vs the whole catalog)",
+                        RANKING_METRICS)
     finally:
         runtime.shutdown()
     if len(folds) > 1:
-        names = [r["model"] for r in all_rows if r["fold"] == folds[0] and not r["model"].startswith("federated DP")]
-        mean_rows = []
-        for name in names:
-            rows = [r for r in all_rows if r["model"] == name]
-            mean_rows.append({"model": name, "rounds": rows[0]["rounds"], "note": f"mean of {len(rows)} folds",
-                              "seconds": float(np.mean([r["seconds"] for r in rows])),
-                              **{k: (float(np.mean([r[k] for r in rows])) if rows[0][k] is not None else None) for k in METRICS}})
-        print_table(mean_rows, f"ML-100K mean over {','.join(folds)}")
+        names = [r["model"] for r in rating_rows if r["split"] == folds[0] and "DP" not in r["model"]]
+        means = [{"model": name, "note": f"mean of {len(folds)} folds",
+                  "seconds": float(np.mean([r["seconds"] for r in rating_rows if r["model"] == name])),
+                  **{k: float(np.mean([r[k] for r in rating_rows if r["model"] == name])) for k in RATING_METRICS}}
+                 for name in names]
+        print_table(means, f"Rating prediction, mean over {','.join(folds)}", RATING_METRICS)
+    draw_utility_against_epsilon([r for r in rating_rows if r["split"] == folds[0]], "rmse", "user+item biases",
+                                 args.figures / "rmse_vs_epsilon.png")
+    draw_utility_against_epsilon(ranking_rows, "hr@10", "popularity", args.figures / "hr_vs_epsilon.png")
     if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=2))
+        args.json.write_text(json.dumps(rating_rows + ranking_rows, indent=2))
     return 0
 
 

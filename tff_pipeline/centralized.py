@@ -29,6 +29,12 @@ from tff_pipeline import model
 from tff_pipeline.data import DatasetSplit
 
 
+# Weight of the ranking loss in the joint objective, chosen on ML-100K loo-val (d=16, implicit
+# l2 3): HR@10 0.638 at 1, 0.660 at 3, 0.702 at 10, 0.700 at 30, 0.700 at 100 (0.444 at 0, the
+# rating head alone); u1-style RMSE on loo-val improved with it too (0.980 at 0, 0.969 at 10).
+RANKING_WEIGHT = 10.0
+
+
 @dataclasses.dataclass(frozen=True)
 class CentralizedResult:
     params: model.GlobalParams
@@ -80,11 +86,11 @@ def train_centralized(
     *,
     epochs: int = 15,
     item_l2: float = 5.0,
-    ranking_weight: float = 0.0,
+    ranking_weight: float = RANKING_WEIGHT,
     seed: int = 0,
 ) -> CentralizedResult:
-    """`epochs` ALS sweeps; `ranking_weight` > 0 (with `config.implicit`) trains the ranking head
-    on the same item table (the joint objective above), 0 the rating head alone."""
+    """`epochs` ALS sweeps. With `config.implicit` the ranking head is trained on the same item
+    table (the joint objective above); without it, or with `ranking_weight` 0, the rating head alone."""
     joint = config.implicit and ranking_weight > 0
     train = split.train
     user_ids = tf.constant(train.users)

@@ -50,6 +50,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help=f"weight of the items a user did not rate in the ranking loss (default "
                         f"{d.implicit_unobserved_weight})")
     p.add_argument("--implicit-l2", type=float, help=f"ridge penalty of the user's ranking vector (default {d.implicit_l2})")
+    p.add_argument("--dp-ranking-scale", type=float,
+                   help=f"with --dp: scale of the ranking head's step inside the clipped update, undone after "
+                        f"the noise (its share of the clip norm; default {d.dp_ranking_scale})")
     p.add_argument("--server-optimizer", choices=["sgdm", "adam"],
                    help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
     p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")

@@ -69,6 +69,9 @@ class SimulationConfig:
     implicit_learning_rate: float = 3.0
     implicit_unobserved_weight: float = 0.1
     implicit_l2: float = 3.0
+    # Under DP: the ranking head's step is scaled by this before clipping and back after the
+    # noised sum (federated/aggregation.py: PartScaledFactory says why).
+    dp_ranking_scale: float = 1.0
     # Server.
     server_optimizer: str = "adam"  # adaptive server optimizer (FedAdam, Reddi et al. 2021)
     server_learning_rate: float = 0.01
@@ -106,6 +109,7 @@ class SimulationConfig:
         _number(self, "implicit_learning_rate", low=0.0)
         _number(self, "implicit_unobserved_weight", low=0.0, low_open=True)
         _number(self, "implicit_l2", low=0.0, low_open=True)
+        _number(self, "dp_ranking_scale", low=0.0, low_open=True)
         _choice(self, "server_optimizer", ("sgdm", "adam"))
         _number(self, "server_learning_rate", low=0.0, low_open=True)
         _number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
@@ -171,6 +175,7 @@ class SimulationConfig:
             clip=self.clip,
             expected_clients_per_round=expected_clients,
             target_unclipped_quantile=self.target_unclipped_quantile,
+            part_scale=self.dp_ranking_scale,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -246,6 +246,32 @@ def test_dp_round_applies_the_clipped_sum_over_expected_clients(tff_runtime):
     assert not np.allclose(after[0], unclipped, atol=1e-4)
 
 
+@pytest.mark.parametrize("part_scale", [1.0, 0.1])
+def test_dp_clips_the_ranking_step_scaled_and_applies_it_unscaled(tff_runtime, part_scale):
+    """With the ranking head, the clipped vector is [rating deltas, part_scale * ranking step];
+    the server divides the ranking part of the noised sum by part_scale again (post-processing),
+    so a smaller scale gives the ranking step a smaller share of the clip."""
+    cfg = model.ModelConfig(num_items=NUM_ITEMS, dim=DIM, local_steps=3, implicit_learning_rate=3.0)
+    params = _initial(cfg)
+    rng = np.random.default_rng(5)
+    clients = [_rng_client(rng, NUM_ITEMS, n) for n in (4, 10, 25)]
+    uploads = []
+    for items, ratings in clients:
+        out = model.client_update(params, tf.constant(items), tf.constant(ratings), cfg)
+        uploads.append([d.numpy().astype(np.float64) for d in out.delta]
+                       + [part_scale * out.implicit_delta.numpy().astype(np.float64)])
+    norms = sorted(_global_norm(u) for u in uploads)
+    clip = float(np.sqrt(norms[0] * norms[1]))
+    agg = aggregation.AggregatorConfig(kind=aggregation.AggregatorKind.DP_FIXED, noise_multiplier=0.0, clip=clip,
+                                       expected_clients_per_round=3.0, part_scale=part_scale)
+    before, after = _run_one_round(cfg, agg, clients)
+    clipped = [[min(1.0, clip / _global_norm(u)) * a for a in u] for u in uploads]
+    mean = [sum(c[k] for c in clipped) / 3.0 for k in range(4)]
+    np.testing.assert_allclose(after[0], before[0] + mean[0] + mean[3] / part_scale, rtol=1e-4, atol=1e-6)
+    for k in (1, 2):
+        np.testing.assert_allclose(after[k], before[k] + mean[k], rtol=1e-4, atol=1e-6)
+
+
 def test_dp_noise_has_the_calibrated_stddev(tff_runtime):
     cfg = model.ModelConfig(num_items=200, dim=8, local_steps=0)  # zero updates from every client
     rng = np.random.default_rng(3)
