@@ -54,19 +54,25 @@ def compute_client_update(
     *,
     clip_norm: float,
     global_weights: GlobalWeights | None = None,
+    ranking_scale: float = 1.0,
 ) -> ClientUpdate:
     """Run the model's local work on these ratings and clip the deltas to `clip_norm`.
 
     With `global_weights` (the server's current item_embeddings, item_bias, global_mean), they are
-    loaded into the interpreter first and stay loaded afterwards.
+    loaded into the interpreter first and stay loaded afterwards. `ranking_scale` multiplies the
+    ranking head's step before clipping (the server divides the noised sum by it again: the
+    simulation's `--dp-ranking-scale`, `PartScaledFactory`).
     """
-    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)) \
-            or not math.isfinite(clip_norm) or clip_norm <= 0:
-        raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}")
+    for name, value in (("clip_norm", clip_norm), ("ranking_scale", ranking_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if global_weights is not None:
         model.set_global(GlobalWeights(*global_weights))
     raw = model.client_update(dense_item_ids, ratings)
-    deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta, raw.implicit_embeddings_delta)
+    implicit = raw.implicit_embeddings_delta
+    if ranking_scale != 1.0:
+        implicit = (implicit.astype(np.float64) * ranking_scale).astype(np.float32)
+    deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta, implicit)
     if not all(np.all(np.isfinite(d)) for d in deltas):
         raise ModelError("client_update produced non-finite deltas; nothing to upload", model.model_path)
     norm = global_norm(deltas)

@@ -257,8 +257,10 @@ class Device:
         ]
 
     @_shared
-    def compute_update(self, global_weights: GlobalWeights | None, clip_norm: float) -> ClientUpdate:
-        """This device's clipped contribution to a round, from its stored ratings.
+    def compute_update(self, global_weights: GlobalWeights | None, clip_norm: float, *,
+                       ranking_scale: float = 1.0) -> ClientUpdate:
+        """This device's clipped contribution to a round, from its stored ratings
+        (`compute_client_update` says what `ranking_scale` is).
 
         The interpreter's global weights are restored to the installed model's afterwards, so
         taking part in a round does not change what this device recommends.
@@ -270,7 +272,8 @@ class Device:
             raise DeviceError(f"no ratings known to model {model.model_version}; nothing to contribute")
         shipped = model.get_weights().global_weights
         try:
-            return compute_client_update(model, ids, stars, clip_norm=clip_norm, global_weights=global_weights)
+            return compute_client_update(model, ids, stars, clip_norm=clip_norm, global_weights=global_weights,
+                                         ranking_scale=ranking_scale)
         finally:
             if global_weights is not None:
                 model.set_global(shipped)

@@ -382,3 +382,28 @@ def test_client_update_carries_the_implicit_step_only_when_the_head_is_on():
     assert not np.any(off.implicit_delta.numpy()) and not np.any(off.implicit_user.numpy())
     for a, b in zip(on.delta, off.delta):  # the rating head's delta does not depend on the ranking head
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_the_private_presets_rating_head_is_biases_only_on_both_solvers():
+    """Under DP the user's rating embedding is penalised to (almost) zero, so stars are
+    mu + b_u + b_i and the item table serves the ranking head; the device's conjugate-gradient
+    solve must agree with the direct one despite the stiff penalty."""
+    from tff_pipeline.config import PRIVATE_PRESET, SimulationConfig
+
+    simulation_config = SimulationConfig(dp="adaptive", target_epsilon=8.0, **PRIVATE_PRESET)
+    config = simulation_config.model_config(60)
+    assert config.user_l2 == PRIVATE_PRESET["user_embedding_l2"] and config.user_bias_l2 == simulation_config.user_l2
+    rng = np.random.default_rng(7)
+    params = _params(rng, config.num_items, config.dim)
+    items = rng.choice(config.num_items, size=40, replace=False).astype(np.int32)
+    ratings = rng.uniform(1.0, 5.0, size=40).astype(np.float32)
+    direct = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)
+    on_device = model.fit_user(params, tf.constant(items), tf.constant(ratings), dataclasses.replace(config, solver="cg"))
+    # The embedding's share of any prediction is negligible ...
+    largest_item = float(np.max(np.linalg.norm(params.item_embeddings.numpy(), axis=1)))
+    assert float(np.linalg.norm(direct.embedding.numpy())) * largest_item < 0.02
+    # ... and the bias is the biases-only ridge fit.
+    residual = ratings - 3.4 - params.item_bias.numpy()[items]
+    assert float(direct.bias) == pytest.approx(residual.sum() / (len(items) + config.user_bias_l2), abs=0.02)
+    np.testing.assert_allclose(on_device.bias.numpy(), direct.bias.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(on_device.embedding.numpy(), direct.embedding.numpy(), atol=1e-5)

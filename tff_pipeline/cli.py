@@ -37,9 +37,12 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--clients-per-round", type=int,
                    help=f"cohort size (expected size under DP's Poisson sampling); default {d.clients_per_round}; "
                         "with --target-epsilon alone, planned for the budget (a third of the users, at most 1000)")
-    p.add_argument("--dim", type=int, help="embedding dimension (default 16; 2 with --dp); 0 = biases only")
+    p.add_argument("--dim", type=int, help="embedding dimension (default 16; 8 with --dp); 0 = biases only")
     p.add_argument("--user-l2", type=float, help=f"default {d.user_l2}")
-    p.add_argument("--item-l2", type=float, help=f"default {d.item_l2}")
+    p.add_argument("--user-embedding-l2", type=float,
+                   help="ridge penalty of the user's rating embedding alone (default: --user-l2; 1e4 with --dp: "
+                        "the rating head is biases only)")
+    p.add_argument("--item-l2", type=float, help=f"default {d.item_l2}; 0 with --dp")
     p.add_argument("--item-bias-l2", type=float, help=f"default {d.item_bias_l2}")
     p.add_argument("--local-steps", type=int, help=f"default {d.local_steps}")
     p.add_argument("--local-lr", dest="local_learning_rate", type=float, help=f"default {d.local_learning_rate}")
@@ -51,8 +54,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         f"{d.implicit_unobserved_weight})")
     p.add_argument("--implicit-l2", type=float, help=f"ridge penalty of the user's ranking vector (default {d.implicit_l2})")
     p.add_argument("--dp-ranking-scale", type=float,
-                   help=f"with --dp: scale of the ranking head's step inside the clipped update, undone after "
-                        f"the noise (its share of the clip norm; default {d.dp_ranking_scale})")
+                   help="with --dp: scale of the ranking head's step inside the clipped update, undone after "
+                        "the noise (its share of the clip norm and of the budget; default 0.5 with --dp)")
     p.add_argument("--server-optimizer", choices=["sgdm", "adam"],
                    help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
     p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")

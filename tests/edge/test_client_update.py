@@ -57,6 +57,19 @@ def test_a_long_update_is_scaled_to_the_bound_over_all_four_deltas(model):
     assert flat @ original / (np.linalg.norm(flat) * np.linalg.norm(original)) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_the_ranking_step_is_scaled_before_the_clip(model):
+    """`ranking_scale` shrinks the ranking head's step inside the clipped vector (the server
+    undoes it after the noise); the other deltas keep their values when nothing is clipped."""
+    raw = model.client_update(IDS, STARS)
+    update = compute_client_update(model, IDS, STARS, clip_norm=1e6, ranking_scale=0.25)
+    for mine, theirs in zip(update.deltas[:3], raw[:3]):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(update.implicit_embeddings_delta, 0.25 * raw[3], rtol=1e-6, atol=1e-9)
+    assert update.norm_before_clip == pytest.approx(global_norm((*raw[:3], 0.25 * raw[3])))
+    with pytest.raises(ValueError, match="ranking_scale"):
+        compute_client_update(model, IDS, STARS, clip_norm=1.0, ranking_scale=0.0)
+
+
 def test_the_update_holds_no_user_parameters(model):
     fitted = model.personalize(IDS, STARS).user  # what this user's parameters are
     update = compute_client_update(model, IDS, STARS, clip_norm=1e6)
