@@ -43,7 +43,7 @@ Row = dict
 def federated_config(args: argparse.Namespace, split_name: str, **changes) -> SimulationConfig:
     base = SimulationConfig(
         dataset="ml-100k", data_dir=str(args.data_dir), split=split_name, seed=args.seed,
-        rounds=args.rounds, clients_per_round=args.clients_per_round, eval_every=10**9, baselines=False,
+        rounds=args.rounds, clients_per_round=args.clients_per_round, eval_every=10**6, baselines=False,
         **NON_PRIVATE_PRESET,
     )
     return dataclasses.replace(base, **changes)
@@ -54,9 +54,8 @@ def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit, ep
     and the planner's cohort and rounds."""
     population = int(np.unique(split.train.users).size)
     plan = planner.plan_budget(target_epsilon=epsilon, delta=args.delta, population=population)
-    config = federated_config(args, split_name, **PRIVATE_PRESET)
-    config = dataclasses.replace(config, dp=args.dp, target_epsilon=epsilon, delta=args.delta,
-                                 rounds=plan.rounds, clients_per_round=plan.clients_per_round)
+    config = federated_config(args, split_name, **PRIVATE_PRESET, dp=args.dp, target_epsilon=epsilon, delta=args.delta,
+                              rounds=plan.rounds, clients_per_round=plan.clients_per_round)
     return config, f"planned: cohort {plan.clients_per_round}, {plan.rounds} rounds, z {plan.noise_multiplier:.2f}"
 
 

@@ -108,3 +108,26 @@ def test_ctrl_c_says_how_to_continue_and_stops_the_worker(tmp_path):
     assert status == 130, stderr
     assert f"continue with `fedrec simulate --resume {out}`" in stderr and "Traceback" not in stderr
     assert not _alive(worker)
+
+
+def test_a_burst_of_sigterms_stops_the_run_instead_of_hanging_it(tmp_path):
+    """`uv run` forwards SIGTERM to its child and a process-group kill sends another: a second
+    SIGTERM arriving while the first one's handler stopped the worker used to deadlock the
+    process for good (found with two DP sweeps killed that way)."""
+    out = tmp_path / "run"
+    process, worker = _start_training(out)
+    for _ in range(30):
+        os.kill(process.pid, signal.SIGTERM)
+        time.sleep(0.002)
+    try:
+        status = process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail("fedrec simulate hung after a burst of SIGTERMs")
+    finally:
+        process.stderr.close()
+    assert status == -signal.SIGTERM
+    assert not _alive(worker)
+    saved = json.loads((out / "checkpoints" / "checkpoint.json").read_text())["round"]
+    assert saved >= 2

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-_lock = threading.Lock()
+# Re-entrant: the SIGTERM handler runs on the main thread, which may be inside `stub()` holding it.
+_lock = threading.RLock()
 _installed = False
 _READY_POLL_SECONDS = 0.05
 _START_TIMEOUT_SECONDS = 60.0
@@ -147,9 +148,15 @@ def shutdown() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    shutdown()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    """Stop the worker, then die of the signal. Repeats are ignored while the worker stops: a
+    second SIGTERM (`uv run` forwards one, a process-group kill sends another) used to re-enter
+    this handler inside the first and wait forever for the lock the first one held."""
+    signal.signal(signum, signal.SIG_IGN)
+    try:
+        shutdown()
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def install() -> None:
