@@ -14,13 +14,17 @@ ML100K_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "m
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def u1():
+def _ml100k(split: str):
     if not (ML100K_DIR / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {ML100K_DIR}: its license forbids redistribution")
     from tff_pipeline.data import load_ml100k
 
-    return load_ml100k(ML100K_DIR, split="u1")
+    return load_ml100k(ML100K_DIR, split=split)
+
+
+@pytest.fixture(scope="module")
+def u1():
+    return _ml100k("u1")
 
 
 def test_federated_u1_beats_biases_in_300_rounds(tff_runtime, u1):
@@ -43,11 +47,7 @@ def test_private_u1_run_is_far_below_local_only(tff_runtime, u1):
 
 @pytest.fixture(scope="module")
 def loo():
-    if not (ML100K_DIR / "u.data").is_file():
-        pytest.skip(f"MovieLens-100K not found at {ML100K_DIR}: its license forbids redistribution")
-    from tff_pipeline.data import load_ml100k
-
-    return load_ml100k(ML100K_DIR, split="loo")
+    return _ml100k("loo")
 
 
 def test_the_ranking_head_beats_popularity_on_leave_one_out(tff_runtime, loo):
