@@ -52,10 +52,8 @@ def federated_config(args: argparse.Namespace, split_name: str, **changes) -> Si
 def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit, epsilon: float) -> tuple[SimulationConfig, str]:
     """What the plain `fedrec simulate --dp adaptive --target-epsilon E` runs: the private preset,
     and the planner's cohort and rounds."""
-    population = int(np.unique(split.train.users).size)
-    plan = planner.plan_budget(target_epsilon=epsilon, delta=args.delta, population=population)
-    config = federated_config(args, split_name, **PRIVATE_PRESET, dp=args.dp, target_epsilon=epsilon, delta=args.delta,
-                              rounds=plan.rounds, clients_per_round=plan.clients_per_round)
+    config = federated_config(args, split_name, **PRIVATE_PRESET, dp=args.dp, target_epsilon=epsilon, delta=args.delta)
+    config, plan = planner.plan_config(config, split.train.users)
     return config, f"planned: cohort {plan.clients_per_round}, {plan.rounds} rounds, z {plan.noise_multiplier:.2f}"
 
 

@@ -64,11 +64,10 @@ def test_private_ranking_beats_popularity_at_epsilon_8(tff_runtime, loo):
     cohort and rounds) still ranks better than most-popular (measured 0.461 against 0.406)."""
     from tff_pipeline.privacy import planner
 
-    plan = planner.plan_budget(target_epsilon=8.0, delta=1e-4, population=loo.num_users)
-    config = SimulationConfig(
-        dataset="ml-100k", rounds=plan.rounds, clients_per_round=plan.clients_per_round, eval_every=10**6,
-        baselines=False, dp="adaptive", target_epsilon=8.0, delta=1e-4, **PRIVATE_PRESET,
-    )
+    config, _ = planner.plan_config(SimulationConfig(
+        dataset="ml-100k", eval_every=10**6, baselines=False, dp="adaptive", target_epsilon=8.0, delta=1e-4,
+        **PRIVATE_PRESET,
+    ), loo.train.users)
     report = simulation.run(config, loo).report
     assert report["privacy"]["epsilon_rdp"] <= 8.0
     assert report["final"]["hr@10"] > baselines.popularity(loo)["hr@10"]

@@ -39,7 +39,7 @@ def test_a_plan_spends_its_budget_and_no_more(epsilon: float):
     spent = accounting.epsilon_rdp(plan.noise_multiplier, plan.sampling_rate, plan.rounds, 1e-4)
     assert 0.99 * epsilon <= spent <= epsilon
     assert plan.epsilon_pld <= plan.epsilon_rdp
-    assert f"{plan.rounds} rounds" in plan.describe(ML100K_USERS)
+    assert f"{plan.rounds} rounds" in plan.describe()
 
 
 def test_given_values_are_kept_and_only_the_rest_is_planned():

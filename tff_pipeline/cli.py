@@ -102,15 +102,11 @@ def _plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: 
     and record the planned values in the config (so config.json and --resume use them)."""
     if not config.private or config.target_epsilon is None or config.noise_multiplier is not None:
         return config
-    import numpy as np
-
     from tff_pipeline.privacy import planner
 
-    population = int(np.unique(split.train.users).size)
-    plan = planner.plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
-                               clients_per_round=given_cohort, rounds=given_rounds)
-    print(plan.describe(population))
-    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds)
+    config, plan = planner.plan_config(config, split.train.users, rounds=given_rounds, clients_per_round=given_cohort)
+    print(plan.describe())
+    return config
 
 
 def _progress_callbacks(enabled: bool):

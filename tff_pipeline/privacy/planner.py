@@ -24,8 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tff_pipeline.privacy import accounting
+
+if TYPE_CHECKING:
+    from tff_pipeline.config import SimulationConfig
 
 MAX_PLANNED_COHORT = 1000
 COHORT_FRACTION = 1 / 3
@@ -44,9 +50,11 @@ class BudgetPlan:
     epsilon_rdp: float
     epsilon_pld: float
     delta: float
+    population: int
     planned: tuple[str, ...]  # which of clients_per_round / rounds the planner chose
 
-    def describe(self, population: int) -> str:
+    def describe(self) -> str:
+        population = self.population
         chosen = {"clients_per_round": "cohort", "rounds": "rounds"}
         by = ", ".join(chosen[name] for name in self.planned) or "nothing (all given)"
         return (
@@ -98,5 +106,16 @@ def plan_budget(
         epsilon_rdp=accounting.epsilon_rdp(z, q, rounds, delta),
         epsilon_pld=accounting.epsilon_pld(z, q, rounds, delta),
         delta=delta,
+        population=population,
         planned=tuple(planned),
     )
+
+
+def plan_config(config: SimulationConfig, train_users: np.ndarray, *, rounds: int | None = None,
+                clients_per_round: int | None = None) -> tuple[SimulationConfig, BudgetPlan]:
+    """`config` with the planned cohort and rounds (those not given here are planned) for its
+    budget over the users who have train ratings (the clients), and the plan."""
+    population = int(np.unique(train_users).size)
+    plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
+                       clients_per_round=clients_per_round, rounds=rounds)
+    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds), plan
