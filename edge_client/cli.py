@@ -37,10 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="the best items not rated yet")
     recommend.add_argument("-k", type=int, default=10, help="how many (default 10)")
     commands.add_parser("status", help="what is installed and stored")
+    join = commands.add_parser("join", help="take part in federated rounds of a coordinator (until Ctrl-C)")
+    join.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    join.add_argument("--enroll-token", help="the coordinator's enrollment token (needed once, to enroll)")
+    join.add_argument("--ca-cert", type=Path, required=True,
+                      help="the coordinator's CA certificate (its state folder's tls/ca.pem)")
+    join.add_argument("--profile", default="ideal", help="simulated heterogeneity: ideal | mixed | heterogeneous")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "join":
+        _join(args)
+        return
     with Device(args.device_dir) as device:
         if args.command == "install":
             package = args.package_dir
@@ -70,6 +79,30 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{item.rank:>3}  {item.item_id:>8}  {item.title or '-'}  {item.score:.2f}")
         elif args.command == "status":
             print("\n".join(device.status().lines()))
+
+
+def _join(args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from edge_client.fleet import FleetOptions, run_devices
+    from protocol.files import read_bounded
+
+    ca_pem = read_bounded(args.ca_cert, max_bytes=1 << 20, what="CA certificate")
+    options = FleetOptions(args.coordinator, ca_pem, args.enroll_token or "", args.profile)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(f"joined {args.coordinator}; taking part in rounds until Ctrl-C", flush=True)
+        stats = await run_devices([Path(args.device_dir).expanduser()], options, stop)
+        for values in stats.values():
+            print(f"rounds: {values['rounds_completed']} completed, {values['rounds_abandoned']} abandoned; "
+                  f"models installed: {values['models_installed']}")
+
+    asyncio.run(amain())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

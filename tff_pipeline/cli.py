@@ -26,8 +26,19 @@ _RUN_FLAGS = {"out", "resume", "quiet", "overwrite", "command"}
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    d = SimulationConfig()
     p = sub.add_parser("simulate", help="federated training in a TFF simulation (one client per user)")
+    add_training_flags(p)
+    p.add_argument("--out", type=Path, help="output folder (report, metrics.csv, checkpoints); must be new or "
+                                            "empty, or hold an earlier run and --overwrite be given")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", type=Path, help="continue the interrupted run in this folder, as configured there")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a SimulationConfig (what is trained, and how), shared by `simulate` and `up`."""
+    d = SimulationConfig()
     p.add_argument("--dataset", choices=["synthetic", "ml-100k", "movielens-csv"], help=f"default {d.dataset}")
     p.add_argument("--data-dir", help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
     p.add_argument("--split", help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
@@ -74,15 +85,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--eval-every", type=int, help=f"default {d.eval_every}")
     p.add_argument("--centralized-epochs", type=int, help=f"default {d.centralized_epochs}")
     p.add_argument("--no-baselines", dest="baselines", action="store_const", const=False)
-    p.add_argument("--out", type=Path, help="output folder (report, metrics.csv, checkpoints); must be new or "
-                                            "empty, or hold an earlier run and --overwrite be given")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    p.add_argument("--resume", type=Path, help="continue the interrupted run in this folder, as configured there")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
-def _config_from_args(args: argparse.Namespace) -> SimulationConfig:
+def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """Flags -> config; flags left unset take the preset of the run's privacy mode."""
     fields = {f.name for f in dataclasses.fields(SimulationConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -96,7 +101,7 @@ def _given_training_flags(args: argparse.Namespace) -> list[str]:
     return sorted(k for k, v in vars(args).items() if k in fields and v is not None)
 
 
-def _plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: int | None,
+def plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: int | None,
                          given_cohort: int | None) -> SimulationConfig:
     """--target-epsilon alone: plan the cohort size and rounds the user left unset, print the plan,
     and record the planned values in the config (so config.json and --resume use them)."""
@@ -139,7 +144,7 @@ def _progress_callbacks(enabled: bool):
     return on_start, on_round, progress.stop
 
 
-def _import_training_stack() -> None:
+def import_training_stack() -> None:
     """Import TensorFlow and TFF once, dropping only their harmless CPU start-up lines."""
     from edge_client.native_log import TENSORFLOW_CPU_NOISE, filtered_stderr
 
@@ -154,7 +159,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.resume is not None:
         given = _given_training_flags(args)
         if given:
-            flags = ", ".join(_flag_of(parser, name) for name in given)
+            flags = ", ".join(flag_of(parser, name) for name in given)
             raise ConfigError("resume", f"{flags} cannot be changed when resuming: the run continues as configured "
                                         f"in {args.resume}/config.json (start a new run to change them)")
         if args.out is not None and os.path.realpath(args.out) != os.path.realpath(args.resume):
@@ -165,7 +170,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         identity = folder.read_identity()
         config = identity.config
     else:
-        config = _config_from_args(args)
+        config = config_from_args(args)
         folder = None if args.out is None else RunFolder(args.out)
         identity = None
         if folder is not None:
@@ -176,8 +181,8 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
     config.check_model_size(split.num_items)
     if identity is None:
-        config = _plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
-    _import_training_stack()
+        config = plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
+    import_training_stack()
     from tff_pipeline import reporting, runtime, simulation
 
     if folder is not None and identity is None:
@@ -220,7 +225,7 @@ def _export(args: argparse.Namespace) -> int:
     from tff_pipeline.export.package import check_export_target, export_run
 
     check_export_target(args.run, args.out, overwrite=args.overwrite)
-    _import_training_stack()
+    import_training_stack()
 
     manifest = export_run(args.run, args.out, round_num=args.round_num, overwrite=args.overwrite)
     privacy = manifest.privacy
@@ -231,7 +236,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
+def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
     for action in parser._actions:  # noqa: SLF001 (argparse keeps no public map of dest -> flag)
         if action.dest == dest and action.option_strings:
             return action.option_strings[0]
@@ -243,11 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     simulate_parser = _simulate_parser(sub)
     _export_parser(sub)
+    from coordinator import cli as coordinator_cli
+
+    deployment_parsers = coordinator_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command in deployment_parsers:
+            return coordinator_cli.run(args)
         return _export(args) if args.command == "export" else _simulate(args, simulate_parser)
     except ConfigError as error:
-        flag = "--resume" if error.field == "resume" else _flag_of(simulate_parser, error.field)
+        command_parser = deployment_parsers.get(args.command, simulate_parser)
+        flag = "--resume" if error.field == "resume" else flag_of(command_parser, error.field)
         print(f"{PROG}: error: {one_line(f'{flag}: {error.message}')}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors

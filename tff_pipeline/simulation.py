@@ -185,7 +185,7 @@ def run(
             on_round(row)
 
     final = _evaluate(learning_process, state, split, model_config)
-    report = _assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
+    report = assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
     report["run_id"] = None if identity is None else identity.run_id
     return RunResult(report=report, params=_global_params(learning_process, state))
 
@@ -216,7 +216,7 @@ def _evaluate(learning_process, state, split, model_config) -> dict[str, float |
     return personalized_eval.evaluate_global_model(_global_params(learning_process, state), split, model_config)
 
 
-def _assemble_report(
+def assemble_report(
     config: SimulationConfig,
     split: DatasetSplit,
     plan: PrivacyPlan,

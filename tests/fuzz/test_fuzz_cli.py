@@ -68,7 +68,7 @@ def never_train():
         raise WouldTrain()
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(fedrec_cli, "_import_training_stack", refuse)
+    patch.setattr(fedrec_cli, "import_training_stack", refuse)
     patch.setattr(data_module, "synthetic_split", refuse)  # load_dataset's generator: valid synthetic runs stop here
     yield
     patch.undo()

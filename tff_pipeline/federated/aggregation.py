@@ -83,6 +83,43 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
         return tff.templates.AggregationProcess(inner.initialize, next_fn)
 
 
+def adaptive_clipped_count_stddev(config: AggregatorConfig) -> float:
+    """The stddev of the noise on the adaptive clip's clipped count (summed, before division).
+
+    The clipped-count estimate is noised too and TFF charges that noise to the total noise
+    multiplier z: the update noise becomes (z^-2 - (2 s)^-2)^-1/2 for count stddev s, and
+    z >= 2 s is refused. TFF's default s = 0.05 * cohort breaks for small cohorts; s >= z keeps
+    the update noise within 1.16 z.
+    """
+    return max(0.05 * config.expected_clients_per_round, config.noise_multiplier)
+
+
+def build_dp_factory(config: AggregatorConfig) -> tff.aggregators.DifferentiallyPrivateFactory:
+    """TFF's DP preset for a private config, unweighted and without part scaling.
+
+    The one mapping from `AggregatorConfig` to TFF's presets, shared by the simulation
+    (`build_aggregator`) and the coordinator, which applies the same query to a secure sum
+    (`coordinator.server_aggregation`).
+    """
+    if not config.is_private:
+        raise ValueError("a DP factory needs a private aggregator kind (fixed or adaptive)")
+    if config.noise_multiplier < 0 or config.clip <= 0:
+        raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
+    clients = config.expected_clients_per_round
+    if config.kind is AggregatorKind.DP_FIXED:
+        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=config.noise_multiplier, clients_per_round=clients, clip=config.clip
+        )
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        noise_multiplier=config.noise_multiplier,
+        clients_per_round=clients,
+        initial_l2_norm_clip=config.clip,
+        target_unclipped_quantile=config.target_unclipped_quantile,
+        learning_rate=config.clip_learning_rate,
+        clipped_count_stddev=adaptive_clipped_count_stddev(config),
+    )
+
+
 def build_aggregator(
     config: AggregatorConfig, *, per_device_parts: tuple[int, ...] = ()
 ) -> tff.aggregators.WeightedAggregationFactory:
@@ -93,26 +130,7 @@ def build_aggregator(
     Under DP every part counts once per device anyway; there they are scaled by `part_scale`."""
     if config.kind is AggregatorKind.MEAN:
         return ExampleWeightedMeanFactory(per_device_parts=per_device_parts)
-    if config.noise_multiplier < 0 or config.clip <= 0:
-        raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
-    clients = config.expected_clients_per_round
-    if config.kind is AggregatorKind.DP_FIXED:
-        factory = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=config.noise_multiplier, clients_per_round=clients, clip=config.clip
-        )
-    else:
-        factory = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-            noise_multiplier=config.noise_multiplier,
-            clients_per_round=clients,
-            initial_l2_norm_clip=config.clip,
-            target_unclipped_quantile=config.target_unclipped_quantile,
-            learning_rate=config.clip_learning_rate,
-            # The clipped-count estimate is noised too and TFF charges that noise to the total
-            # noise multiplier z: the update noise becomes (z^-2 - (2 s)^-2)^-1/2 for count stddev
-            # s, and z >= 2 s is refused. TFF's default s = 0.05 * cohort breaks for small
-            # cohorts; s >= z keeps the update noise within 1.16 z.
-            clipped_count_stddev=max(0.05 * clients, config.noise_multiplier),
-        )
+    factory: tff.aggregators.UnweightedAggregationFactory = build_dp_factory(config)
     if per_device_parts and config.part_scale != 1.0:
         factory = PartScaledFactory(factory, parts=per_device_parts, scale=config.part_scale)
     return tff.aggregators.as_weighted_aggregator(factory)

@@ -1,0 +1,202 @@
+"""`fedrec up`, `fedrec serve`, `fedrec status`: the deployment commands of the `fedrec` CLI.
+
+`tff_pipeline.cli` registers these parsers and hands parsed arguments here; like the rest of the
+CLI, a user error is a one-line `fedrec: error: ...` with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tff_pipeline.config import ConfigError
+
+UP_OUTPUTS = ("coordinator", "devices", "coordinator.log")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
+    from tff_pipeline.cli import add_training_flags
+
+    up = sub.add_parser("up", help="coordinator + simulated devices on this machine (loopback), then a report")
+    add_training_flags(up)
+    up.add_argument("--devices", type=int, help="simulated devices, one user each (default: every user with "
+                                                "train ratings)")
+    up.add_argument("--device-processes", type=int, default=2, help="processes the devices share (default 2)")
+    up.add_argument("--profile", default="ideal", help="device heterogeneity: ideal | mixed | heterogeneous")
+    up.add_argument("--selection", help="auto (poisson under DP, else uniform) | uniform | seeded | poisson")
+    up.add_argument("--over-selection", type=float, help="uniform selection: extra fraction selected (default 0.3)")
+    up.add_argument("--min-reporters", type=int, help="reports a round needs (default: the cohort)")
+    up.add_argument("--report-window", dest="report_window_s", type=float, help="seconds (default 60)")
+    up.add_argument("--export-every", type=int, help="publish a model package every N rounds (default 10)")
+    up.add_argument("--out", type=Path, help="output folder (new or empty; default: a temporary one, removed)")
+    up.add_argument("--overwrite", action="store_true", help="replace the deployment already in --out")
+    up.add_argument("--quiet", action="store_true")
+
+    serve = sub.add_parser("serve", help="run the coordinator alone (what Kubernetes runs)")
+    serve.add_argument("--config", type=Path, help="coordinator.toml (default: built-in synthetic defaults, state "
+                                                   "in ./coordinator-state)")
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--log-level", default="INFO")
+
+    status = sub.add_parser("status", help="a coordinator's round, cohort, dropouts, ε spent, model version")
+    status.add_argument("--coordinator", metavar="HOST:PORT", help="default: the address in --state-dir")
+    status.add_argument("--ca-cert", type=Path, help="default: --state-dir's tls/ca.pem")
+    status.add_argument("--state-dir", type=Path, default=Path("coordinator-state"))
+    return {"up": up, "serve": serve, "status": status}
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"up": _up, "serve": _serve, "status": _status}[args.command](args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from coordinator.config import CoordinatorConfig, load_config
+    from tff_pipeline.cli import import_training_stack
+    from tff_pipeline.config import SimulationConfig
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config(args.config) if args.config else CoordinatorConfig(Path("coordinator-state"),
+                                                                            SimulationConfig())
+    import_training_stack()
+    from coordinator import server
+
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
+    server.run(config)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from coordinator.server import ADDRESS_FILE
+    from coordinator.tls import TLS_DIR
+    from coordinator.up import read_status, status_line
+
+    address = args.coordinator
+    if address is None:
+        path = args.state_dir / ADDRESS_FILE
+        if not path.exists():
+            raise ConfigError("coordinator", f"no --coordinator given and no {path}")
+        address = path.read_text().strip()
+    ca_path = args.ca_cert or args.state_dir / TLS_DIR / "ca.pem"
+    try:
+        ca_pem = ca_path.read_bytes()
+    except OSError as error:
+        raise ConfigError("ca_cert", f"{ca_path}: {error.strerror or error}") from None
+    import grpc
+
+    try:
+        status = asyncio.run(read_status(address, ca_pem))
+    except grpc.aio.AioRpcError as error:
+        print(f"fedrec: error: {address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+    print(status_line(status))
+    print(f"model {status.model_version} (params version {status.params_version})")
+    refused = {k: v for k, v in status.refused.items() if v}
+    if refused:
+        print("refused messages: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from coordinator.config import DeploymentConfig
+    from coordinator.up import UpOptions, status_line
+    from tff_pipeline.cli import config_from_args, import_training_stack, plan_privacy_budget
+    from tff_pipeline.data import load_dataset
+    from tff_pipeline.run_folder import RunFolder
+
+    config = config_from_args(args)
+    if args.devices is not None and args.devices < 2:
+        raise ConfigError("devices", "at least 2 devices are needed")
+    if args.device_processes < 1:
+        raise ConfigError("device_processes", "at least 1")
+    deployment_values = {name: getattr(args, name) for name in
+                         ("selection", "over_selection", "min_reporters", "report_window_s", "export_every")
+                         if getattr(args, name, None) is not None}
+    deployment = DeploymentConfig(**deployment_values)
+    temporary = args.out is None
+    out = Path(tempfile.mkdtemp(prefix="fedrec-up-")) if temporary else args.out
+    folder = RunFolder(out)
+    if not temporary:
+        _claim_up_folder(folder, overwrite=args.overwrite)
+    split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
+    config.check_model_size(split.num_items)
+    config = plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
+    identity = folder.start(config, overwrite=args.overwrite)
+    started = time.monotonic()
+    last_line = [""]
+
+    def on_status(status: Any) -> None:
+        line = status_line(status)
+        if not args.quiet and line != last_line[0]:
+            print(line, flush=True)
+            last_line[0] = line
+
+    from coordinator import up
+
+    try:
+        final, state_dir, shards = up.run_deployment(
+            out=out, split=split, config=config, deployment=deployment,
+            options=UpOptions(args.devices, args.device_processes, args.profile, args.quiet), on_status=on_status)
+        import_training_stack()
+        from coordinator.report import deployment_report
+        from tff_pipeline import reporting
+
+        result = deployment_report(config=config, split=split, identity=identity, state_dir=state_dir,
+                                   shard_dirs=shards, final_status=final, wall_seconds=time.monotonic() - started)
+        reporting.write_outputs(folder, result.report, result.params, split.vocab)
+        print(reporting.markdown(reporting.json_safe(result.report)))
+        if not temporary:
+            print(f"wrote {out}/report.json, report.md, metrics.csv, final_model.npz (coordinator state in "
+                  f"{state_dir}, devices in {out / 'devices'})")
+    finally:
+        if temporary:
+            shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+def _claim_up_folder(folder: Any, *, overwrite: bool) -> None:
+    """--out must be new, empty, or an earlier `fedrec up` folder with --overwrite (then only what
+    `fedrec up` wrote there is removed)."""
+    from tff_pipeline.run_folder import RESULT_FILES, CONFIG_FILE
+
+    path = folder.path
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError("out", f"{path} is a file, not a folder")
+    entries = {p.name for p in path.iterdir()}
+    if not entries:
+        return
+    ours = set(UP_OUTPUTS) | set(RESULT_FILES) | {CONFIG_FILE} | {p for p in entries if p.endswith(".log")}
+    if not (path / "coordinator").is_dir() or not entries <= ours:
+        raise ConfigError("out", f"{path} is not empty and is not a `fedrec up` folder; choose a new or empty one")
+    if not overwrite:
+        raise ConfigError("out", f"{path} holds an earlier deployment; replace it with --overwrite")
+    for name in entries:
+        target = path / name
+        if target.is_dir() and name in UP_OUTPUTS:
+            shutil.rmtree(target)
+        elif name.endswith(".log"):
+            target.unlink()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A `fedrec up` child: stop (SIGTERM to ourselves) when the parent is gone."""
+    import os
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+

@@ -1,0 +1,53 @@
+"""The coordinator's Prometheus metrics (`prometheus-client`), on a registry of its own.
+
+A registry per coordinator (not the library's global one) so that tests can run several
+coordinators in one process and read each one's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REFUSAL_REASONS = ("unknown_device", "identity_mismatch", "replay", "stale_round", "not_in_round", "wrong_phase",
+                   "duplicate", "invalid", "bad_token", "stale_model", "round_abandoned", "malformed")
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rounds_started = Counter("fedrec_rounds_started", "Rounds started (cohort selected)", registry=r)
+        self.rounds_completed = Counter("fedrec_rounds_completed", "Rounds whose result was applied", registry=r)
+        self.rounds_abandoned = Counter("fedrec_rounds_abandoned", "Rounds abandoned (model unchanged)", registry=r)
+        self.checkins = Counter("fedrec_devices_checked_in", "Device check-ins", registry=r)
+        self.selected = Counter("fedrec_devices_selected", "Devices selected into a round", registry=r)
+        self.reported = Counter("fedrec_devices_reported", "Devices whose masked update was used", registry=r)
+        self.dropped = Counter("fedrec_devices_dropped", "Selected devices that did not report", registry=r)
+        self.enrolled = Counter("fedrec_devices_enrolled", "Devices enrolled", registry=r)
+        self.refused = Counter("fedrec_messages_refused", "Refused messages", ["reason"], registry=r)
+        self.bytes_in = Counter("fedrec_bytes_received", "Request bytes received", ["method"], registry=r)
+        self.bytes_out = Counter("fedrec_bytes_sent", "Response bytes sent", ["method"], registry=r)
+        self.round_seconds = Histogram("fedrec_round_duration_seconds", "Round duration, selection to result",
+                                       buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=r)
+        self.epsilon = Gauge("fedrec_epsilon_spent", "Privacy spent (RDP epsilon at the run's delta)", registry=r)
+        self.params_version = Gauge("fedrec_params_version", "Completed rounds (version of the global model)",
+                                    registry=r)
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason=reason)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on `host:port` (0: any free port); returns the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        server = getattr(self, "_http", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (tests and `fedrec up`'s report)."""
+        found = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if found is None else float(found)

@@ -1,0 +1,61 @@
+"""The report of a `fedrec up` deployment: the keys of `fedrec simulate`'s, plus the deployment's own.
+
+The model is the coordinator's last checkpoint; it is evaluated by the harness (which holds the
+held-out ratings the devices never uploaded) exactly as `fedrec simulate` evaluates its model.
+ε is the coordinator's ledger of the DP events it applied, not a recomputation from the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from coordinator.privacy_ledger import PrivacyLedger
+from coordinator.state_store import StateError, StateStore
+from coordinator.up import deployment_figures
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentResult:
+    report: dict[str, Any]
+    params: Any  # tff_pipeline.model.GlobalParams
+
+
+def deployment_report(*, config: Any, split: Any, identity: Any, state_dir: Path, shard_dirs: list[Path],
+                      final_status: Any, wall_seconds: float) -> DeploymentResult:
+    from tff_pipeline import model, personalized_eval, simulation
+
+    store = StateStore(state_dir)
+    try:
+        checkpoint = store.latest_checkpoint()
+        if checkpoint is None:
+            raise StateError(f"{state_dir}: the coordinator saved no model")
+        summaries = store.checkpoint_summaries()
+        setting = json.loads(store.get_meta("privacy_setting") or "{}")
+        ledger = PrivacyLedger(store.connection)
+        spent = ledger.epsilon(config.delta) if config.private and ledger.events() else None
+    finally:
+        store.close()
+    params = model.GlobalParams(*checkpoint.arrays["params"])
+    model_config = config.model_config(split.num_items)
+    final = personalized_eval.evaluate_global_model(params, split, model_config)
+    plan = simulation.PrivacyPlan(
+        noise_multiplier=float(setting.get("noise_multiplier", 0.0)),
+        sampling_rate=float(setting.get("sampling_rate", 1.0)), rounds=int(setting.get("rounds", config.rounds)),
+        how="deployment: ε from the coordinator's ledger of applied DP events" if config.private else "non-private")
+    history = [{"round": version, "cohort": summary.get("reporters"), "train_seconds": None,
+                "clip": summary.get("clip"), "epsilon_rdp": summary.get("epsilon")}
+               for version, summary in summaries if version > 0]
+    population = int(setting.get("expected_clients", 0) / max(setting.get("sampling_rate", 1.0), 1e-12)) \
+        if config.private else len(set(split.train.users.tolist()))
+    report = simulation.assemble_report(config, split, plan, final, history, wall_seconds, population, model_config)
+    report["privacy"]["rounds"] = checkpoint.params_version
+    if config.private:
+        report["privacy"]["epsilon_rdp"] = None if spent is None else float(spent[0])
+        report["privacy"]["epsilon_pld"] = None if spent is None else float(spent[1])
+        report["privacy"]["sampling"] = "poisson over the devices checked in (selection window)"
+    report["deployment"] = deployment_figures(state_dir, final_status, shard_dirs)
+    report["run_id"] = identity.run_id
+    return DeploymentResult(report, params)

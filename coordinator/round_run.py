@@ -1,0 +1,250 @@
+"""One round's phases, without a network: who must answer, when a phase closes, what each device gets.
+
+    selected --AdvertiseKeys--> advertised --ShareKeys--> shared --SubmitMaskedInput--> reported
+                                                                                            |
+                        sum of the reporters' updates <--secure aggregation-- Unmask <------+
+
+Every device call of a phase waits (a long poll) until the phase closes: when everyone the phase
+waits for has answered, or at its deadline; the reporting phase also closes a short grace after
+the goal count is reached, so a few stragglers cannot hold a round. A phase that ends with fewer
+devices than the goal abandons the round: every waiting call learns it, the model stays as it
+was. The gRPC servicer (`service.py`) only translates messages into these calls.
+
+A message that does not belong (an unknown device, a second message for the same phase, a phase
+that is not the current one, a malformed value) raises `Refused` with a reason label for the
+metrics and leaves the round unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+
+from coordinator.secure_aggregation import SecAggServer
+from protocol.secagg.errors import SecAggError
+from protocol.secagg.params import SecAggParams
+
+
+class Phase(str, enum.Enum):
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+    AGGREGATING = "aggregating"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+class Refused(ValueError):
+    """A message the round does not accept; `reason` is a short label (metrics), str() the detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class RoundAbandoned(RuntimeError):
+    """The round ended without a result; the caller's message was not used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundTiming:
+    phase_timeout_s: float = 30.0  # key phases and unmasking
+    report_window_s: float = 60.0  # from the task to the end of the masked-input phase
+    straggler_grace_s: float = 2.0  # once the goal is reached, how long the reporting phase waits for the rest
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureSum:
+    """What secure aggregation reveals: the sum of the reporters' encoded vectors, and who they are."""
+
+    total: np.ndarray  # uint64, mod 2^bit_width
+    reporters: tuple[int, ...]
+
+
+class RoundRun:
+    """The phases of one round over `participants` (device ids, index = position)."""
+
+    def __init__(self, *, round_id: bytes, round_number: int, participants: Sequence[str], params: SecAggParams,
+                 goal: int, timing: RoundTiming) -> None:
+        if len(set(participants)) != len(participants):
+            raise ValueError("a device appears twice in the cohort")
+        if params.num_participants != len(participants):
+            raise ValueError("the SecAgg parameters do not match the cohort size")
+        self.round_id, self.round_number, self.goal, self.timing = round_id, round_number, goal, timing
+        self.participants = tuple(participants)
+        self.params = params
+        self.index = {device: position for position, device in enumerate(participants)}
+        self.server = SecAggServer(params)
+        self.phase = Phase.ADVERTISE_KEYS
+        self.started = time.monotonic()
+        self.report_deadline = self.started + timing.report_window_s
+        self.abandon_reason: str | None = None
+        self._arrived: dict[Phase, set[int]] = {phase: set() for phase in Phase}
+        self._expected: dict[Phase, set[int]] = {Phase.ADVERTISE_KEYS: set(range(len(participants)))}
+        self._closed: dict[Phase, asyncio.Event] = {phase: asyncio.Event() for phase in Phase}
+        self._progress = asyncio.Event()  # set whenever a message arrives
+        self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
+        self._result: SecureSum | None = None
+
+    # what the driver sees
+
+    @property
+    def num_selected(self) -> int:
+        return len(self.participants)
+
+    def arrived(self, phase: Phase) -> frozenset[int]:
+        return frozenset(self._arrived[phase])
+
+    @property
+    def dropouts(self) -> int:
+        """Selected devices that did not report (by the end of the reporting phase)."""
+        if self.phase in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT) and self.abandon_reason is None:
+            return 0
+        return self.num_selected - len(self._arrived[Phase.MASKED_INPUT])
+
+    # device calls (each waits until its phase closes)
+
+    async def advertise_keys(self, device_id: str, channel_key: bytes, mask_key: bytes) -> dict[int, tuple[bytes, bytes]]:
+        index = self._accept(device_id, Phase.ADVERTISE_KEYS)
+        self._apply(Phase.ADVERTISE_KEYS, index, lambda: self.server.receive_keys(index, channel_key, mask_key))
+        await self._wait(Phase.ADVERTISE_KEYS)
+        return self.server.keys_for(index)
+
+    async def share_keys(self, device_id: str, ciphertexts: Mapping[int, bytes]) -> dict[int, bytes]:
+        index = self._accept(device_id, Phase.SHARE_KEYS)
+        self._apply(Phase.SHARE_KEYS, index, lambda: self.server.receive_shares(index, dict(ciphertexts)))
+        await self._wait(Phase.SHARE_KEYS)
+        return self.server.shares_for(index)
+
+    async def submit_masked_input(self, device_id: str, masked: np.ndarray) -> tuple[list[int], list[int]]:
+        """Returns (survivors, dropped) among the device's neighbourhood: whose shares to reveal."""
+        index = self._accept(device_id, Phase.MASKED_INPUT)
+        self._apply(Phase.MASKED_INPUT, index, lambda: self.server.receive_masked(index, masked))
+        await self._wait(Phase.MASKED_INPUT)
+        assert self._unmask_request is not None
+        survivors, dropped = self._unmask_request
+        neighbourhood = set(self.params.neighbourhood(index))
+        return sorted(survivors & neighbourhood), sorted(dropped & neighbourhood)
+
+    async def unmask(self, device_id: str, shares: Mapping[int, bytes]) -> None:
+        index = self._accept(device_id, Phase.UNMASK)
+        self._apply(Phase.UNMASK, index, lambda: self.server.receive_unmask(index, dict(shares)))
+        await self._wait(Phase.DONE)
+
+    # the driver
+
+    async def collect(self) -> SecureSum:
+        """Run the phases to the secure sum, or raise RoundAbandoned (every waiting call learns it)."""
+        try:
+            await self._close(Phase.ADVERTISE_KEYS, deadline=self.started + self.timing.phase_timeout_s)
+            self._require(Phase.ADVERTISE_KEYS, "advertised keys")
+            self._open(Phase.SHARE_KEYS, self._arrived[Phase.ADVERTISE_KEYS])
+            self._release(Phase.ADVERTISE_KEYS)
+            await self._close(Phase.SHARE_KEYS, deadline=time.monotonic() + self.timing.phase_timeout_s)
+            self._require(Phase.SHARE_KEYS, "shared keys")
+            self._open(Phase.MASKED_INPUT, self._arrived[Phase.SHARE_KEYS])
+            self._release(Phase.SHARE_KEYS)
+            await self._close(Phase.MASKED_INPUT, deadline=self.report_deadline, grace=self.timing.straggler_grace_s)
+            self._require(Phase.MASKED_INPUT, "reported")
+            survivors, dropped = self.server.unmask_request()
+            self._unmask_request = (frozenset(survivors), frozenset(dropped))
+            self._open(Phase.UNMASK, set(survivors))
+            self._release(Phase.MASKED_INPUT)
+            await self._close(Phase.UNMASK, deadline=time.monotonic() + self.timing.phase_timeout_s)
+            self.phase = Phase.AGGREGATING
+            self._release(Phase.UNMASK)
+            try:
+                total, reporters = await asyncio.to_thread(self.server.result)
+            except SecAggError as error:
+                raise RoundAbandoned(f"secure aggregation could not unmask the sum: {error}") from None
+            self._result = SecureSum(total, tuple(sorted(reporters)))
+            return self._result
+        except RoundAbandoned as error:
+            self.abandon(str(error))
+            raise
+
+    def finish(self) -> None:
+        """The round's result was used: release the devices waiting in Unmask."""
+        self.phase = Phase.DONE
+        self._closed[Phase.DONE].set()
+
+    def abandon(self, reason: str) -> None:
+        if self.phase in (Phase.DONE, Phase.ABANDONED):
+            return
+        self.abandon_reason = reason
+        self.phase = Phase.ABANDONED
+        for event in self._closed.values():
+            event.set()
+
+    # internals
+
+    def _accept(self, device_id: str, phase: Phase) -> int:
+        index = self.index.get(device_id)
+        if index is None:
+            raise Refused("not_in_round", f"device {device_id} is not in round {self.round_number}")
+        if self.phase is Phase.ABANDONED:
+            raise Refused("round_abandoned", f"round {self.round_number} was abandoned: {self.abandon_reason}")
+        if self.phase is not phase:
+            raise Refused("wrong_phase", f"round {self.round_number} is in phase {self.phase.value}, not {phase.value}")
+        if index not in self._expected.get(phase, set()):
+            raise Refused("wrong_phase", f"device {device_id} is not expected in phase {phase.value}")
+        if index in self._arrived[phase]:
+            raise Refused("duplicate", f"device {device_id} already sent its {phase.value} message")
+        return index
+
+    def _apply(self, phase: Phase, index: int, action) -> None:
+        try:
+            action()
+        except SecAggError as error:
+            raise Refused("invalid", str(error)) from None
+        self._arrived[phase].add(index)
+        self._progress.set()
+
+    async def _wait(self, phase: Phase) -> None:
+        await self._closed[phase].wait()
+        if self.phase is Phase.ABANDONED:
+            raise RoundAbandoned(self.abandon_reason or "abandoned")
+
+    def _open(self, phase: Phase, expected: Collection[int]) -> None:
+        self._expected[phase] = set(expected)
+        self.phase = phase
+
+    async def _close(self, phase: Phase, *, deadline: float, grace: float | None = None) -> None:
+        """Wait until everyone expected arrived, the deadline passed, or (with `grace`) the goal
+        was reached `grace` seconds ago. Late messages are refused from here on (the driver moves
+        the phase on before it yields again); the waiting calls wake at `_release`."""
+        goal_reached_at: float | None = None
+        while True:
+            if self.phase is Phase.ABANDONED:
+                raise RoundAbandoned(self.abandon_reason or "abandoned")
+            arrived, expected = self._arrived[phase], self._expected[phase]
+            if expected <= arrived:
+                break
+            now = time.monotonic()
+            if grace is not None and len(arrived) >= self.goal:
+                goal_reached_at = goal_reached_at or now
+                if now >= goal_reached_at + grace:
+                    break
+            until = deadline if goal_reached_at is None else min(deadline, goal_reached_at + (grace or 0.0))
+            if now >= until:
+                break
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), timeout=until - now)
+            except asyncio.TimeoutError:
+                pass
+
+    def _release(self, phase: Phase) -> None:
+        """Wake the calls waiting in `phase`: what they return is ready."""
+        self._closed[phase].set()
+
+    def _require(self, phase: Phase, what: str) -> None:
+        count = len(self._arrived[phase])
+        if count < self.goal:
+            raise RoundAbandoned(f"only {count} of {self.num_selected} selected devices {what}; the goal is {self.goal}")

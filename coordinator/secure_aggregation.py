@@ -1,0 +1,283 @@
+"""The server's side of SecAgg+ (`protocol.secagg`): route what it cannot read, sum what it cannot see.
+
+Semi-honest server: it follows the protocol but may try to learn from what it sees. Devices can be
+hostile, so every message is validated (index, phase, sizes, key sets) and a refused message raises
+`SecAggError` without changing any state.
+
+Phases advance implicitly: the first `keys_for` closes key advertisement, the first `shares_for`
+closes share collection, `unmask_request` closes masked-input collection, a successful `result`
+ends the round. (The round driver decides when; these calls only mark the point of no return.)
+
+Which pairwise masks exist (the device does the same, see `edge_client.secure_aggregation`): u and
+v are masked together iff they are neighbours and both sent their shares (S = who sent shares).
+A device masks with exactly the senders of the ciphertexts routed to it, and `shares_for(u)` routes
+one from every v in S adjacent to u. Then:
+- survivors R = who sent a masked input (all in S); dropped D = S - R.
+- participants that advertised keys but sent no shares are in neither set: nobody masked with them.
+- the sum is sum_R y_u - sum_R PRG(b_u) - (for each v in D, each u in R adjacent to v) ±PRG(s_uv);
+  masks between two survivors cancel, masks between two dropped participants never entered the sum.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+
+from protocol.secagg import keys, prg
+from protocol.secagg.errors import SecAggError
+from protocol.secagg.params import SecAggParams
+from protocol.secagg.shamir import combine_shares
+
+
+class Phase(enum.Enum):
+    KEYS = "advertise keys"
+    SHARES = "share keys"
+    MASKED = "masked input"
+    UNMASK = "unmask"
+    DONE = "done"
+
+
+_ORDER = list(Phase)
+
+
+class SecAggServer:
+    """One round of `params` on the server."""
+
+    def __init__(self, params: SecAggParams) -> None:
+        if not isinstance(params, SecAggParams):
+            raise SecAggError("params must be SecAggParams")
+        self.params = params
+        self._phase = Phase.KEYS
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._all_keys: set[bytes] = set()
+        self._shares: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> sealed shares
+        self._masked: set[int] = set()  # who sent a masked input
+        self._sum = np.zeros(params.vector_length, np.uint64)  # their running sum (wraps mod 2^64)
+        self._request: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._b_shares: dict[int, dict[int, bytes]] = {}  # survivor w -> holder -> share of b_w
+        self._key_shares: dict[int, dict[int, bytes]] = {}  # dropped v -> holder -> share of v's mask key seed
+        self._unmasked: set[int] = set()
+        self._result: tuple[np.ndarray, tuple[int, ...]] | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    # helpers
+
+    def _index(self, index: object) -> int:
+        return self.params.check_index(index)
+
+    def _require(self, what: str, *phases: Phase) -> None:
+        if self._phase not in phases:
+            raise SecAggError(f"{what} is not accepted in phase {self._phase.value}")
+
+    def _advance(self, to: Phase) -> None:
+        if _ORDER.index(self._phase) < _ORDER.index(to):
+            self._phase = to
+
+    # phase 1: advertise keys
+
+    def receive_keys(self, index: int, c_pk: bytes, s_pk: bytes) -> None:
+        """Participant `index`'s public channel key and public mask key."""
+        self._require("advertised keys", Phase.KEYS)
+        index = self._index(index)
+        if index in self._keys:
+            raise SecAggError(f"participant {index} already advertised keys")
+        for key in (c_pk, s_pk):
+            keys.check_public(key)
+            if bytes(key) in self._all_keys:
+                raise SecAggError(f"participant {index} advertised a public key already in use")
+        if bytes(c_pk) == bytes(s_pk):
+            raise SecAggError(f"participant {index} advertised the same key twice")
+        self._keys[index] = (bytes(c_pk), bytes(s_pk))
+        self._all_keys.update(self._keys[index])
+
+    def keys_for(self, index: int) -> dict[int, tuple[bytes, bytes]]:
+        """The keys of `index`'s neighbours that advertised; the first call closes advertisement."""
+        index = self._index(index)
+        if index not in self._keys:
+            raise SecAggError(f"participant {index} did not advertise keys")
+        self._advance(Phase.SHARES)
+        return {v: self._keys[v] for v in self.params.graph[index] if v in self._keys}
+
+    # phase 2: share keys
+
+    def receive_shares(self, index: int, shares: Mapping[int, bytes]) -> None:
+        """`index`'s sealed shares: exactly one for each neighbour whose keys it was given."""
+        self._require("shares", Phase.SHARES)
+        index = self._index(index)
+        if index not in self._keys:
+            raise SecAggError(f"participant {index} did not advertise keys")
+        if index in self._shares:
+            raise SecAggError(f"participant {index} already sent shares")
+        if not isinstance(shares, Mapping):
+            raise SecAggError("shares must be a mapping of receiver index -> bytes")
+        expected = {v for v in self.params.graph[index] if v in self._keys}
+        for v in shares:
+            self.params.check_index(v, "receiver index")
+        if set(shares) != expected:
+            raise SecAggError(f"participant {index} sent shares for {sorted(shares)}, expected {sorted(expected)}")
+        for v, data in shares.items():
+            if not isinstance(data, (bytes, bytearray)) or len(data) != keys.SEALED_SHARES_BYTES:
+                raise SecAggError(f"share message for {v} must be {keys.SEALED_SHARES_BYTES} bytes")
+        self._shares[index] = {v: bytes(data) for v, data in shares.items()}
+
+    def shares_for(self, index: int) -> dict[int, bytes]:
+        """The sealed shares addressed to `index`; the first call closes share collection."""
+        index = self._index(index)
+        if _ORDER.index(self._phase) < _ORDER.index(Phase.SHARES):
+            raise SecAggError(f"shares are not available in phase {self._phase.value}")
+        if index not in self._shares:
+            raise SecAggError(f"participant {index} did not send shares")
+        self._advance(Phase.MASKED)
+        return {u: sent[index] for u, sent in sorted(self._shares.items()) if index in sent}
+
+    def _senders_to(self, index: int) -> set[int]:
+        """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""
+        return {v for v in self.params.graph[index] if v in self._shares} if index in self._shares else set()
+
+    # phase 3: masked input
+
+    def receive_masked(self, index: int, masked: np.ndarray) -> None:
+        """`index`'s masked vector: uint64, the round's length, values < 2^b."""
+        self._require("masked input", Phase.MASKED)
+        index = self._index(index)
+        if index not in self._shares:
+            raise SecAggError(f"participant {index} did not send shares, so it cannot send a masked input")
+        if index in self._masked:
+            raise SecAggError(f"participant {index} already sent its masked input")
+        length, bits = self.params.vector_length, self.params.fixed_point.bit_width
+        if not isinstance(masked, np.ndarray) or masked.dtype != np.uint64 or masked.shape != (length,):
+            raise SecAggError(f"masked input of participant {index} must be a uint64 array of shape ({length},)")
+        if bits < 64 and int(masked.max()) >> bits:
+            raise SecAggError(f"masked input of participant {index} holds values >= 2^{bits}")
+        self._sum += masked
+        self._masked.add(index)
+
+    def unmask_request(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(survivors, dropped): who sent a masked input, and who sent shares but no masked input.
+
+        Closes masked-input collection. Each device is asked about its own neighbourhood only
+        (`unmask_request_for`): shares of b for survivors, shares of the mask key seed for the dropped.
+        """
+        if self._request is None:
+            self._require("an unmask request", Phase.MASKED)
+            survivors = tuple(sorted(self._masked))
+            dropped = tuple(sorted(set(self._shares) - set(self._masked)))
+            self._request = survivors, dropped
+            self._advance(Phase.UNMASK)
+        return self._request
+
+    def unmask_request_for(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The request restricted to survivor `index`'s neighbourhood (itself among the survivors)."""
+        index = self._index(index)
+        if self._request is None:
+            raise SecAggError("no unmask request yet")
+        if index not in self._masked:
+            raise SecAggError(f"participant {index} is not a survivor")
+        near = self._senders_to(index) | {index}
+        survivors, dropped = self._request
+        return tuple(w for w in survivors if w in near), tuple(v for v in dropped if v in near)
+
+    # phase 4: unmask
+
+    def receive_unmask(self, index: int, shares: Mapping[int, bytes]) -> None:
+        """Survivor `index`'s revealed shares, exactly its `unmask_request_for`.
+
+        b-shares of the survivors, mask-key-seed shares of the dropped.
+        """
+        self._require("unmask shares", Phase.UNMASK)
+        index = self._index(index)
+        if index not in self._masked:
+            raise SecAggError(f"participant {index} is not a survivor")
+        if index in self._unmasked:
+            raise SecAggError(f"participant {index} already sent its unmask shares")
+        if not isinstance(shares, Mapping):
+            raise SecAggError("unmask shares must be a mapping of participant index -> bytes")
+        survivors, dropped = self.unmask_request_for(index)
+        for w in shares:
+            self.params.check_index(w, "participant index")
+        if set(shares) != set(survivors) | set(dropped):
+            raise SecAggError(f"participant {index} revealed shares for {sorted(shares)}, "
+                              f"expected {sorted(set(survivors) | set(dropped))}")
+        for w, share in shares.items():
+            size = keys.B_SHARE_BYTES if w in survivors else keys.KEY_SHARE_BYTES
+            if not isinstance(share, (bytes, bytearray)) or len(share) != size:
+                raise SecAggError(f"share of participant {w} must be {size} bytes")
+        for w in survivors:
+            self._b_shares.setdefault(w, {})[index] = bytes(shares[w])
+        for v in dropped:
+            self._key_shares.setdefault(v, {})[index] = bytes(shares[v])
+        self._unmasked.add(index)
+
+    def result(self, *, executor: Executor | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(sum of the survivors' encoded inputs mod 2^b, survivors); SecAggError "too few" if unrecoverable.
+
+        Almost all the time goes to Shamir interpolation (one per survivor and per dropped participant,
+        pure Python): with `executor` (e.g. a ProcessPoolExecutor, owned by the caller) those run as
+        separate jobs on it. A failed call changes nothing (more unmask shares may still arrive); a
+        successful one ends the round and later calls return the same result.
+        """
+        if self._result is not None:
+            return self._result[0].copy(), self._result[1]
+        self._require("a result", Phase.UNMASK)
+        if executor is not None and not isinstance(executor, Executor):
+            raise SecAggError(f"executor must be a concurrent.futures.Executor or None, got {type(executor).__name__}")
+        assert self._request is not None
+        survivors, dropped = self._request
+        t, fp, length = self.params.threshold, self.params.fixed_point, self.params.vector_length
+        if len(survivors) < t:
+            raise SecAggError(f"too few survivors: {len(survivors)} < threshold {t}; abandon the round")
+        short_b = [w for w in survivors if len(self._b_shares.get(w, {})) < t]
+        short_key = [v for v in dropped if len(self._key_shares.get(v, {})) < t]
+        if short_b or short_key:
+            raise SecAggError(f"too few shares (threshold {t}) to rebuild the self-mask seed of {short_b} "
+                              f"and the mask key of dropped {short_key}; abandon the round")
+        jobs = [self._points(w, self._b_shares[w]) for w in survivors]
+        jobs += [self._points(v, self._key_shares[v]) for v in dropped]
+        secrets = _combine_all(jobs, t, executor)
+        self_seeds, key_seeds = secrets[:len(survivors)], secrets[len(survivors):]
+        round_id, alive = self.params.round_id, set(survivors)
+        mask_keys = {}
+        for v, key_seed in zip(dropped, key_seeds):
+            mask_keys[v] = keys.mask_key_from_seed(key_seed, round_id=round_id, index=v)
+            if keys.public_of(mask_keys[v]) != self._keys[v][1]:
+                raise SecAggError(f"the rebuilt mask key of participant {v} does not match its advertised mask "
+                                  f"public key (inconsistent shares); abandon the round")
+        total = self._sum.copy()
+        for seed in self_seeds:
+            total -= prg.expand(seed, length, fp.bit_width)
+        for v, secret in mask_keys.items():
+            for u in self._senders_to(v) & alive:
+                seed = keys.mask_seed(secret, self._keys[u][1], round_id=round_id, a=u, b=v)
+                pairwise = prg.expand(seed, length, fp.bit_width)
+                if u < v:  # u added +PRG(s_uv) when u < v
+                    total -= pairwise
+                else:
+                    total += pairwise
+        total &= fp.mask
+        self._result = (total, survivors)
+        self._phase = Phase.DONE
+        self._b_shares, self._key_shares = {}, {}
+        return total.copy(), survivors
+
+    def _points(self, owner: int, held: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
+        """(x, share) of the holders of `owner`'s secret; holder h has x = its position in owner's neighbourhood + 1."""
+        position = {w: p + 1 for p, w in enumerate(self.params.neighbourhood(owner))}
+        return [(position[h], held[h]) for h in sorted(held)][:self.params.threshold]  # only t are used
+
+
+def _combine_all(jobs: Sequence[list[tuple[int, bytes]]], threshold: int, executor: Executor | None) -> list[bytes]:
+    """combine_shares of every job, in order; on `executor` as one job each (plain ints and bytes pickle cheaply)."""
+    if executor is None:
+        return [combine_shares(points, threshold=threshold) for points in jobs]
+    futures = [executor.submit(combine_shares, points, threshold=threshold) for points in jobs]
+    try:
+        return [future.result() for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()  # after a failure, drop the jobs not yet started (a no-op once done)

@@ -1,0 +1,183 @@
+"""Assemble and run a coordinator: state, TLS, training, scheduler, gRPC service, metrics.
+
+`fedrec serve --config coordinator.toml` and `fedrec up` both end here. On start the coordinator
+restores everything from its state folder (a first start creates it: CA, enrollment token,
+version-0 model and package), writes the address it listens on to `state_dir/address`, and runs
+rounds until the plan is done; SIGTERM/SIGINT stop it after abandoning the round in progress
+(the model stays at the last completed round, which is also what a `kill -9` leaves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from coordinator.catalog import Catalog, synthetic_catalog
+from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.publishing import publish
+from coordinator.scheduler import Scheduler
+from coordinator.service import CoordinatorService, new_enroll_token
+from coordinator.state_store import StateStore
+from coordinator.tls import ServerTls, load_or_create
+from coordinator.training import PrivacySetting, ServerTraining, sampling_setting
+from protocol import rounds_pb2_grpc
+from protocol.files import atomic_write
+from protocol.tensors import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("fedrec.coordinator")
+ADDRESS_FILE = "address"
+METRICS_ADDRESS_FILE = "metrics-address"
+TOKEN_FILE = "enroll-token"
+CATALOG_FILE = "catalog.json"
+
+
+@dataclasses.dataclass
+class Coordinator:
+    config: CoordinatorConfig
+    store: StateStore
+    tls: ServerTls
+    training: ServerTraining
+    scheduler: Scheduler
+    service: CoordinatorService
+    metrics: CoordinatorMetrics
+    enroll_token: str
+
+
+def build(config: CoordinatorConfig) -> Coordinator:
+    """Everything but the network, restored from (or created in) `config.state_dir`."""
+    store = StateStore(config.state_dir)
+    tls = load_or_create(config.state_dir, hostnames=config.server.hostnames)
+    token = config.server.enroll_token or _stored_token(config.state_dir)
+    catalog = _catalog(config, store)
+    privacy = _privacy(config, store)
+    training = ServerTraining(store=store, config=config, catalog=catalog, privacy=privacy)
+
+    def publish_version(version: int, params: tuple) -> str:
+        privacy_fields = None
+        if training.private:
+            epsilon_rdp, epsilon_pld = training.ledger.epsilon(config.training.delta) if training.ledger.events() \
+                else (0.0, 0.0)
+            privacy_fields = {"epsilon_rdp": float(epsilon_rdp), "epsilon_pld": float(epsilon_pld),
+                              "delta": config.training.delta, "noise_multiplier": privacy.noise_multiplier,
+                              "rounds": version,
+                              "mechanism": f"user-level DP-FedAvg over secure aggregation, {config.training.dp} "
+                                           f"clipping, Poisson sampling rate {privacy.sampling_rate:.4g}"}
+        manifest = publish(store, params=params, model_config=training.model_config, catalog=catalog,
+                           params_version=version, privacy=privacy_fields)
+        return manifest.model_version
+
+    packages = store.packages()
+    latest = packages[-1][0] if packages else publish_version(training.params_version, training.params)
+    metrics = CoordinatorMetrics()
+    scheduler = Scheduler(store=store, training=training, config=config, metrics=metrics,
+                          rounds_planned=privacy.rounds, publish=publish_version, latest_model_version=latest)
+    service = CoordinatorService(store=store, scheduler=scheduler, metrics=metrics, tls=tls, enroll_token=token)
+    return Coordinator(config, store, tls, training, scheduler, service, metrics, token)
+
+
+async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) -> None:
+    """Listen, run rounds until the plan is done or `stop` is set, then shut down cleanly."""
+    config = coordinator.config
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_concurrent_streams", 100_000)])
+    rounds_pb2_grpc.add_CoordinatorServicer_to_server(coordinator.service, server)
+    credentials = grpc.ssl_server_credentials(
+        [(coordinator.tls.server_key_pem, coordinator.tls.server_cert_pem)],
+        root_certificates=coordinator.tls.ca_pem, require_client_auth=False)
+    port = server.add_secure_port(f"{config.server.host}:{config.server.port}", credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
+    await server.start()
+    address = f"{config.server.host}:{port}"
+    atomic_write(config.state_dir / ADDRESS_FILE, address + "\n")
+    if config.server.metrics_port >= 0:
+        metrics_port = coordinator.metrics.serve(config.server.metrics_port, host=config.server.host)
+        atomic_write(config.state_dir / METRICS_ADDRESS_FILE, f"{config.server.host}:{metrics_port}\n")
+    log.info("coordinator listening on %s (state in %s)", address, config.state_dir)
+    stop = stop or asyncio.Event()
+    rounds = asyncio.create_task(coordinator.scheduler.run())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({rounds, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if rounds.done():
+            rounds.result()  # re-raise a failure of the round loop
+            await _linger(stop, seconds=2.0)  # let the last round's devices hear how it ended
+    finally:
+        coordinator.scheduler.stop()
+        active = coordinator.scheduler.current
+        if active is not None:
+            active.run.abandon("the coordinator is stopping")
+        stopper.cancel()
+        await server.stop(grace=1.0)
+        if not rounds.done():
+            rounds.cancel()
+            try:
+                await rounds
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+                pass
+        coordinator.metrics.close()
+        coordinator.store.close()
+
+
+def run(config: CoordinatorConfig) -> None:
+    """`fedrec serve`: build and serve until done or signalled."""
+    coordinator = build(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(coordinator, stop=stop)
+
+    asyncio.run(main())
+
+
+async def _linger(stop: asyncio.Event, *, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _stored_token(state_dir: Path) -> str:
+    path = state_dir / TOKEN_FILE
+    if not path.exists():
+        atomic_write(path, new_enroll_token() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _catalog(config: CoordinatorConfig, store: StateStore) -> Catalog:
+    """The run's catalog, fixed at its first start (a later config cannot change the model's items)."""
+    kept = config.state_dir / CATALOG_FILE
+    if kept.exists():
+        return Catalog.read(kept)
+    catalog = Catalog.read(config.catalog) if config.catalog is not None else synthetic_catalog(config.training.seed)
+    catalog.write(kept)
+    return catalog
+
+
+def _privacy(config: CoordinatorConfig, store: StateStore) -> PrivacySetting:
+    """Noise, sampling rate and rounds, planned once for the expected population and then kept."""
+    population = config.deployment.population
+    if config.training.private and population is None:
+        raise ValueError("a DP coordinator needs [rounds] population (the number of devices expected to enroll): "
+                         "the sampling rate and the noise are planned for it")
+    stored = store.get_meta("privacy_setting")
+    if stored is not None:
+        return PrivacySetting(**json.loads(stored))
+    if config.training.private:
+        setting = sampling_setting(config, population)
+    else:
+        setting = PrivacySetting(0.0, 1.0, float(config.training.clients_per_round), config.training.rounds)
+    store.claim_meta("privacy_setting", json.dumps(dataclasses.asdict(setting)))
+    return setting

@@ -1,0 +1,297 @@
+"""The gRPC servicer: authenticate, refuse what does not belong, translate, delegate.
+
+Round logic lives in `round_run` / `scheduler`; this module only turns messages into their calls.
+Every call but Enroll and Status must come from an enrolled device: the header names it and the
+request is signed with its enrolled key (`protocol.signing`), with a nonce it never used before.
+A refused message is answered with an error status that says why, counted by reason
+(`fedrec_messages_refused`), and changes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from coordinator.metrics import REFUSAL_REASONS, CoordinatorMetrics
+from coordinator.round_run import Refused, RoundAbandoned
+from coordinator.scheduler import ActiveRound, Scheduler
+from coordinator.selection import Selected
+from coordinator.state_store import StateStore
+from coordinator.tls import ServerTls, TlsError
+from cryptography import x509
+from protocol import rounds_pb2, rounds_pb2_grpc
+from protocol.files import read_bounded
+from protocol.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MODEL_FILE
+from protocol.secagg.errors import SecAggError
+from protocol.secagg.quantize import unpack
+from protocol.signing import SIGNATURE_METADATA, SignatureError, public_key_der, verify_request
+from protocol.tensors import to_wire
+
+log = logging.getLogger("fedrec.coordinator")
+Message = TypeVar("Message")
+_NONCE_BYTES = 16
+_NONCES_KEPT = 512  # per device: far more calls than one device makes per round
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str, detail: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION):
+        super().__init__(detail)
+        self.reason, self.code = reason, code
+
+
+class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
+    def __init__(self, *, store: StateStore, scheduler: Scheduler, metrics: CoordinatorMetrics, tls: ServerTls,
+                 enroll_token: str) -> None:
+        self.store, self.scheduler, self.metrics, self.tls = store, scheduler, metrics, tls
+        self.enroll_token = enroll_token
+        self._nonces: dict[str, collections.OrderedDict[bytes, None]] = {}
+        self._known: dict[str, str] = store.devices()
+        self._keys: dict[str, bytes] = store.public_keys()
+
+    # enrollment and status (no client certificate needed)
+
+    async def Enroll(self, request: rounds_pb2.EnrollRequest, context: Any) -> rounds_pb2.EnrollResponse:
+        async def handle() -> rounds_pb2.EnrollResponse:
+            if not hmac.compare_digest(request.token.encode(), self.enroll_token.encode()):
+                raise _Refusal("bad_token", "the enrollment token is wrong", grpc.StatusCode.PERMISSION_DENIED)
+            device_id = "d-" + secrets.token_hex(8)
+            try:
+                certificate = self.tls.sign_device(request.certificate_request, device_id)
+            except TlsError as error:
+                raise _Refusal("invalid", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
+            label = request.label[:128] or device_id
+            public_key = public_key_der(x509.load_pem_x509_certificate(certificate).public_key())
+            self.store.add_device(device_id, label=label, certificate_sha256=hashlib.sha256(certificate).hexdigest(),
+                                  public_key=public_key)
+            self._known[device_id] = label
+            self._keys[device_id] = public_key
+            self.metrics.enrolled.inc()
+            return rounds_pb2.EnrollResponse(device_id=device_id, certificate=certificate)
+
+        return await self._serve("Enroll", request, context, handle, authenticate=False)
+
+    async def Status(self, request: rounds_pb2.StatusRequest, context: Any) -> rounds_pb2.StatusResponse:
+        async def handle() -> rounds_pb2.StatusResponse:
+            return self.status()
+
+        return await self._serve("Status", request, context, handle, authenticate=False)
+
+    def status(self) -> rounds_pb2.StatusResponse:
+        counts = self.store.round_counts()
+        scheduler, training = self.scheduler, self.scheduler.training
+        active = scheduler.current
+        epsilon = training.epsilon()
+        return rounds_pb2.StatusResponse(
+            rounds_completed=training.params_version, rounds_abandoned=counts["abandoned"] + counts["interrupted"],
+            round_in_progress=0 if active is None else active.run.round_number,
+            phase=scheduler.status.phase if active is None else active.run.phase.value,
+            cohort=0 if active is None else active.run.num_selected,
+            devices_enrolled=len(self._known), devices_checked_in=len(scheduler.pool.waiting),
+            dropouts=scheduler.status.dropouts_total, epsilon=epsilon or 0.0,
+            delta=training.config.training.delta if training.private else 0.0,
+            model_version=scheduler.latest_model_version, params_version=training.params_version,
+            rounds_planned=scheduler.rounds_planned,
+            refused={reason: int(self.metrics.value("fedrec_messages_refused_total", reason=reason))
+                     for reason in REFUSAL_REASONS},
+        )
+
+    # devices
+
+    async def CheckIn(self, request: rounds_pb2.CheckInRequest, context: Any) -> rounds_pb2.CheckInResponse:
+        async def handle() -> rounds_pb2.CheckInResponse:
+            device_id = self._authenticate("CheckIn", request, context)
+            self.metrics.checkins.inc()
+            latest = self.scheduler.latest_model_version
+            published = {version for version, _, _ in self.store.packages()}
+            if self.scheduler.status.finished:
+                return self._retry(latest, 3_600_000, f"training finished: {self.scheduler.status.stop_reason}")
+            if request.model_version not in published:
+                return self._retry(latest, 0, f"install model {latest} first")
+            if request.num_examples == 0:
+                return self._retry(latest, 60_000, "no examples to train on")
+            outcome = await self.scheduler.pool.check_in(device_id)
+            if isinstance(outcome, Selected):
+                active = self.scheduler.current
+                if active is None or active.run.round_id != outcome.round_key or device_id not in active.run.index:
+                    return self._retry(latest, 1000, "the round ended before it started")
+                return rounds_pb2.CheckInResponse(task=self._task(active, device_id), latest_model_version=latest)
+            return self._retry(latest, outcome.retry_after_ms, outcome.reason)
+
+        return await self._serve("CheckIn", request, context, handle)
+
+    async def GetModel(self, request: rounds_pb2.GetModelRequest, context: Any) -> rounds_pb2.ModelPackage:
+        async def handle() -> rounds_pb2.ModelPackage:
+            self._authenticate("GetModel", request, context)
+            folders = {version: folder for version, _, folder in self.store.packages()}
+            folder = folders.get(request.model_version)
+            if folder is None:
+                raise _Refusal("stale_model", f"no published model {request.model_version!r}",
+                               grpc.StatusCode.NOT_FOUND)
+            manifest = read_bounded(folder / MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
+            model = read_bounded(folder / MODEL_FILE, max_bytes=MAX_MODEL_BYTES, what="model")
+            return rounds_pb2.ModelPackage(model_version=request.model_version, manifest_json=manifest,
+                                           model_tflite=model)
+
+        return await self._serve("GetModel", request, context, handle)
+
+    async def AdvertiseKeys(self, request: rounds_pb2.AdvertiseKeysRequest, context: Any) -> rounds_pb2.AdvertiseKeysResponse:
+        method = "AdvertiseKeys"
+
+        async def handle() -> rounds_pb2.AdvertiseKeysResponse:
+            device_id, active = self._round_call(method, request, context)
+            try:
+                keys = await active.run.advertise_keys(device_id, request.channel_public_key, request.mask_public_key)
+            except RoundAbandoned as error:
+                return rounds_pb2.AdvertiseKeysResponse(outcome=self._abandoned(str(error)))
+            return rounds_pb2.AdvertiseKeysResponse(neighbours=[
+                rounds_pb2.PublicKeys(index=i, channel_public_key=c, mask_public_key=m)
+                for i, (c, m) in sorted(keys.items())])
+
+        return await self._serve("AdvertiseKeys", request, context, handle)
+
+    async def ShareKeys(self, request: rounds_pb2.ShareKeysRequest, context: Any) -> rounds_pb2.ShareKeysResponse:
+        method = "ShareKeys"
+
+        async def handle() -> rounds_pb2.ShareKeysResponse:
+            device_id, active = self._round_call(method, request, context)
+            ciphertexts = _unique({s.index: s.ciphertext for s in request.shares}, len(request.shares), "share")
+            try:
+                received = await active.run.share_keys(device_id, ciphertexts)
+            except RoundAbandoned as error:
+                return rounds_pb2.ShareKeysResponse(outcome=self._abandoned(str(error)))
+            return rounds_pb2.ShareKeysResponse(shares=[rounds_pb2.EncryptedShare(index=i, ciphertext=c)
+                                                        for i, c in sorted(received.items())])
+
+        return await self._serve("ShareKeys", request, context, handle)
+
+    async def SubmitMaskedInput(self, request: rounds_pb2.MaskedInputRequest, context: Any) -> rounds_pb2.MaskedInputResponse:
+        method = "SubmitMaskedInput"
+
+        async def handle() -> rounds_pb2.MaskedInputResponse:
+            device_id, active = self._round_call(method, request, context)
+            params = active.run.params
+            try:
+                masked = unpack(request.masked_vector, params.fixed_point.bit_width, params.vector_length)
+            except SecAggError as error:
+                raise _Refusal("invalid", f"masked vector: {error}", grpc.StatusCode.INVALID_ARGUMENT) from None
+            try:
+                survivors, dropped = await active.run.submit_masked_input(device_id, masked)
+            except RoundAbandoned as error:
+                return rounds_pb2.MaskedInputResponse(outcome=self._abandoned(str(error)))
+            return rounds_pb2.MaskedInputResponse(survivors=survivors, dropped=dropped)
+
+        return await self._serve("SubmitMaskedInput", request, context, handle)
+
+    async def Unmask(self, request: rounds_pb2.UnmaskRequest, context: Any) -> rounds_pb2.UnmaskResponse:
+        method = "Unmask"
+
+        async def handle() -> rounds_pb2.UnmaskResponse:
+            device_id, active = self._round_call(method, request, context)
+            shares = _unique({s.index: s.share for s in request.shares}, len(request.shares), "revealed share")
+            try:
+                await active.run.unmask(device_id, shares)
+            except RoundAbandoned as error:
+                return rounds_pb2.UnmaskResponse(outcome=self._abandoned(str(error)))
+            # Pace steering: come back with everyone else (not first, which would favour this cohort).
+            comeback = self.scheduler.pool.come_back("round completed")
+            return rounds_pb2.UnmaskResponse(
+                params_version=self.scheduler.training.params_version,
+                outcome=rounds_pb2.PhaseOutcome(abandoned=False, retry_after_ms=comeback.retry_after_ms))
+
+        return await self._serve("Unmask", request, context, handle)
+
+    # plumbing
+
+    async def _serve(self, method: str, request: Any, context: Any, handle: Callable[[], Awaitable[Message]], *,
+                     authenticate: bool = True) -> Message:
+        size_in = request.ByteSize()
+        self.metrics.bytes_in.labels(method=method).inc(size_in)
+        active = self.scheduler.current
+        try:
+            response = await handle()
+        except (_Refusal, Refused) as refusal:
+            reason = refusal.reason
+            self.metrics.refused.labels(reason=reason).inc()
+            code = refusal.code if isinstance(refusal, _Refusal) else grpc.StatusCode.FAILED_PRECONDITION
+            log.info("%s refused (%s): %s", method, reason, refusal)
+            await context.abort(code, f"{reason}: {refusal}")
+            raise AssertionError("unreachable")  # context.abort raises
+        size_out = response.ByteSize()
+        self.metrics.bytes_out.labels(method=method).inc(size_out)
+        if active is not None and method not in ("Status", "Enroll", "GetModel"):
+            active.bytes_in += size_in
+            active.bytes_out += size_out
+        return response
+
+    def _authenticate(self, method: str, request: Any, context: Any) -> str:
+        header = request.header
+        device_id = header.device_id
+        public_key = self._keys.get(device_id)
+        if public_key is None:
+            raise _Refusal("unknown_device", f"device {device_id[:40]!r} is not enrolled here; enroll first",
+                           grpc.StatusCode.UNAUTHENTICATED)
+        signatures = [value for key, value in (context.invocation_metadata() or ()) if key == SIGNATURE_METADATA]
+        try:
+            if len(signatures) != 1 or not isinstance(signatures[0], bytes):
+                raise SignatureError("the request must carry exactly one signature")
+            verify_request(public_key, signatures[0], method, request)
+        except SignatureError as error:
+            raise _Refusal("identity_mismatch", f"device {device_id}: {error}", grpc.StatusCode.UNAUTHENTICATED) from None
+        if len(header.nonce) != _NONCE_BYTES:
+            raise _Refusal("malformed", f"the nonce must be {_NONCE_BYTES} bytes", grpc.StatusCode.INVALID_ARGUMENT)
+        seen = self._nonces.setdefault(device_id, collections.OrderedDict())
+        if header.nonce in seen:
+            raise _Refusal("replay", "this nonce was used before (a replayed message)", grpc.StatusCode.PERMISSION_DENIED)
+        seen[header.nonce] = None
+        while len(seen) > _NONCES_KEPT:
+            seen.popitem(last=False)
+        return device_id
+
+    def _round_call(self, method: str, request: Any, context: Any) -> tuple[str, ActiveRound]:
+        device_id = self._authenticate(method, request, context)
+        active = self.scheduler.current
+        if active is None or request.header.round_id != active.run.round_id:
+            raise _Refusal("stale_round", "no round with this id is in progress")
+        return device_id, active
+
+    def _task(self, active: ActiveRound, device_id: str) -> rounds_pb2.RoundTask:
+        params, settings = active.run.params, active.settings
+        return rounds_pb2.RoundTask(
+            round_id=active.run.round_id, round_number=active.run.round_number,
+            params_version=active.params_version, model_version=active.model_version,
+            global_weights=[to_wire(np.asarray(w)) for w in active.weights],
+            clip_norm=settings.clip_norm, private=settings.private, ranking_scale=settings.ranking_scale,
+            max_weight=settings.max_weight, deadline_unix_ms=active.deadline_unix_ms,
+            secagg=rounds_pb2.SecAggConfig(
+                num_participants=params.num_participants, index=active.run.index[device_id], degree=params.degree,
+                threshold=params.threshold, bit_width=params.fixed_point.bit_width,
+                fraction_bits=params.fixed_point.fraction_bits, value_bound=settings.value_bound,
+                vector_length=params.vector_length, graph_seed=params.graph_seed),
+        )
+
+    def _retry(self, latest: str, after_ms: int, reason: str) -> rounds_pb2.CheckInResponse:
+        return rounds_pb2.CheckInResponse(retry=rounds_pb2.RetryLater(retry_after_ms=after_ms, reason=reason),
+                                          latest_model_version=latest)
+
+    def _abandoned(self, reason: str) -> rounds_pb2.PhaseOutcome:
+        comeback = self.scheduler.pool.come_back(reason)
+        return rounds_pb2.PhaseOutcome(abandoned=True, reason=reason, retry_after_ms=comeback.retry_after_ms)
+
+
+def _unique(mapping: dict[int, bytes], count: int, what: str) -> dict[int, bytes]:
+    if len(mapping) != count:
+        raise _Refusal("invalid", f"a {what} index appears twice", grpc.StatusCode.INVALID_ARGUMENT)
+    return mapping
+
+
+def new_enroll_token() -> str:
+    return secrets.token_urlsafe(24)
+

@@ -1,0 +1,313 @@
+"""The device's side of real rounds: enroll, check in, take part, adopt new models.
+
+One `RoundClient` per device. It always dials out (TLS to the coordinator's pinned CA; every
+request signed with the device's enrolled key, `protocol.signing`), checks in
+when it is eligible, and when selected runs one round:
+
+    task -> AdvertiseKeys -> ShareKeys -> local work (LiteRT client_update, clip)
+         -> SubmitMaskedInput (the one masked vector) -> Unmask (shares of its neighbours' secrets)
+
+The update is computed from the device's own stored ratings through `Device.compute_update`,
+which leaves the installed model and the user's parameters as they were; it leaves the device
+only as a vector masked by secure aggregation (`protocol.secagg`). When the coordinator
+publishes a newer package the device installs it (`Device.install`: verified, and the user's
+personalization kept or refit). Errors of one round never end the loop: a refused or abandoned
+round is logged and the device checks in again when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edge_client.device import Device, usable_ratings
+from edge_client.errors import DeviceError
+from edge_client.identity import DeviceIdentity, IdentityStore
+from edge_client.litert_model import GlobalWeights
+from edge_client.profiles import DeviceProfile
+from edge_client.secure_aggregation import SecAggParticipant
+from protocol import rounds_pb2, rounds_pb2_grpc
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE
+from protocol.secagg.errors import SecAggError
+from protocol.secagg.params import SecAggParams
+from protocol.secagg.quantize import FixedPoint, fixed_point_for, pack
+from protocol.signing import SIGNATURE_METADATA, sign_request
+from protocol.tensors import MAX_MESSAGE_BYTES, WireError, from_wire
+from protocol.upload import UploadLayout
+
+log = logging.getLogger("fedrec.device")
+SERVER_NAME = "fedrec-coordinator"  # the name in the coordinator's certificate (coordinator.tls)
+CALL_TIMEOUT_S = 600.0
+
+
+def channel_options() -> list[tuple[str, object]]:
+    return [("grpc.ssl_target_name_override", SERVER_NAME),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0)]
+
+
+def open_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:
+    """A TLS channel that trusts only the coordinator's CA."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    return grpc.aio.secure_channel(address, credentials, options=channel_options())
+
+
+async def enroll(address: str, ca_pem: bytes, token: str, store: IdentityStore, *, label: str = "") -> DeviceIdentity:
+    """This device's identity: the stored one, or a new certificate from the coordinator."""
+    identity = store.load(ca_pem)
+    if identity is not None:
+        return identity
+    async with open_channel(address, ca_pem) as channel:
+        stub = rounds_pb2_grpc.CoordinatorStub(channel)
+        response = await stub.Enroll(rounds_pb2.EnrollRequest(
+            token=token, certificate_request=store.certificate_request(), label=label), timeout=60)
+    return store.save(device_id=response.device_id, certificate_pem=response.certificate, ca_pem=ca_pem)
+
+
+@dataclasses.dataclass
+class ClientStats:
+    checkins: int = 0
+    rounds_selected: int = 0
+    rounds_reported: int = 0
+    rounds_completed: int = 0
+    rounds_abandoned: int = 0
+    dropped_on_purpose: int = 0
+    models_installed: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    errors: int = 0
+
+
+class RoundEnded(Exception):
+    """The round ended for this device (abandoned, refused, or the device dropped out on purpose)."""
+
+    def __init__(self, message: str, retry_after_ms: int = 1000) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class RoundClient:
+    """The loop of one device; `run` until `stop` is set."""
+
+    def __init__(self, device: Device, stub: rounds_pb2_grpc.CoordinatorStub, identity: DeviceIdentity, *,
+                 profile: DeviceProfile = DeviceProfile(), seed: int | None = None,
+                 pending_ratings: Path | None = None) -> None:
+        self.device, self.stub, self.identity, self.profile = device, stub, identity, profile
+        self.rng = np.random.default_rng(seed)
+        self.stats = ClientStats()
+        self.pending_ratings = pending_ratings
+        self._round_id = b""
+        key = serialization.load_pem_private_key(identity.key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise DeviceError("the device's identity key is not an EC key")
+        self._key = key
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            wait = self.profile.seconds_until_online(time.time())
+            if wait > 0:
+                await _sleep_or_stop(stop, wait)
+                continue
+            try:
+                retry_ms = await self._check_in_once()
+                backoff = 0.5
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+                    retry_ms = int(1000 * backoff * (1 + self.rng.random()))
+                    backoff = min(backoff * 2, 8.0)  # the coordinator is restarting, or gone for now
+                else:
+                    self.stats.errors += 1
+                    log.warning("%s: %s: %s", self.identity.device_id, error.code().name, error.details())
+                    retry_ms = 2000
+            except (DeviceError, SecAggError, WireError) as error:
+                self.stats.errors += 1
+                log.warning("%s: %s", self.identity.device_id, error)
+                retry_ms = 2000
+            except Exception:  # noqa: BLE001 - one failed check-in must not end the device's loop
+                self.stats.errors += 1
+                log.exception("%s: unexpected error; checking in again later", self.identity.device_id)
+                retry_ms = 5000
+            await _sleep_or_stop(stop, retry_ms / 1000)
+
+    async def _check_in_once(self) -> int:
+        """One check-in (and round, if selected); returns how long to wait before the next."""
+        installed = self.device.store.active_model() or ""
+        examples = self._num_examples() if installed else 0
+        response = await self._call("CheckIn", rounds_pb2.CheckInRequest(
+            header=self._header(), model_version=installed, num_examples=examples))
+        self.stats.checkins += 1
+        latest = response.latest_model_version
+        if latest and latest != installed:
+            await self._adopt(latest)
+            return 0
+        if response.HasField("task"):
+            self.stats.rounds_selected += 1
+            try:
+                return await self._take_part(response.task)
+            except RoundEnded as ended:
+                log.info("%s: round ended: %s", self.identity.device_id, ended)
+                return ended.retry_after_ms
+            finally:
+                self._round_id = b""
+        return response.retry.retry_after_ms
+
+    # the round
+
+    async def _take_part(self, task: rounds_pb2.RoundTask) -> int:
+        """Run one round; returns when to check in again (the coordinator's pace steering)."""
+        self._round_id = task.round_id
+        model = self.device.model
+        if task.model_version != model.model_version:
+            raise RoundEnded(f"the task needs model {task.model_version}, {model.model_version} is installed")
+        num_items, dim = model.num_items, model.dim
+        shapes = ((num_items, dim), (num_items,), ())
+        if len(task.global_weights) != 3:
+            raise WireError(f"the task holds {len(task.global_weights)} global tensors, expected 3")
+        weights = GlobalWeights(*(from_wire(t, expected_shape=s, what=f"global tensor {i}")
+                                  for i, (t, s) in enumerate(zip(task.global_weights, shapes))))
+        layout = UploadLayout(num_items, dim)
+        params = _secagg_params(task, layout)
+        participant = SecAggParticipant(params, task.secagg.index)
+        drop_at = self.profile.drop_point(self.rng)
+
+        self._maybe_drop(drop_at, "after_task")
+        channel_key, mask_key = participant.advertise_keys()
+        keys = await self._call("AdvertiseKeys", rounds_pb2.AdvertiseKeysRequest(
+            header=self._header(), channel_public_key=channel_key, mask_public_key=mask_key))
+        self._check_outcome(keys.outcome)
+        self._maybe_drop(drop_at, "after_advertise")
+        ciphertexts = participant.share_keys({k.index: (k.channel_public_key, k.mask_public_key)
+                                              for k in keys.neighbours})
+        shared = await self._call("ShareKeys", rounds_pb2.ShareKeysRequest(
+            header=self._header(), shares=[rounds_pb2.EncryptedShare(index=i, ciphertext=c)
+                                           for i, c in sorted(ciphertexts.items())]))
+        self._check_outcome(shared.outcome)
+        self._maybe_drop(drop_at, "after_share")
+
+        started = time.perf_counter()
+        # On the loop's thread: the device's SQLite store belongs to it (and the work is milliseconds).
+        vector = self._upload_vector(task, weights, layout, params.fixed_point)
+        elapsed = time.perf_counter() - started
+        await asyncio.sleep(elapsed * (self.profile.compute_slowdown - 1))
+        encoded = params.fixed_point.encode(vector, value_bound=task.secagg.value_bound)
+        masked = participant.masked_input(encoded, {s.index: s.ciphertext for s in shared.shares})
+        payload = pack(masked, params.fixed_point.bit_width)
+        if math.isfinite(self.profile.upload_bytes_per_s):
+            await asyncio.sleep(len(payload) / self.profile.upload_bytes_per_s)
+        request = await self._call("SubmitMaskedInput", rounds_pb2.MaskedInputRequest(
+            header=self._header(), masked_vector=payload))
+        self._check_outcome(request.outcome)
+        self.stats.rounds_reported += 1
+        self._maybe_drop(drop_at, "after_masked_input")
+        revealed = participant.unmask(list(request.survivors), list(request.dropped))
+        done = await self._call("Unmask", rounds_pb2.UnmaskRequest(
+            header=self._header(), shares=[rounds_pb2.RevealedShare(index=i, share=s)
+                                           for i, s in sorted(revealed.items())]))
+        self._check_outcome(done.outcome)
+        self.stats.rounds_completed += 1
+        return done.outcome.retry_after_ms
+
+    def _upload_vector(self, task: rounds_pb2.RoundTask, weights: GlobalWeights, layout: UploadLayout,
+                       fixed_point: FixedPoint) -> np.ndarray:
+        """The float vector this device contributes (`protocol.upload`), clipped so that it stays
+        within the clip after fixed-point rounding too."""
+        rounding = math.sqrt(layout.num_model_values) * 2.0 ** -(fixed_point.fraction_bits + 1)
+        clip = task.clip_norm - rounding
+        if not clip > 0:
+            raise WireError(f"clip_norm {task.clip_norm} is too small for the fixed-point encoding")
+        update = self.device.compute_update(weights, clip, ranking_scale=task.ranking_scale)
+        if task.private:
+            weight = 1.0
+            unclipped = update.norm_before_clip <= task.clip_norm
+        else:
+            weight = float(min(update.num_examples, task.max_weight))
+            unclipped = False
+        return layout.pack(update.deltas, weight=weight, unclipped=unclipped)
+
+    # models
+
+    async def _adopt(self, model_version: str) -> None:
+        package = await self._call("GetModel", rounds_pb2.GetModelRequest(
+            header=self._header(), model_version=model_version))
+        with tempfile.TemporaryDirectory(dir=self.device.device_dir, prefix=".download-") as scratch:
+            folder = Path(scratch) / "package"
+            folder.mkdir()
+            (folder / MANIFEST_FILE).write_bytes(package.manifest_json)
+            (folder / MODEL_FILE).write_bytes(package.model_tflite)
+            report = self.device.install(folder)
+        self.stats.models_installed += 1
+        log.info("%s: installed model %s", self.identity.device_id, report.model_version)
+        if self.pending_ratings is not None and self.pending_ratings.exists() and not self.device.store.ratings():
+            self.device.import_ratings(self.pending_ratings)
+
+    def _num_examples(self) -> int:
+        try:
+            usable = usable_ratings(self.device.store.ratings(), self.device.model.manifest)
+        except DeviceError:
+            return 0
+        return len(usable.dense_ids)
+
+    # plumbing
+
+    def _header(self) -> rounds_pb2.Header:
+        return rounds_pb2.Header(device_id=self.identity.device_id, nonce=os.urandom(16), round_id=self._round_id)
+
+    async def _call(self, method: str, request):
+        """Sign and send one request (`method` is the RPC's name, part of what is signed)."""
+        if self.profile.latency_ms:
+            await asyncio.sleep(self.profile.latency_ms / 1000)
+        self.stats.bytes_up += request.ByteSize()
+        signature = sign_request(self._key, method, request)
+        response = await getattr(self.stub, method)(request, timeout=CALL_TIMEOUT_S,
+                                                     metadata=((SIGNATURE_METADATA, signature),))
+        self.stats.bytes_down += response.ByteSize()
+        return response
+
+    def _check_outcome(self, outcome: rounds_pb2.PhaseOutcome) -> None:
+        if outcome.abandoned:
+            self.stats.rounds_abandoned += 1
+            raise RoundEnded(f"abandoned: {outcome.reason}", outcome.retry_after_ms)
+
+    def _maybe_drop(self, drop_at: str | None, point: str) -> None:
+        if drop_at == point:
+            self.stats.dropped_on_purpose += 1
+            raise RoundEnded(f"dropped out on purpose ({point}, profile)")
+
+
+def _secagg_params(task: rounds_pb2.RoundTask, layout: UploadLayout) -> SecAggParams:
+    """The round's SecAgg parameters, refused unless they fit this device's model and cannot overflow."""
+    config = task.secagg
+    if config.vector_length != layout.length:
+        raise WireError(f"the task's vector length {config.vector_length} is not this model's {layout.length}")
+    fixed_point = FixedPoint(bit_width=config.bit_width, fraction_bits=config.fraction_bits)
+    needed = fixed_point_for(max_summands=config.num_participants, value_bound=config.value_bound,
+                             fraction_bits=config.fraction_bits)
+    if needed.bit_width > config.bit_width:
+        raise WireError(f"bit width {config.bit_width} cannot hold the sum; {needed.bit_width} needed")
+    bound = config.value_bound
+    if not (task.clip_norm <= bound and (task.private or task.clip_norm * task.max_weight <= bound)):
+        raise WireError("the announced value bound does not cover the clipped, weighted update")
+    return SecAggParams(round_id=task.round_id, num_participants=config.num_participants, degree=config.degree,
+                        threshold=config.threshold, fixed_point=fixed_point, vector_length=config.vector_length,
+                        graph_seed=config.graph_seed)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,33 @@
+"""The mask generator: a 16-byte seed stretched to a vector of Z_{2^b} with AES-128-CTR.
+
+Every seed expands exactly one stream (self-mask seeds are fresh per round, pairwise seeds are derived
+per round and pair), so the fixed all-zero counter block never repeats under one key. The device and
+the server must produce identical masks: the byte order (little-endian uint64) is part of the protocol.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocol.secagg.errors import SecAggError
+
+SEED_BYTES = 16
+MAX_LENGTH = 1 << 28
+_ZERO_COUNTER = bytes(16)
+
+
+def expand(seed: bytes, length: int, bit_width: int) -> np.ndarray:
+    """`length` uniform elements of Z_{2^bit_width} (uint64): the AES-CTR keystream of `seed`, masked."""
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+        raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
+        raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
+    if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 1 <= bit_width <= 64:
+        raise SecAggError(f"bit_width must be an integer in 1..64, got {bit_width!r}")
+    encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
+    stream = encryptor.update(bytes(8 * length))  # the keystream is the encryption of zeros
+    values = np.frombuffer(stream, dtype="<u8").astype(np.uint64)  # a writable copy in native order
+    if bit_width < 64:
+        values &= np.uint64((1 << bit_width) - 1)
+    return values
