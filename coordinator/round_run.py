@@ -6,7 +6,7 @@
 
 Every device call of a phase waits (a long poll) until the phase closes: when everyone the phase
 waits for has answered, or at its deadline; the reporting phase also closes a short grace after
-the goal count is reached, so a few stragglers cannot hold a round. A phase that ends with fewer
+the goal count is reached, so a few stragglers cannot hold a round (the key phases too). A phase that ends with fewer
 devices than the goal abandons the round: every waiting call learns it, the model stays as it
 was. The gRPC servicer (`service.py`) only translates messages into these calls.
 
@@ -90,6 +90,7 @@ class RoundRun:
         self._closed: dict[Phase, asyncio.Event] = {phase: asyncio.Event() for phase in Phase}
         self._progress = asyncio.Event()  # set whenever a message arrives
         self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
+        self.phase_seconds: dict[str, float] = {}  # how long each phase took (benchmarks, logs)
         self._result: SecureSum | None = None
 
     # what the driver sees
@@ -141,28 +142,42 @@ class RoundRun:
 
     async def collect(self) -> SecureSum:
         """Run the phases to the secure sum, or raise RoundAbandoned (every waiting call learns it)."""
+        mark = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            self.phase_seconds[name] = now - mark
+            mark = now
+
         try:
-            await self._close(Phase.ADVERTISE_KEYS, deadline=self.started + self.timing.phase_timeout_s)
+            grace = self.timing.straggler_grace_s
+            await self._close(Phase.ADVERTISE_KEYS, deadline=self.started + self.timing.phase_timeout_s, grace=grace)
+            lap(Phase.ADVERTISE_KEYS.value)
             self._require(Phase.ADVERTISE_KEYS, "advertised keys")
             self._open(Phase.SHARE_KEYS, self._arrived[Phase.ADVERTISE_KEYS])
             self._release(Phase.ADVERTISE_KEYS)
-            await self._close(Phase.SHARE_KEYS, deadline=time.monotonic() + self.timing.phase_timeout_s)
+            await self._close(Phase.SHARE_KEYS, deadline=time.monotonic() + self.timing.phase_timeout_s, grace=grace)
+            lap(Phase.SHARE_KEYS.value)
             self._require(Phase.SHARE_KEYS, "shared keys")
             self._open(Phase.MASKED_INPUT, self._arrived[Phase.SHARE_KEYS])
             self._release(Phase.SHARE_KEYS)
-            await self._close(Phase.MASKED_INPUT, deadline=self.report_deadline, grace=self.timing.straggler_grace_s)
+            await self._close(Phase.MASKED_INPUT, deadline=self.report_deadline, grace=grace)
+            lap(Phase.MASKED_INPUT.value)
             self._require(Phase.MASKED_INPUT, "reported")
             survivors, dropped = self.server.unmask_request()
             self._unmask_request = (frozenset(survivors), frozenset(dropped))
             self._open(Phase.UNMASK, set(survivors))
             self._release(Phase.MASKED_INPUT)
             await self._close(Phase.UNMASK, deadline=time.monotonic() + self.timing.phase_timeout_s)
+            lap(Phase.UNMASK.value)
             self.phase = Phase.AGGREGATING
             self._release(Phase.UNMASK)
             try:
                 total, reporters = await asyncio.to_thread(self.server.result)
             except SecAggError as error:
                 raise RoundAbandoned(f"secure aggregation could not unmask the sum: {error}") from None
+            lap("unmasking")
             self._result = SecureSum(total, tuple(sorted(reporters)))
             return self._result
         except RoundAbandoned as error:

@@ -194,8 +194,8 @@ class Scheduler:
         self.metrics.round_seconds.observe(elapsed)
         self.metrics.params_version.set(version)
         self._update_epsilon()
-        log.info("round %d completed: %d of %d reported in %.1fs", round_number, len(secure_sum.reporters),
-                 run.num_selected, elapsed)
+        log.info("round %d completed: %d of %d reported in %.1fs (%s)", round_number, len(secure_sum.reporters),
+                 run.num_selected, elapsed, ", ".join(f"{k} {v:.2f}s" for k, v in run.phase_seconds.items()))
         self.pool.next_window_in_s = 0.0
         if version % deployment.export_every == 0 and version < self.rounds_planned:
             self._start_publishing(version)

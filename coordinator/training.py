@@ -98,8 +98,7 @@ class ServerTraining:
             clip = float(self.aggregator.device_clip(self.aggregator_state))
             return RoundSettings(clip, True, float(self.config.training.dp_ranking_scale), 1, max(clip, 1.0))
         clip = deployment.plain_clip
-        return RoundSettings(clip, False, 1.0, deployment.max_weight,
-                             max(clip * deployment.max_weight, float(deployment.max_weight)))
+        return RoundSettings(clip, False, 1.0, deployment.max_weight, max(clip, 1.0))
 
     def epsilon(self) -> float | None:
         if not self.private:
@@ -146,8 +145,11 @@ class ServerTraining:
         }, summary)
 
     def _expected_event(self) -> Any:
-        """The DP event of one more round (the noise does not depend on the data)."""
-        return self.aggregator.expected_event(self.aggregator_state)
+        """The DP event of one more round. The noise does not depend on the data, so a dry run on
+        a zero sum gives it (its noised result is discarded, never released)."""
+        zeros = np.zeros(self.layout.length)
+        zeros[self.layout.weight_index] = 1.0
+        return self.aggregator.aggregate(self.aggregator_state, zeros, 1).dp_event
 
 
 def sampling_setting(config: CoordinatorConfig, population: int) -> PrivacySetting:

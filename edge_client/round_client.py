@@ -151,10 +151,10 @@ class RoundClient:
             header=self._header(), model_version=installed, num_examples=examples))
         self.stats.checkins += 1
         latest = response.latest_model_version
-        if latest and latest != installed:
-            await self._adopt(latest)
-            return 0
         if response.HasField("task"):
+            # The coordinator admitted the installed package (any package of the run computes the
+            # same local work; the task carries the current global weights): take part first,
+            # then adopt a newer package on the next check-in.
             self.stats.rounds_selected += 1
             try:
                 return await self._take_part(response.task)
@@ -163,6 +163,9 @@ class RoundClient:
                 return ended.retry_after_ms
             finally:
                 self._round_id = b""
+        if latest and latest != installed:
+            await self._adopt(latest)
+            return 0
         return response.retry.retry_after_ms
 
     # the round
@@ -171,8 +174,6 @@ class RoundClient:
         """Run one round; returns when to check in again (the coordinator's pace steering)."""
         self._round_id = task.round_id
         model = self.device.model
-        if task.model_version != model.model_version:
-            raise RoundEnded(f"the task needs model {task.model_version}, {model.model_version} is installed")
         num_items, dim = model.num_items, model.dim
         shapes = ((num_items, dim), (num_items,), ())
         if len(task.global_weights) != 3:
@@ -234,7 +235,7 @@ class RoundClient:
             weight = 1.0
             unclipped = update.norm_before_clip <= task.clip_norm
         else:
-            weight = float(min(update.num_examples, task.max_weight))
+            weight = min(update.num_examples, task.max_weight) / task.max_weight
             unclipped = False
         return layout.pack(update.deltas, weight=weight, unclipped=unclipped)
 
@@ -299,7 +300,7 @@ def _secagg_params(task: rounds_pb2.RoundTask, layout: UploadLayout) -> SecAggPa
     if needed.bit_width > config.bit_width:
         raise WireError(f"bit width {config.bit_width} cannot hold the sum; {needed.bit_width} needed")
     bound = config.value_bound
-    if not (task.clip_norm <= bound and (task.private or task.clip_norm * task.max_weight <= bound)):
+    if not (task.clip_norm <= bound and 1.0 <= bound):
         raise WireError("the announced value bound does not cover the clipped, weighted update")
     return SecAggParams(round_id=task.round_id, num_participants=config.num_participants, degree=config.degree,
                         threshold=config.threshold, fixed_point=fixed_point, vector_length=config.vector_length,

@@ -8,10 +8,12 @@ Layout (float64 before fixed-point encoding, `protocol.secagg.quantize`):
   flattened in the order of `UPDATE_PARTS`: item embeddings [N, d], item biases [N], global
   mean [], and the ranking head's step of the item table [N, d].
 - weight: what this device's rating-head parts were multiplied by. Without DP it is the
-  device's example count (FedAvg's weight, capped by the round's `max_weight`) and the
-  rating-head parts 0..2 are multiplied by it on the device, so that the secure sum is the
-  numerator of the example-weighted mean and the weight slot its denominator; the ranking head's
-  step (part 3) is averaged per device, as in the simulation (`federated/weighted_mean.py`).
+  device's example count (FedAvg's weight) divided by the round's `max_weight` (counts above it
+  are capped), so at most 1, and the rating-head parts 0..2 are multiplied by it on the device:
+  the secure sum is then the numerator of the example-weighted mean and the weight slot its
+  denominator (the common factor 1 / max_weight cancels), while every uploaded value stays
+  within the clip, which keeps the fixed-point bit width small. The ranking head's step (part 3)
+  is averaged per device, as in the simulation (`federated/weighted_mean.py`).
   Under DP every device counts once (DP-FedAvg): the weight is 1, because the sum of example
   counts would be an un-noised release of the cohort's data sizes.
 - unclipped: 1 if the update's norm before clipping was at most the round's clip, else 0: the
