@@ -43,6 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentP
     serve.add_argument("--config", type=Path, help="coordinator.toml (default: built-in synthetic defaults, state "
                                                    "in ./coordinator-state)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--capture-requests", type=Path, metavar="FILE",
+                       help="audit: append every request received and every revealed sum to FILE (JSON lines)")
     serve.add_argument("--log-level", default="INFO")
 
     status = sub.add_parser("status", help="a coordinator's round, cohort, dropouts, ε spent, model version")
@@ -69,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.parent_pid:
         _exit_with_parent(args.parent_pid)
-    server.run(config)
+    server.run(config, capture_path=args.capture_requests)
     return 0
 
 

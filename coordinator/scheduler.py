@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from coordinator.capture import RequestCapture
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.round_run import Phase, RoundAbandoned, RoundRun
@@ -65,7 +66,9 @@ class SchedulerStatus:
 class Scheduler:
     def __init__(self, *, store: StateStore, training: ServerTraining, config: CoordinatorConfig,
                  metrics: CoordinatorMetrics, rounds_planned: int,
-                 publish: Callable[[int, tuple[np.ndarray, ...]], str], latest_model_version: str) -> None:
+                 publish: Callable[[int, tuple[np.ndarray, ...]], str], latest_model_version: str,
+                 capture: RequestCapture | None = None) -> None:
+        self.capture = capture
         self.store, self.training, self.config, self.metrics = store, training, config, metrics
         self.rounds_planned = rounds_planned
         self.publish = publish
@@ -156,6 +159,8 @@ class Scheduler:
             attempt=attempt, run=run, settings=settings, params_version=self.training.params_version,
             weights=self.training.params, model_version=self.latest_model_version,
             deadline_unix_ms=int((time.time() + deployment.report_window_s) * 1000))
+        if self.capture is not None:
+            self.capture.round_started(round_id, list(cohort))
         self.metrics.rounds_started.inc()
         self.metrics.selected.inc(len(cohort))
         self.pool.next_window_in_s = self._expected_round_s
@@ -165,6 +170,8 @@ class Scheduler:
         try:
             secure_sum = await run.collect()
             self.status.phase = f"round {round_number}: applying"
+            if self.capture is not None:
+                self.capture.revealed(round_id, secure_sum.reporters, secure_sum.total, params.fixed_point.bit_width)
             decoded = params.fixed_point.decode(secure_sum.total)
             version = await asyncio.to_thread(
                 self.training.apply, attempt=attempt, summed=decoded, num_reporters=len(secure_sum.reporters),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.capture import RequestCapture
 from coordinator.catalog import Catalog, synthetic_catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
@@ -50,9 +51,11 @@ class Coordinator:
     enroll_token: str
 
 
-def build(config: CoordinatorConfig) -> Coordinator:
-    """Everything but the network, restored from (or created in) `config.state_dir`."""
+def build(config: CoordinatorConfig, *, capture_path: Path | None = None) -> Coordinator:
+    """Everything but the network, restored from (or created in) `config.state_dir`; with
+    `capture_path`, every request and revealed sum is also written there (`capture.py`)."""
     store = StateStore(config.state_dir)
+    capture = None if capture_path is None else RequestCapture(capture_path)
     tls = load_or_create(config.state_dir, hostnames=config.server.hostnames)
     token = config.server.enroll_token or _stored_token(config.state_dir)
     catalog = _catalog(config, store)
@@ -77,8 +80,10 @@ def build(config: CoordinatorConfig) -> Coordinator:
     latest = packages[-1][0] if packages else publish_version(training.params_version, training.params)
     metrics = CoordinatorMetrics()
     scheduler = Scheduler(store=store, training=training, config=config, metrics=metrics,
-                          rounds_planned=privacy.rounds, publish=publish_version, latest_model_version=latest)
-    service = CoordinatorService(store=store, scheduler=scheduler, metrics=metrics, tls=tls, enroll_token=token)
+                          rounds_planned=privacy.rounds, publish=publish_version, latest_model_version=latest,
+                          capture=capture)
+    service = CoordinatorService(store=store, scheduler=scheduler, metrics=metrics, tls=tls, enroll_token=token,
+                                 capture=capture)
     return Coordinator(config, store, tls, training, scheduler, service, metrics, token)
 
 
@@ -127,9 +132,9 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) 
         coordinator.store.close()
 
 
-def run(config: CoordinatorConfig) -> None:
+def run(config: CoordinatorConfig, *, capture_path: Path | None = None) -> None:
     """`fedrec serve`: build and serve until done or signalled."""
-    coordinator = build(config)
+    coordinator = build(config, capture_path=capture_path)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from coordinator.capture import RequestCapture
 from coordinator.metrics import REFUSAL_REASONS, CoordinatorMetrics
 from coordinator.round_run import Refused, RoundAbandoned
 from coordinator.scheduler import ActiveRound, Scheduler
@@ -49,8 +50,9 @@ class _Refusal(Exception):
 
 class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
     def __init__(self, *, store: StateStore, scheduler: Scheduler, metrics: CoordinatorMetrics, tls: ServerTls,
-                 enroll_token: str) -> None:
+                 enroll_token: str, capture: RequestCapture | None = None) -> None:
         self.store, self.scheduler, self.metrics, self.tls = store, scheduler, metrics, tls
+        self.capture = capture
         self.enroll_token = enroll_token
         self._nonces: dict[str, collections.OrderedDict[bytes, None]] = {}
         self._known: dict[str, str] = store.devices()
@@ -214,6 +216,8 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
                      authenticate: bool = True) -> Message:
         size_in = request.ByteSize()
         self.metrics.bytes_in.labels(method=method).inc(size_in)
+        if self.capture is not None:
+            self.capture.request(method, request)
         active = self.scheduler.current
         try:
             response = await handle()

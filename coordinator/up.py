@@ -97,9 +97,10 @@ def prepare_devices(root: Path, split: Any, users: np.ndarray, *, shards: int) -
     return shard_dirs
 
 
-def write_coordinator_config(state_dir: Path, training: dict[str, Any], deployment: DeploymentConfig) -> Path:
+def write_coordinator_config(state_dir: Path, training: dict[str, Any], deployment: DeploymentConfig, *,
+                             port: int = 0) -> Path:
     """`coordinator.toml` for `fedrec serve` (so the deployment can also be served by hand)."""
-    lines = ['state_dir = "."', f'catalog = "{CATALOG_FILE}"', "", "[server]", 'host = "127.0.0.1"', "port = 0",
+    lines = ['state_dir = "."', f'catalog = "{CATALOG_FILE}"', "", "[server]", 'host = "127.0.0.1"', f"port = {port}",
              "metrics_port = 0", "", "[training]"]
     lines += [f"{key} = {_toml(value)}" for key, value in training.items() if value is not None]
     lines += ["", "[rounds]"]
@@ -116,6 +117,15 @@ def _toml(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value))
+
+
+def free_port() -> int:
+    """A loopback port free right now (the coordinator binds it moments later)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def spawn(module: str, *args: str, log_path: Path) -> subprocess.Popen:
@@ -210,7 +220,8 @@ def run_deployment(*, out: Path, split: Any, config: Any, deployment: Deployment
     Catalog.from_split(split).write(state_dir / CATALOG_FILE)
     users = select_users(split.train.users, options.devices, seed=config.seed)
     deployment = dataclasses.replace(deployment, population=int(len(users)))
-    config_path = write_coordinator_config(state_dir, config.to_dict(), deployment)
+    # A fixed port, so that devices find a restarted coordinator where it was.
+    config_path = write_coordinator_config(state_dir, config.to_dict(), deployment, port=free_port())
     shard_dirs = prepare_devices(out / DEVICES_DIR, split, users, shards=max(1, options.device_processes))
     for stale in (ADDRESS_FILE, METRICS_ADDRESS_FILE):
         (state_dir / stale).unlink(missing_ok=True)

@@ -43,6 +43,7 @@ class FleetOptions:
     enroll_token: str
     profile: str = "ideal"
     seed: int = 0
+    record_uploads: bool = False  # each device keeps its plaintext uploads in <device>/uploads/ (audits, tests)
 
 
 async def run_devices(device_dirs: Sequence[Path], options: FleetOptions, stop: asyncio.Event) -> dict[str, dict]:
@@ -68,7 +69,8 @@ async def _start(folder: Path, options: FleetOptions, profile: DeviceProfile, *,
     channel = open_channel(options.coordinator, options.ca_pem)
     pending = folder / PENDING_RATINGS
     client = RoundClient(device, rounds_pb2_grpc.CoordinatorStub(channel), identity, profile=profile, seed=seed,
-                         pending_ratings=pending if pending.exists() else None)
+                         pending_ratings=pending if pending.exists() else None,
+                         record_uploads=folder / "uploads" if options.record_uploads else None)
     return client, channel
 
 
@@ -97,11 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--record-uploads", action="store_true",
+                        help="each device keeps its own plaintext uploads in <device>/uploads/ (audits, tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     folders = sorted(p for p in args.devices_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     options = FleetOptions(args.coordinator, args.ca_cert.read_bytes(), args.enroll_token_file.read_text().strip(),
-                           args.profile, args.seed)
+                           args.profile, args.seed, args.record_uploads)
 
     async def amain() -> dict[str, dict]:
         stop = asyncio.Event()

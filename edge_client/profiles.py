@@ -26,12 +26,15 @@ class DeviceProfile:
     online_fraction: float = 1.0
     phase_s: float = 0.0
     dropout_probability: float = 0.0  # per round: vanish at one of DROP_POINTS
+    drop_at: str | None = None  # always there (when dropping), instead of a random point
 
     def __post_init__(self) -> None:
         if not self.compute_slowdown >= 1.0 or self.latency_ms < 0 or not self.upload_bytes_per_s > 0:
             raise ValueError(f"invalid device profile {self}")
         if not 0 < self.online_fraction <= 1 or self.period_s < 0 or not 0 <= self.dropout_probability <= 1:
             raise ValueError(f"invalid device profile {self}")
+        if self.drop_at is not None and self.drop_at not in DROP_POINTS:
+            raise ValueError(f"drop_at must be one of {DROP_POINTS}, got {self.drop_at!r}")
 
     def online(self, now_s: float) -> bool:
         if self.period_s <= 0 or self.online_fraction >= 1:
@@ -47,7 +50,7 @@ class DeviceProfile:
     def drop_point(self, rng: np.random.Generator) -> str | None:
         """Where this round's dropout happens, or None."""
         if self.dropout_probability > 0 and rng.random() < self.dropout_probability:
-            return DROP_POINTS[int(rng.integers(len(DROP_POINTS)))]
+            return self.drop_at or DROP_POINTS[int(rng.integers(len(DROP_POINTS)))]
         return None
 
 
@@ -55,6 +58,10 @@ PRESETS: dict[str, DeviceProfile] = {
     "ideal": DeviceProfile(),
     # Phones on Wi-Fi and mobile networks: some slow, some on thin uplinks, a few that vanish.
     "mixed": DeviceProfile(compute_slowdown=1.0, latency_ms=20.0, upload_bytes_per_s=2e6, dropout_probability=0.05),
+    # Devices that always vanish after sending their masked input (secure aggregation must recover).
+    "drop-after-masking": DeviceProfile(dropout_probability=1.0, drop_at="after_masked_input"),
+    # Stragglers: ten times slower local work, thin uplink.
+    "slow": DeviceProfile(compute_slowdown=10.0, latency_ms=50.0, upload_bytes_per_s=2e5),
 }
 
 

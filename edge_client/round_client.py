@@ -103,11 +103,13 @@ class RoundClient:
 
     def __init__(self, device: Device, stub: rounds_pb2_grpc.CoordinatorStub, identity: DeviceIdentity, *,
                  profile: DeviceProfile = DeviceProfile(), seed: int | None = None,
-                 pending_ratings: Path | None = None) -> None:
+                 pending_ratings: Path | None = None, record_uploads: Path | None = None) -> None:
         self.device, self.stub, self.identity, self.profile = device, stub, identity, profile
         self.rng = np.random.default_rng(seed)
         self.stats = ClientStats()
         self.pending_ratings = pending_ratings
+        # Audits and tests: keep this device's own plaintext (encoded) uploads, one file per round.
+        self.record_uploads = record_uploads
         self._round_id = b""
         key = serialization.load_pem_private_key(identity.key_pem, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -205,6 +207,9 @@ class RoundClient:
         elapsed = time.perf_counter() - started
         await asyncio.sleep(elapsed * (self.profile.compute_slowdown - 1))
         encoded = params.fixed_point.encode(vector, value_bound=task.secagg.value_bound)
+        if self.record_uploads is not None:
+            self.record_uploads.mkdir(parents=True, exist_ok=True)
+            np.save(self.record_uploads / f"{task.round_id.hex()}.npy", encoded)
         masked = participant.masked_input(encoded, {s.index: s.ciphertext for s in shared.shares})
         payload = pack(masked, params.fixed_point.bit_width)
         if math.isfinite(self.profile.upload_bytes_per_s):
