@@ -47,6 +47,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -713,7 +714,23 @@ def grpc_round_figures(devices: int, rounds: int, log) -> dict[str, Any]:
     from tff_pipeline.config import SimulationConfig
     from tff_pipeline.data import load_dataset
 
+    class RoundLog(logging.Handler):
+        """Keeps the scheduler's "round N completed ... (phase timings)" lines."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith("round %d completed"):
+                self.lines.append(record.getMessage())
+
     logging.getLogger("fedrec").setLevel(logging.WARNING)
+    coordinator_log = logging.getLogger("fedrec.coordinator")
+    round_log = RoundLog()
+    coordinator_log.setLevel(logging.INFO)
+    coordinator_log.addHandler(round_log)
+    coordinator_log.propagate = False
     scratch = Path(tempfile.mkdtemp(prefix="bench-coordinator-"))
     fleet = None
     try:
@@ -729,7 +746,7 @@ def grpc_round_figures(devices: int, rounds: int, log) -> dict[str, Any]:
         build_s = time.perf_counter() - built
         users = up.select_users(split.train.users, devices, seed=0)
         shard = up.prepare_devices(scratch / "devices", split, users, shards=1)[0]
-        samples: list[tuple[int, float, float]] = []  # (params version, process CPU, monotonic)
+        samples: list[tuple[int, float, float, float]] = []  # (params version, own CPU, monotonic, fleet CPU)
         counts: dict[str, int] = {}
 
         async def main() -> None:
@@ -753,7 +770,7 @@ def grpc_round_figures(devices: int, rounds: int, log) -> dict[str, Any]:
             while time.monotonic() < deadline:
                 version = coordinator.training.params_version
                 if version != last:
-                    samples.append((version, time.process_time(), time.monotonic()))
+                    samples.append((version, time.process_time(), time.monotonic(), _process_cpu(fleet.pid)))
                     last = version
                     if version >= 1:
                         log(f"gRPC: round {version} of {rounds} done")
@@ -770,21 +787,31 @@ def grpc_round_figures(devices: int, rounds: int, log) -> dict[str, Any]:
         measured = [s for s in samples if s[0] >= 1]
         if len(measured) < 2:
             raise RuntimeError(f"only {len(measured)} rounds completed")
-        (v0, cpu0, t0), (v1, cpu1, t1) = measured[0], measured[-1]
+        (v0, cpu0, t0, fleet0), (v1, cpu1, t1, fleet1) = measured[0], measured[-1]
         count = v1 - v0
         return {
             "devices": devices, "rounds_measured": count, "rounds_per_minute": 60 * count / (t1 - t0),
             "seconds_per_round": (t1 - t0) / count, "coordinator_process_cpu_per_round_s": (cpu1 - cpu0) / count,
+            "fleet_process_cpu_per_round_s": (fleet1 - fleet0) / count, "round_log": round_log.lines[-count:],
             "build_s": build_s, "num_items": coordinator.training.layout.num_items,
             "dim": coordinator.training.layout.dim, "vector_length": coordinator.training.layout.length,
             "abandoned": int(counts.get("abandoned", 0)),
         }
     finally:
+        coordinator_log.removeHandler(round_log)
+        coordinator_log.propagate = True
         if fleet is not None:
-            from coordinator import up as up_module
-
-            up_module.stop_processes([fleet])
+            up.stop_processes([fleet])
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _process_cpu(pid: int) -> float:
+    """utime + stime of a child process, in seconds (Linux /proc); NaN where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 # --- main ---
@@ -889,7 +916,15 @@ def main() -> int:
               f"({e2e['vector_length']:,} values); {e2e['rounds_measured']} rounds timed after the first")
         print(f"- **{e2e['rounds_per_minute']:.1f} rounds/minute** ({e2e['seconds_per_round']:.1f} s per round); "
               f"coordinator process CPU {e2e['coordinator_process_cpu_per_round_s']:.2f} s per round "
-              f"(gRPC, TLS, signature checks, SecAgg+, TF step); {e2e['abandoned']} rounds abandoned")
+              f"(gRPC, TLS, signature checks, SecAgg+, TF step); the {e2e['devices']} devices together "
+              f"{e2e['fleet_process_cpu_per_round_s']:.2f} s CPU per round; {e2e['abandoned']} rounds abandoned")
+        inside = [float(m.group(1)) for line in e2e["round_log"] if (m := re.search(r" in ([0-9.]+)s", line))]
+        if inside:
+            print(f"- from selection to the applied result a round takes {np.mean(inside):.2f} s (mean); the rest "
+                  f"of the {e2e['seconds_per_round']:.1f} s between rounds is the devices' check-in pacing and the "
+                  f"selection window")
+        if e2e["round_log"]:
+            print(f"- the coordinator's log of the last timed round: {e2e['round_log'][-1]}")
     elif not args.no_grpc:
         print(f"\n### End to end over gRPC + TLS: skipped ({e2e_error})")
     marks = targets(rows, layout)

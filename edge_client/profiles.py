@@ -60,8 +60,8 @@ PRESETS: dict[str, DeviceProfile] = {
     "mixed": DeviceProfile(compute_slowdown=1.0, latency_ms=20.0, upload_bytes_per_s=2e6, dropout_probability=0.05),
     # Devices that always vanish after sending their masked input (secure aggregation must recover).
     "drop-after-masking": DeviceProfile(dropout_probability=1.0, drop_at="after_masked_input"),
-    # Stragglers: ten times slower local work, thin uplink.
-    "slow": DeviceProfile(compute_slowdown=10.0, latency_ms=50.0, upload_bytes_per_s=2e5),
+    # Stragglers: ten times slower local work, 200 ms per call, a thin uplink.
+    "slow": DeviceProfile(compute_slowdown=10.0, latency_ms=200.0, upload_bytes_per_s=2e5),
 }
 
 

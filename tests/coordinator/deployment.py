@@ -135,7 +135,8 @@ class Deployment:
     def status(self) -> Any:
         return asyncio.run(up.read_status(self.address, self.ca_pem))
 
-    def wait_until(self, predicate: Callable[[Any], bool], *, timeout_s: float, what: str) -> Any:
+    def wait_until(self, predicate: Callable[[Any], bool], *, timeout_s: float, what: str,
+                   interval_s: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
@@ -148,7 +149,7 @@ class Deployment:
                 last = None
             if last is not None and predicate(last):
                 return last
-            time.sleep(0.5)
+            time.sleep(interval_s)
         raise AssertionError(f"timed out waiting for {what}; last status: {last}; "
                              f"{self.log_tail('coordinator.log')}")
 
