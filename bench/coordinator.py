@@ -214,7 +214,7 @@ class Wire:
         request = rounds_pb2.CheckInRequest(header=header(device, b""), model_version=self._model_version,
                                             num_examples=50)
         self._checkin.task.secagg.index = device
-        self.count("task", device, up=request.ByteSize(), down=self._checkin.ByteSize())
+        self.count("check-in + task", device, up=request.ByteSize(), down=self._checkin.ByteSize())
 
     def advertise(self, device: int, c_pk: bytes, s_pk: bytes, neighbours: dict[int, tuple[bytes, bytes]]) -> None:
         request = rounds_pb2.AdvertiseKeysRequest(header=header(device, self.params.round_id),
@@ -233,7 +233,8 @@ class Wire:
 
     def masked(self, device: int, payload: bytes) -> None:
         request = rounds_pb2.MaskedInputRequest(header=header(device, self.params.round_id), masked_vector=payload)
-        self.count("masked input", device, up=request.ByteSize())
+        self.parts.setdefault("masked input up", np.zeros(self.n, np.int64))[device] += request.ByteSize()
+        self.up[device] += request.ByteSize()
 
     def unmask_sizes(self, device: int, survivors, dropped, revealed: dict[int, bytes]) -> tuple[int, int]:
         """(up, down) of the masked-input response and the unmask call."""
@@ -561,7 +562,7 @@ def scenario_row(size: SizeResult, scenario: Scenario, layout: UploadLayout) -> 
         "bytes_up_parts_mean": {k[:-3]: float(v[done].mean()) for k, v in size.wire.parts.items() if k.endswith(" up")}
         | {"unmask": float(np.mean([scenario.bytes_up_unmask[i] for i in done]))},
         "bytes_down_parts_mean": {k[:-5]: float(v[done].mean()) for k, v in size.wire.parts.items() if k.endswith(" down")}
-        | {"unmask lists + done": float(np.mean([scenario.bytes_down_unmask[i] for i in done]))},
+        | {"survivor lists + unmask reply": float(np.mean([scenario.bytes_down_unmask[i] for i in done]))},
         "masked_payload_bytes": payload, "dense_float32_upload_bytes": dense,
         "dense_float32_weights_bytes": weights_dense,
         "max_abs_error": scenario.max_error, "error_bound": scenario.error_bound, "exact": scenario.exact,
@@ -868,12 +869,14 @@ def main() -> int:
         pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
         warm_pool(pool)
     rows: list[dict[str, Any]] = []
+    loads: list[tuple[int, float]] = []
     try:
         for n in sizes:
             text = args.scenarios or (LARGE_SCENARIOS if n >= 5000 else DEFAULT_SCENARIOS)
             size = run_size(n, layout, text, pool=pool, seed=args.seed, log=log)
             rows += [scenario_row(size, s, layout) for s in size.scenarios]
-            log(f"n={n} done in {size.harness_seconds:.0f} s")
+            loads.append((n, os.getloadavg()[0]))
+            log(f"n={n} done in {size.harness_seconds:.0f} s (load average {loads[-1][1]:.2f})")
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -890,7 +893,9 @@ def main() -> int:
                 for n in sizes}
     print(f"\n## Coordinator benchmark (issue 9): federated rounds with SecAgg+\n")
     print(f"- machine: {info['cpu']}, {info['cores']} cores (shared; load average {info['load_average_at_start'][0]:.2f} "
-          f"at start), Python {info['python']}; one run, {time.perf_counter() - started:.0f} s in all")
+          f"at start; {', '.join(f'{load:.2f} after n = {n:,}' for n, load in loads)}: other jobs may share the cores, "
+          f"which shows most in the 2-process pool figures), Python {info['python']}; one run, "
+          f"{time.perf_counter() - started:.0f} s in all: `{' '.join(['bench/coordinator.py', *sys.argv[1:]])}`")
     print(f"- model: {layout.num_items} items x dim {layout.dim}, upload vector {layout.length:,} values "
           f"({layout.num_model_values:,} model values + 2 trailer slots); fixed point f = {FRACTION_BITS} fraction bits, "
           f"value bound {VALUE_BOUND:g} (updates clipped to norm 1), bit width b = the smallest that holds the sum "
@@ -899,7 +904,8 @@ def main() -> int:
     print("- coordinator CPU: `process_time` of the coordinator's calls only (graph, key and share routing, unpacking "
           "and adding the masked vectors, unmask routing, `result()` serial, decode + aggregate + apply), plus the "
           "round driver (`RoundRun` long polls) timed with the SecAgg server stubbed out. Device work is timed "
-          "apart (mean per device: what one phone spends; each device also builds the graph). Plain sum: the "
+          "apart (mean per device: what one phone spends; each device also builds the whole n-node graph, "
+          "timed once). Plain sum: the "
           "coordinator unpacks and adds the same encoded vectors, then the same aggregate + apply.")
     print("- est. round time: coordinator wall + one device's work (devices run in parallel; no network, no "
           "stragglers). Dropouts: `after masking` = sent the masked input, gone before unmask; `after sharing "
@@ -939,7 +945,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"machine": info, "layout": {"num_items": layout.num_items, "dim": layout.dim,
                                                                       "length": layout.length},
                                          "fraction_bits": FRACTION_BITS, "value_bound": VALUE_BOUND,
-                                         "rows": rows, "growth": grown, "grpc": e2e, "grpc_error": e2e_error,
+                                         "rows": rows, "growth": grown, "grpc": e2e, "load_average_after": loads, "grpc_error": e2e_error,
                                          "targets": marks, "seconds": time.perf_counter() - started},
                                         indent=2, default=float))
         print(f"\nwrote {args.json}")
