@@ -19,6 +19,9 @@ from typing import Any
 from tff_pipeline.config import ConfigError
 
 UP_OUTPUTS = ("coordinator", "devices", "coordinator.log")
+# Real rounds cost seconds each (key agreement, secret sharing, masking on every device, here all
+# on one machine), so `fedrec up` trains fewer rounds than `fedrec simulate` unless told otherwise.
+UP_DEFAULT_ROUNDS = 20
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -113,6 +116,8 @@ def _up(args: argparse.Namespace) -> int:
     from tff_pipeline.data import load_dataset
     from tff_pipeline.run_folder import RunFolder
 
+    if args.rounds is None and args.target_epsilon is None:
+        args.rounds = UP_DEFAULT_ROUNDS
     config = config_from_args(args)
     if args.devices is not None and args.devices < 2:
         raise ConfigError("devices", "at least 2 devices are needed")

@@ -48,14 +48,17 @@ def deployment_report(*, config: Any, split: Any, identity: Any, state_dir: Path
     history = [{"round": version, "cohort": summary.get("reporters"), "train_seconds": None,
                 "clip": summary.get("clip"), "epsilon_rdp": summary.get("epsilon")}
                for version, summary in summaries if version > 0]
-    population = int(setting.get("expected_clients", 0) / max(setting.get("sampling_rate", 1.0), 1e-12)) \
-        if config.private else len(set(split.train.users.tolist()))
-    report = simulation.assemble_report(config, split, plan, final, history, wall_seconds, population, model_config)
+    population = round(float(setting.get("expected_clients", 0)) / max(float(setting.get("sampling_rate", 1.0)), 1e-12))
+    figures = deployment_figures(state_dir, final_status, shard_dirs)
+    round_seconds = figures.pop("round_seconds", [])
+    report = simulation.assemble_report(config, split, plan, final, history, float(sum(round_seconds)), population,
+                                        model_config)
     report["privacy"]["rounds"] = checkpoint.params_version
     if config.private:
         report["privacy"]["epsilon_rdp"] = None if spent is None else float(spent[0])
         report["privacy"]["epsilon_pld"] = None if spent is None else float(spent[1])
         report["privacy"]["sampling"] = "poisson over the devices checked in (selection window)"
-    report["deployment"] = deployment_figures(state_dir, final_status, shard_dirs)
+    report["deployment"] = figures
+    report["timing"]["wall_seconds"] = wall_seconds  # start-up (export, device installs) included
     report["run_id"] = identity.run_id
     return DeploymentResult(report, params)

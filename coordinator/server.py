@@ -183,6 +183,8 @@ def _privacy(config: CoordinatorConfig, store: StateStore) -> PrivacySetting:
     if config.training.private:
         setting = sampling_setting(config, population)
     else:
-        setting = PrivacySetting(0.0, 1.0, float(config.training.clients_per_round), config.training.rounds)
+        cohort = float(config.training.clients_per_round)
+        rate = 1.0 if population is None else min(1.0, cohort / population)
+        setting = PrivacySetting(0.0, rate, cohort, config.training.rounds)
     store.claim_meta("privacy_setting", json.dumps(dataclasses.asdict(setting)))
     return setting

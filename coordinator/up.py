@@ -202,6 +202,7 @@ def deployment_figures(state_dir: Path, final_status: Any, shard_dirs: list[Path
         "selected": sum(r.selected for r in rounds), "dropouts": sum(r.dropouts or 0 for r in rounds),
         "bytes_in": sum(r.bytes_in or 0 for r in rounds), "bytes_out": sum(r.bytes_out or 0 for r in rounds),
         "round_seconds_median": float(np.median(durations)) if durations else None,
+        "round_seconds": durations,
         "refused": dict(final_status.refused) if final_status is not None else {},
         "devices": len(device_stats),
         "bytes_up_per_device_mean": float(np.mean(per_device_up)) if per_device_up else None,

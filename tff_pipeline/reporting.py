@@ -43,8 +43,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
     """The report for people; `figures` names the PNG files written beside it (embedded)."""
     config, privacy, timing = report["config"], report["privacy"], report["timing"]
+    deployment = report.get("deployment")
+    kind = "deployment (fedrec up: coordinator + device processes)" if deployment else "simulation"
     lines = [
-        f"# fedrec simulation: {report['data']['name']}",
+        f"# fedrec {kind}: {report['data']['name']}",
         "",
         f"{report['data']['num_clients']} clients (users), {report['data']['num_items']} items, "
         f"{report['data']['train_ratings']} train / {report['data']['test_ratings']} test ratings; "
@@ -80,6 +82,21 @@ def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
         f"one centralized epoch: {_fmt(timing['centralized_epoch_seconds'], 3)} s",
         "",
     ]
+    if deployment:
+        refused = {k: v for k, v in deployment["refused"].items() if v}
+        lines += [
+            "## Deployment",
+            "",
+            f"- rounds: {deployment['rounds_completed']} completed, {deployment['rounds_abandoned']} abandoned, "
+            f"{deployment['rounds_interrupted']} interrupted (coordinator restarts); median round "
+            f"{_fmt(deployment['round_seconds_median'], 2)} s",
+            f"- devices: {deployment['devices']}; selected {deployment['selected']} times, dropped out "
+            f"{deployment['dropouts']} times",
+            f"- bytes received by the coordinator {deployment['bytes_in']}, sent {deployment['bytes_out']}; per device "
+            f"up {_fmt(deployment['bytes_up_per_device_mean'], 0)}, down {_fmt(deployment['bytes_down_per_device_mean'], 0)}",
+            f"- refused messages: {', '.join(f'{k} {v}' for k, v in sorted(refused.items())) or 'none'}",
+            "",
+        ]
     return "\n".join(lines)
 
 
