@@ -35,6 +35,7 @@ from coordinator.selection import (
 )
 from coordinator.state_store import StateStore
 from coordinator.training import BudgetExhausted, RoundSettings, ServerTraining
+from protocol.secagg.graph import DEFAULT_CORRUPT_FRACTION, privacy_bits_achieved
 from protocol.secagg.params import SecAggParams
 from protocol.secagg.quantize import fixed_point_for
 
@@ -152,6 +153,10 @@ class Scheduler:
                                       fraction_bits=deployment.fraction_bits)
         params = SecAggParams.for_round(round_id=round_id, num_participants=len(cohort), fixed_point=fixed_point,
                                         vector_length=self.training.layout.length, graph_seed=os.urandom(16))
+        log.info("round %d: %d devices, SecAgg+ degree %d, threshold %d (%.0f bits against 2%% colluding), "
+                 "%d-bit values", round_number, len(cohort), params.degree, params.threshold,
+                 privacy_bits_achieved(len(cohort), params.degree, params.threshold, DEFAULT_CORRUPT_FRACTION),
+                 params.fixed_point.bit_width)
         attempt = self.store.start_round(round_id=round_id, round_number=round_number, selected=len(cohort))
         run = RoundRun(round_id=round_id, round_number=round_number, participants=cohort, params=params, goal=goal,
                        timing=deployment.timing)

@@ -22,6 +22,11 @@ import numpy as np
 from protocol.secagg.errors import SecAggError
 
 MAX_PARTICIPANTS = 1 << 20
+# The default threat model (Bell et al.'s delta, gamma, sigma, eta): see choose_degree_and_threshold.
+DEFAULT_DROPOUT_TOLERANCE = 1 / 3
+DEFAULT_CORRUPT_FRACTION = 0.02
+DEFAULT_PRIVACY_BITS = 40
+DEFAULT_FAILURE_PROBABILITY = 1e-4
 
 
 def _seed_bytes(seed: bytes | int) -> bytes:
@@ -135,9 +140,10 @@ def _check_model(corrupt_fraction: float, dropout_tolerance: float | None = None
         raise SecAggError(f"failure_probability must be a number in (0, 1), got {failure_probability!r}")
 
 
-def choose_degree_and_threshold(num_participants: int, *, dropout_tolerance: float = 1 / 3,
-                                corrupt_fraction: float = 0.02, privacy_bits: int = 40,
-                                failure_probability: float = 1e-4) -> tuple[int, int]:
+def choose_degree_and_threshold(num_participants: int, *, dropout_tolerance: float = DEFAULT_DROPOUT_TOLERANCE,
+                                corrupt_fraction: float = DEFAULT_CORRUPT_FRACTION,
+                                privacy_bits: int = DEFAULT_PRIVACY_BITS,
+                                failure_probability: float = DEFAULT_FAILURE_PROBABILITY) -> tuple[int, int]:
     """(k, t): the smallest degree whose neighbourhoods are both private and recoverable, as in Bell et al. 2020.
 
     Threat model: a semi-honest server (no consistency-check round) colluding with a fraction gamma =

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from protocol.secagg import graph
 from protocol.secagg.errors import SecAggError
 from protocol.secagg.graph import MAX_PARTICIPANTS, choose_degree_and_threshold, neighbour_graph
 from protocol.secagg.quantize import FixedPoint
@@ -60,9 +61,11 @@ class SecAggParams:
 
     @classmethod
     def for_round(cls, *, round_id: bytes, num_participants: int, fixed_point: FixedPoint,
-                  vector_length: int, graph_seed: bytes, dropout_tolerance: float = 1 / 3,
-                  corrupt_fraction: float = 0.02, privacy_bits: int = 40,
-                  failure_probability: float = 1e-4) -> SecAggParams:
+                  vector_length: int, graph_seed: bytes,
+                  dropout_tolerance: float = graph.DEFAULT_DROPOUT_TOLERANCE,
+                  corrupt_fraction: float = graph.DEFAULT_CORRUPT_FRACTION,
+                  privacy_bits: int = graph.DEFAULT_PRIVACY_BITS,
+                  failure_probability: float = graph.DEFAULT_FAILURE_PROBABILITY) -> SecAggParams:
         """Parameters whose degree and threshold `graph.choose_degree_and_threshold` picks for this model."""
         degree, threshold = choose_degree_and_threshold(
             num_participants, dropout_tolerance=dropout_tolerance, corrupt_fraction=corrupt_fraction,
