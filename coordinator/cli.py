@@ -79,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from coordinator.server import ADDRESS_FILE
+    from coordinator.state_store import ADDRESS_FILE
     from coordinator.tls import TLS_DIR
     from coordinator.up import read_status, status_line
 

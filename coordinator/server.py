@@ -25,7 +25,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import publish
 from coordinator.scheduler import Scheduler
 from coordinator.service import CoordinatorService, new_enroll_token
-from coordinator.state_store import StateStore
+from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE, StateStore
 from coordinator.tls import ServerTls, load_or_create
 from coordinator.training import PrivacySetting, ServerTraining, sampling_setting
 from protocol import rounds_pb2_grpc
@@ -33,10 +33,6 @@ from protocol.files import atomic_write
 from protocol.tensors import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("fedrec.coordinator")
-ADDRESS_FILE = "address"
-METRICS_ADDRESS_FILE = "metrics-address"
-TOKEN_FILE = "enroll-token"
-CATALOG_FILE = "catalog.json"
 
 
 @dataclasses.dataclass

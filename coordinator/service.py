@@ -145,70 +145,59 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         return await self._serve("GetModel", request, context, handle)
 
     async def AdvertiseKeys(self, request: rounds_pb2.AdvertiseKeysRequest, context: Any) -> rounds_pb2.AdvertiseKeysResponse:
-        method = "AdvertiseKeys"
-
-        async def handle() -> rounds_pb2.AdvertiseKeysResponse:
-            device_id, active = self._round_call(method, request, context)
-            try:
-                keys = await active.run.advertise_keys(device_id, request.channel_public_key, request.mask_public_key)
-            except RoundAbandoned as error:
-                return rounds_pb2.AdvertiseKeysResponse(outcome=self._abandoned(str(error)))
+        async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.AdvertiseKeysResponse:
+            keys = await active.run.advertise_keys(device_id, request.channel_public_key, request.mask_public_key)
             return rounds_pb2.AdvertiseKeysResponse(neighbours=[
                 rounds_pb2.PublicKeys(index=i, channel_public_key=c, mask_public_key=m)
                 for i, (c, m) in sorted(keys.items())])
 
-        return await self._serve("AdvertiseKeys", request, context, handle)
+        return await self._round_phase("AdvertiseKeys", request, context, phase, rounds_pb2.AdvertiseKeysResponse)
 
     async def ShareKeys(self, request: rounds_pb2.ShareKeysRequest, context: Any) -> rounds_pb2.ShareKeysResponse:
-        method = "ShareKeys"
-
-        async def handle() -> rounds_pb2.ShareKeysResponse:
-            device_id, active = self._round_call(method, request, context)
+        async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.ShareKeysResponse:
             ciphertexts = _unique({s.index: s.ciphertext for s in request.shares}, len(request.shares), "share")
-            try:
-                received = await active.run.share_keys(device_id, ciphertexts)
-            except RoundAbandoned as error:
-                return rounds_pb2.ShareKeysResponse(outcome=self._abandoned(str(error)))
+            received = await active.run.share_keys(device_id, ciphertexts)
             return rounds_pb2.ShareKeysResponse(shares=[rounds_pb2.EncryptedShare(index=i, ciphertext=c)
                                                         for i, c in sorted(received.items())])
 
-        return await self._serve("ShareKeys", request, context, handle)
+        return await self._round_phase("ShareKeys", request, context, phase, rounds_pb2.ShareKeysResponse)
 
     async def SubmitMaskedInput(self, request: rounds_pb2.MaskedInputRequest, context: Any) -> rounds_pb2.MaskedInputResponse:
-        method = "SubmitMaskedInput"
-
-        async def handle() -> rounds_pb2.MaskedInputResponse:
-            device_id, active = self._round_call(method, request, context)
+        async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.MaskedInputResponse:
             params = active.run.params
             try:
                 masked = unpack(request.masked_vector, params.fixed_point.bit_width, params.vector_length)
             except SecAggError as error:
                 raise _Refusal("invalid", f"masked vector: {error}", grpc.StatusCode.INVALID_ARGUMENT) from None
-            try:
-                survivors, dropped = await active.run.submit_masked_input(device_id, masked)
-            except RoundAbandoned as error:
-                return rounds_pb2.MaskedInputResponse(outcome=self._abandoned(str(error)))
+            survivors, dropped = await active.run.submit_masked_input(device_id, masked)
             return rounds_pb2.MaskedInputResponse(survivors=survivors, dropped=dropped)
 
-        return await self._serve("SubmitMaskedInput", request, context, handle)
+        return await self._round_phase("SubmitMaskedInput", request, context, phase, rounds_pb2.MaskedInputResponse)
 
     async def Unmask(self, request: rounds_pb2.UnmaskRequest, context: Any) -> rounds_pb2.UnmaskResponse:
-        method = "Unmask"
-
-        async def handle() -> rounds_pb2.UnmaskResponse:
-            device_id, active = self._round_call(method, request, context)
+        async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.UnmaskResponse:
             shares = _unique({s.index: s.share for s in request.shares}, len(request.shares), "revealed share")
-            try:
-                await active.run.unmask(device_id, shares)
-            except RoundAbandoned as error:
-                return rounds_pb2.UnmaskResponse(outcome=self._abandoned(str(error)))
+            await active.run.unmask(device_id, shares)
             # Pace steering: come back with everyone else (not first, which would favour this cohort).
             comeback = self.scheduler.pool.come_back("round completed")
             return rounds_pb2.UnmaskResponse(
                 params_version=self.scheduler.training.params_version,
                 outcome=rounds_pb2.PhaseOutcome(abandoned=False, retry_after_ms=comeback.retry_after_ms))
 
-        return await self._serve("Unmask", request, context, handle)
+        return await self._round_phase("Unmask", request, context, phase, rounds_pb2.UnmaskResponse)
+
+    async def _round_phase(self, method: str, request: Any, context: Any,
+                           phase: Callable[[str, ActiveRound], Awaitable[Message]], response_type: Any) -> Message:
+        """A round call: authenticate, check the round id, run the phase; an abandoned round is
+        an answer (the device stops and comes back later), not an error."""
+        async def handle() -> Message:
+            device_id, active = self._round_call(method, request, context)
+            try:
+                return await phase(device_id, active)
+            except RoundAbandoned as error:
+                return response_type(outcome=self._abandoned(str(error)))
+
+        return await self._serve(method, request, context, handle)
 
     # plumbing
 

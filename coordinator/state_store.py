@@ -32,6 +32,11 @@ from protocol.files import atomic_write
 DB_FILE = "coordinator.db"
 CHECKPOINTS_DIR = "checkpoints"
 PACKAGES_DIR = "packages"
+# Files a running coordinator writes for the tools around it (`fedrec status`, `fedrec up`, devices).
+ADDRESS_FILE = "address"  # host:port it listens on
+METRICS_ADDRESS_FILE = "metrics-address"
+TOKEN_FILE = "enroll-token"
+CATALOG_FILE = "catalog.json"  # the run's item catalog, fixed at its first start
 _KEEP_CHECKPOINTS = 2
 
 _SCHEMA = """

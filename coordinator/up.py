@@ -33,7 +33,7 @@ import numpy as np
 
 from coordinator.catalog import Catalog
 from coordinator.config import DeploymentConfig
-from coordinator.server import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
+from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
 from coordinator.state_store import StateStore
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import LABEL_FILE, PENDING_RATINGS, STATS_FILE

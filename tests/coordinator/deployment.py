@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coordinator.config import DeploymentConfig
-from coordinator.server import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
+from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
 from coordinator.catalog import Catalog
 from coordinator.tls import TLS_DIR
 from coordinator import up
