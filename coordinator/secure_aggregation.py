@@ -29,7 +29,7 @@ import numpy as np
 from protocol.secagg import keys, prg
 from protocol.secagg.errors import SecAggError
 from protocol.secagg.params import SecAggParams
-from protocol.secagg.shamir import combine_shares
+from protocol.secagg.shamir import ShamirCombiner, combine_shares
 
 
 class Phase(enum.Enum):
@@ -54,9 +54,11 @@ class SecAggServer:
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._all_keys: set[bytes] = set()
         self._shares: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> sealed shares
+        self._inbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> the same sealed shares
         self._masked: set[int] = set()  # who sent a masked input
         self._sum = np.zeros(params.vector_length, np.uint64)  # their running sum (wraps mod 2^64)
         self._request: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._request_sets: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self._b_shares: dict[int, dict[int, bytes]] = {}  # survivor w -> holder -> share of b_w
         self._key_shares: dict[int, dict[int, bytes]] = {}  # dropped v -> holder -> share of v's mask key seed
         self._unmasked: set[int] = set()
@@ -125,6 +127,8 @@ class SecAggServer:
             if not isinstance(data, (bytes, bytearray)) or len(data) != keys.SEALED_SHARES_BYTES:
                 raise SecAggError(f"share message for {v} must be {keys.SEALED_SHARES_BYTES} bytes")
         self._shares[index] = {v: bytes(data) for v, data in shares.items()}
+        for v, data in self._shares[index].items():  # indexed by receiver too: shares_for is O(degree)
+            self._inbox.setdefault(v, {})[index] = data
 
     def shares_for(self, index: int) -> dict[int, bytes]:
         """The sealed shares addressed to `index`; the first call closes share collection."""
@@ -134,7 +138,7 @@ class SecAggServer:
         if index not in self._shares:
             raise SecAggError(f"participant {index} did not send shares")
         self._advance(Phase.MASKED)
-        return {u: sent[index] for u, sent in sorted(self._shares.items()) if index in sent}
+        return dict(sorted(self._inbox.get(index, {}).items()))
 
     def _senders_to(self, index: int) -> set[int]:
         """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""
@@ -169,6 +173,7 @@ class SecAggServer:
             survivors = tuple(sorted(self._masked))
             dropped = tuple(sorted(set(self._shares) - set(self._masked)))
             self._request = survivors, dropped
+            self._request_sets = frozenset(survivors), frozenset(dropped)
             self._advance(Phase.UNMASK)
         return self._request
 
@@ -179,9 +184,9 @@ class SecAggServer:
             raise SecAggError("no unmask request yet")
         if index not in self._masked:
             raise SecAggError(f"participant {index} is not a survivor")
-        near = self._senders_to(index) | {index}
-        survivors, dropped = self._request
-        return tuple(w for w in survivors if w in near), tuple(v for v in dropped if v in near)
+        near = sorted(self._senders_to(index) | {index})  # O(degree): never scan the whole request
+        survivors, dropped = self._request_sets
+        return tuple(w for w in near if w in survivors), tuple(v for v in near if v in dropped)
 
     # phase 4: unmask
 
@@ -204,8 +209,9 @@ class SecAggServer:
         if set(shares) != set(survivors) | set(dropped):
             raise SecAggError(f"participant {index} revealed shares for {sorted(shares)}, "
                               f"expected {sorted(set(survivors) | set(dropped))}")
+        alive = set(survivors)
         for w, share in shares.items():
-            size = keys.B_SHARE_BYTES if w in survivors else keys.KEY_SHARE_BYTES
+            size = keys.B_SHARE_BYTES if w in alive else keys.KEY_SHARE_BYTES
             if not isinstance(share, (bytes, bytearray)) or len(share) != size:
                 raise SecAggError(f"share of participant {w} must be {size} bytes")
         for w in survivors:
@@ -217,10 +223,14 @@ class SecAggServer:
     def result(self, *, executor: Executor | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
         """(sum of the survivors' encoded inputs mod 2^b, survivors); SecAggError "too few" if unrecoverable.
 
-        Almost all the time goes to Shamir interpolation (one per survivor and per dropped participant,
-        pure Python): with `executor` (e.g. a ProcessPoolExecutor, owned by the caller) those run as
-        separate jobs on it. A failed call changes nothing (more unmask shares may still arrive); a
-        successful one ends the round and later calls return the same result.
+        One Shamir reconstruction per survivor and per dropped participant (pure Python), each from
+        the t shares with the smallest x-coordinates, through a `ShamirCombiner`: secrets whose
+        x-coordinates coincide (all of them when nobody dropped: X = 1..t) share one set of Lagrange
+        coefficients and cost ~0.4 ms each at t = 17 instead of ~20 ms. The rest (many dropouts make
+        most x-coordinate sets unique) are plain combines: with `executor` (e.g. a ProcessPoolExecutor,
+        owned by the caller) those run as separate jobs on it. A failed call changes nothing (more
+        unmask shares may still arrive); a successful one ends the round and later calls return the
+        same result.
         """
         if self._result is not None:
             return self._result[0].copy(), self._result[1]
@@ -239,7 +249,7 @@ class SecAggServer:
                               f"and the mask key of dropped {short_key}; abandon the round")
         jobs = [self._points(w, self._b_shares[w]) for w in survivors]
         jobs += [self._points(v, self._key_shares[v]) for v in dropped]
-        secrets = _combine_all(jobs, t, executor)
+        secrets = ShamirCombiner(t).combine_many(jobs, direct=lambda plain: _combine_all(plain, t, executor))
         self_seeds, key_seeds = secrets[:len(survivors)], secrets[len(survivors):]
         round_id, alive = self.params.round_id, set(survivors)
         mask_keys = {}
@@ -266,9 +276,13 @@ class SecAggServer:
         return total.copy(), survivors
 
     def _points(self, owner: int, held: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
-        """(x, share) of the holders of `owner`'s secret; holder h has x = its position in owner's neighbourhood + 1."""
+        """The t (x, share) of `owner`'s secret with the smallest x (only t are used).
+
+        Holder h has x = its position in owner's neighbourhood + 1. The smallest x make most secrets
+        share their x-coordinates, hence their Lagrange coefficients (`ShamirCombiner`).
+        """
         position = {w: p + 1 for p, w in enumerate(self.params.neighbourhood(owner))}
-        return [(position[h], held[h]) for h in sorted(held)][:self.params.threshold]  # only t are used
+        return sorted((position[h], share) for h, share in held.items())[:self.params.threshold]
 
 
 def _combine_all(jobs: Sequence[list[tuple[int, bytes]]], threshold: int, executor: Executor | None) -> list[bytes]:

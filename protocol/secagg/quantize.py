@@ -135,10 +135,35 @@ def packed_size(count: int, bit_width: int) -> int:
     return (count * bit_width + 7) // 8
 
 
+_WINDOW_BITS = 57  # up to here a field plus its bit offset in its first byte (< 8) fits in 8 bytes
+
+
 def pack(values: np.ndarray, bit_width: int) -> bytes:
-    """Exactly `bit_width` bits per value, little-endian bit order, zero padding in the last byte."""
+    """Exactly `bit_width` bits per value, little-endian bit order, zero padding in the last byte.
+
+    For 8 <= b <= 57 the inverse of `unpack`'s windows: each group of 8 values fills b bytes, value r
+    of every group is OR-ed in (shifted left by (r*b) % 8) as one strided uint64 view at byte
+    (r*b) // 8 of the groups (fields are bit-disjoint, and with b >= 8 the windows of one view do
+    not overlap). Other widths go through one byte per bit.
+    """
     _check_bit_width(bit_width)
     values = _as_elements(values, bit_width, "the vector to pack")
+    count = values.size
+    if not 8 <= bit_width <= _WINDOW_BITS or not count:
+        return _pack_bits(values, bit_width)
+    groups = -(-count // 8)
+    grouped = np.zeros(groups * 8, np.uint64)
+    grouped[:count] = values  # zero values beyond count: zero padding bits
+    out = np.zeros(groups * bit_width + 8, np.uint8)
+    for r in range(8):
+        offset, shift = divmod(r * bit_width, 8)
+        windows = np.ndarray((groups,), "<u8", out, offset, (bit_width,))
+        windows |= grouped[r::8] << np.uint64(shift)
+    return out[:packed_size(count, bit_width)].tobytes()
+
+
+def _pack_bits(values: np.ndarray, bit_width: int) -> bytes:
+    """`pack` through one byte per bit."""
     width = (bit_width + 7) // 8  # only the low bytes of each value can hold set bits
     low = values.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width]
     bits = np.unpackbits(low, axis=1, bitorder="little")[:, :bit_width]
@@ -148,7 +173,10 @@ def pack(values: np.ndarray, bit_width: int) -> bytes:
 def unpack(data: bytes, bit_width: int, count: int) -> np.ndarray:
     """The uint64 values of `pack`; refuse a wrong length or nonzero padding bits.
 
-    (Values >= 2^b cannot come out: every field is exactly b bits wide.)
+    (Values >= 2^b cannot come out: every field is exactly b bits wide.) For b <= 57, value i is the
+    8-byte little-endian window at byte (i*b) // 8, shifted right by (i*b) % 8 and masked to b bits;
+    values i, i + 8, i + 16, ... sit at the same offsets within each b-byte group of 8 values, so
+    each of the 8 is one strided uint64 view of the data (padded with zeros) and one shift.
     """
     _check_bit_width(bit_width)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -156,13 +184,33 @@ def unpack(data: bytes, bit_width: int, count: int) -> np.ndarray:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise QuantizationError("packed data must be bytes")
     expected = packed_size(count, bit_width)
-    if len(data) != expected:
+    raw = np.frombuffer(data, np.uint8)
+    if len(data) != expected or raw.size != expected:
         raise QuantizationError(
             f"packed vector of {len(data)} bytes, expected {expected} for {count} values of {bit_width} bits")
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
     used = count * bit_width
-    if bits[used:].any():
+    if used % 8 and int(raw[-1]) >> (used % 8):  # padding bits exist only in the last byte
         raise QuantizationError("packed vector has nonzero padding bits")
+    if not count:
+        return np.zeros(0, np.uint64)
+    if bit_width > _WINDOW_BITS:
+        return _unpack_bits(raw, bit_width, count)
+    groups = -(-count // 8)
+    padded = np.zeros(groups * bit_width + 8, np.uint8)
+    padded[:expected] = raw
+    out = np.empty(groups * 8, np.uint64)
+    mask = _mask(bit_width)
+    for r in range(8):
+        offset, shift = divmod(r * bit_width, 8)
+        windows = np.ndarray((groups,), "<u8", padded, offset, (bit_width,))
+        out[r::8] = (windows >> np.uint64(shift)) & mask
+    return out[:count]
+
+
+def _unpack_bits(raw: np.ndarray, bit_width: int, count: int) -> np.ndarray:
+    """`unpack` through one byte per bit (b > 57: a field may span 9 bytes); length and padding already checked."""
+    bits = np.unpackbits(raw, bitorder="little")
+    used = count * bit_width
     width = (bit_width + 7) // 8
     fields = np.zeros((count, 8 * width), np.uint8)
     fields[:, :bit_width] = bits[:used].reshape(count, bit_width)

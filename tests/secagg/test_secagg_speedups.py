@@ -1,0 +1,272 @@
+"""The coordinator's fast paths give exactly what the plain ones give: batched Shamir reconstruction
+(`ShamirCombiner`), word-window bit packing, and receiver-indexed share routing."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+
+import numpy as np
+import pytest
+from Crypto.Protocol.SecretSharing import Shamir, _Element
+
+import coordinator.secure_aggregation as server_module
+from protocol.secagg import shamir
+from protocol.secagg.errors import QuantizationError, SecAggError
+from protocol.secagg.quantize import pack, packed_size, unpack
+from protocol.secagg.shamir import ShamirCombiner, combine_shares, lagrange_coefficients, split_secret
+
+from test_secagg_protocol import Round, make_params  # noqa: I001 (the protocol tests' round driver)
+
+
+# --- batched Shamir ---
+
+
+def _library_combine(points, threshold):
+    """pycryptodome's own combine, block by block, of the first `threshold` points."""
+    used = points[:threshold]
+    length = len(used[0][1])
+    return b"".join(Shamir.combine([(x, share[i:i + 16]) for x, share in used]) for i in range(0, length, 16))
+
+
+@pytest.mark.parametrize("threshold", [2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 20, 30])
+def test_batched_combine_equals_the_library_for_many_x_sets(threshold):
+    rng = random.Random(threshold)
+    holders = threshold + 6
+    sets = 1 if threshold >= 20 else 3
+    jobs, secrets = [], []
+    for _ in range(sets):
+        chosen = rng.sample(range(1, holders + 1), threshold)  # a random subset, in random order
+        for _ in range(3):
+            secret = rng.randbytes(rng.choice((16, 32, 48)))
+            shares = split_secret(secret, threshold=threshold, num_shares=holders)
+            extra = rng.choice([x for x in range(1, holders + 1) if x not in chosen])
+            jobs.append([(x, shares[x - 1]) for x in chosen] + [(extra, shares[extra - 1])])  # only t are used
+            secrets.append(secret)
+    batched = ShamirCombiner(threshold, min_batch=1).combine_many(jobs)
+    assert batched == secrets
+    assert batched == [_library_combine(job, threshold) for job in jobs]
+
+
+def test_batched_combine_of_arbitrary_share_values_equals_the_library():
+    """Not only valid sharings: any share values (zeros, all ones, random) combine to the library's answer."""
+    rng = random.Random(7)
+    for threshold in (2, 6, 17):
+        for _ in range(2):
+            xs = rng.sample(range(1, 1025), threshold)
+            jobs = [[(x, value) for x in xs] for value in (bytes(16), b"\xff" * 16)]
+            jobs += [[(x, rng.randbytes(32)) for x in xs] for _ in range(3)]
+            assert ShamirCombiner(threshold, min_batch=1).combine_many(jobs) == \
+                [_library_combine(job, threshold) for job in jobs]
+
+
+def test_lagrange_coefficients_come_from_the_library_and_sum_to_one():
+    xs = (3, 9, 4, 20)
+    coefficients = lagrange_coefficients(xs)
+    one, zero = (1).to_bytes(16, "big"), bytes(16)
+    assert coefficients[1] == Shamir.combine([(3, zero), (9, one), (4, zero), (20, zero)])
+    total = _Element(0)
+    for c in coefficients:
+        total = total + _Element(c)
+    assert total == _Element(1)  # interpolating the constant 1
+
+
+def test_small_groups_take_the_plain_path_in_order():
+    rng = random.Random(1)
+    t = 3
+    secrets = [rng.randbytes(16) for _ in range(9)]
+    shares = [split_secret(s, threshold=t, num_shares=6) for s in secrets]
+    # six secrets at x = 1, 2, 3 (batched), three with their own x sets (plain), interleaved
+    xsets = [(1, 2, 3), (4, 5, 6), (1, 2, 3), (1, 2, 3), (2, 4, 6), (1, 2, 3), (1, 2, 3), (1, 5, 6), (3, 2, 1)]
+    jobs = [[(x, sh[x - 1]) for x in xs] for xs, sh in zip(xsets, shares)]
+    seen = []
+
+    def direct(plain):
+        seen.extend(plain)
+        return [combine_shares(job, threshold=t) for job in plain]
+
+    assert ShamirCombiner(t, min_batch=5).combine_many(jobs, direct=direct) == secrets
+    assert seen == [jobs[1], jobs[4], jobs[7]]  # the same x set in another order counts as the same set
+    assert ShamirCombiner(t, min_batch=100).combine_many(jobs) == secrets  # all plain
+    assert ShamirCombiner(t).min_batch == shamir.default_min_batch(t) >= 2
+    with pytest.raises(SecAggError, match="wrong number"):
+        ShamirCombiner(t, min_batch=100).combine_many(jobs, direct=lambda plain: [])
+
+
+@pytest.mark.parametrize("job", [
+    [(1, bytes(16)), (1, bytes(16))],
+    [(1, bytes(16)), (2, bytes(32))],
+    [(0, bytes(16)), (2, bytes(16))],
+    [(1, bytes(15)), (2, bytes(15))],
+    [(1, "x" * 16), (2, bytes(16))],
+    [(1, bytes(16))],
+    [(1, bytes(16)), [2, bytes(16)]],
+])
+def test_batched_combine_validates_like_combine_shares(job):
+    with pytest.raises(SecAggError):
+        combine_shares(job, threshold=2)
+    good = [(1, bytes(16)), (2, bytes(16))]
+    with pytest.raises(SecAggError):
+        ShamirCombiner(2, min_batch=1).combine_many([good, job])
+
+
+@pytest.mark.parametrize("args", [(1,), (True,), (2, 0), (2, 1.5)])
+def test_combiner_refuses_bad_parameters(args):
+    with pytest.raises(SecAggError):
+        ShamirCombiner(*args[:1], **({"min_batch": args[1]} if len(args) > 1 else {}))
+
+
+def test_a_table_that_disagrees_with_the_library_is_not_used(monkeypatch, caplog):
+    rng = random.Random(3)
+    secrets = [rng.randbytes(16) for _ in range(4)]
+    jobs = [list(enumerate(split_secret(s, threshold=2, num_shares=2), start=1)) for s in secrets]
+    broken = shamir._Multiplier.times
+    monkeypatch.setattr(shamir._Multiplier, "times",
+                        lambda self, encoded, into: broken(self, encoded, into) + _Element(1))
+    with caplog.at_level(logging.ERROR, logger="protocol.secagg.shamir"):
+        assert ShamirCombiner(2, min_batch=1).combine_many(jobs) == secrets
+    assert "disagrees" in caplog.text
+
+
+def test_the_server_reconstructs_through_the_batched_path(monkeypatch):
+    """Dropouts at every stage, every x set batched, then every x set plain: the same exact sum."""
+    params = make_params(40)
+
+    def play(min_batch):
+        monkeypatch.setattr(server_module, "ShamirCombiner", functools.partial(ShamirCombiner, min_batch=min_batch))
+        game = Round.start(params)
+        total, survivors = game.run(after_keys={3}, after_shares={7, 21}, after_masked={11, 30})
+        assert np.array_equal(total, game.expected(survivors))
+        return total, survivors
+
+    batched, plain = play(1), play(10_000)
+    assert batched[1] == plain[1] and np.array_equal(batched[0], plain[0])
+
+
+def test_the_server_uses_the_smallest_x_coordinates():
+    params = make_params(20)
+    game = Round.start(params)
+    game.advertise(), game.share(), game.mask()
+    game.unmask(absent={0, 5})
+    for owner, held in game.server._b_shares.items():
+        points = game.server._points(owner, held)
+        position = {w: p + 1 for p, w in enumerate(params.neighbourhood(owner))}
+        assert [x for x, _ in points] == sorted(position[h] for h in held)[:params.threshold]
+        assert all(held[params.neighbourhood(owner)[x - 1]] == share for x, share in points)
+    total, survivors = game.server.result()
+    assert np.array_equal(total, game.expected(survivors))
+
+
+# --- packing ---
+
+
+def _reference_pack(values: np.ndarray, bit_width: int) -> bytes:
+    """The original one-byte-per-bit implementation."""
+    width = (bit_width + 7) // 8
+    low = values.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width]
+    bits = np.unpackbits(low, axis=1, bitorder="little")[:, :bit_width]
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def _reference_unpack(data: bytes, bit_width: int, count: int) -> np.ndarray:
+    """The original one-byte-per-bit implementation (after its length and padding checks)."""
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+    used = count * bit_width
+    assert not bits[used:].any()
+    width = (bit_width + 7) // 8
+    fields = np.zeros((count, 8 * width), np.uint8)
+    fields[:, :bit_width] = bits[:used].reshape(count, bit_width)
+    octets = np.zeros((count, 8), np.uint8)
+    octets[:, :width] = np.packbits(fields, axis=1, bitorder="little")
+    return octets.reshape(-1).view("<u8").astype(np.uint64)
+
+
+@pytest.mark.parametrize("bits", range(1, 65))
+def test_pack_and_unpack_match_the_reference(bits):
+    rng = np.random.default_rng(bits)
+    for count in (0, 1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 1003):
+        values = rng.integers(0, 2**bits, count, dtype=np.uint64) if bits < 64 \
+            else rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
+        if count > 2:
+            values[0], values[-1] = 0, (1 << bits) - 1  # extremes at both ends
+        data = pack(values, bits)
+        assert data == _reference_pack(values, bits)
+        assert len(data) == packed_size(count, bits)
+        out = unpack(data, bits, count)
+        assert out.dtype == np.uint64 and out.shape == (count,) and np.array_equal(out, values)
+        # arbitrary bytes with clean padding: the same values as the reference
+        noise = bytearray(rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+        if (count * bits) % 8:
+            noise[-1] &= (1 << ((count * bits) % 8)) - 1
+        assert np.array_equal(unpack(bytes(noise), bits, count), _reference_unpack(bytes(noise), bits, count))
+        for form in (bytearray(noise), memoryview(bytes(noise))):
+            assert np.array_equal(unpack(form, bits, count), _reference_unpack(bytes(noise), bits, count))
+
+
+@pytest.mark.parametrize("bits", [1, 5, 7, 9, 13, 33, 57, 58, 63])
+def test_unpack_refuses_every_nonzero_padding_bit(bits):
+    count = 11 if (11 * bits) % 8 else 13
+    data = pack(np.random.default_rng(0).integers(0, 2**bits, count, dtype=np.uint64), bits)
+    used = (count * bits) % 8
+    assert used
+    for bit in range(used, 8):
+        bad = data[:-1] + bytes([data[-1] | (1 << bit)])
+        with pytest.raises(QuantizationError, match="padding"):
+            unpack(bad, bits, count)
+    with pytest.raises(QuantizationError, match="expected"):
+        unpack(data + b"\x00", bits, count)
+    with pytest.raises(QuantizationError, match="expected"):
+        unpack(data[:-1], bits, count)
+    with pytest.raises(QuantizationError, match="expected"):
+        unpack(memoryview(np.zeros(len(data), np.uint32)), bits, count)  # len counts items, not bytes
+
+
+# --- routing ---
+
+
+def _reference_shares_for(server, index):
+    return {u: sent[index] for u, sent in sorted(server._shares.items()) if index in sent}
+
+
+def test_routing_matches_a_scan_of_every_participant():
+    params = make_params(60)  # degree 46 < n - 1: a real neighbour graph
+    game = Round.start(params, rng_seed=1)
+    game.advertise(absent=set())
+    for i in sorted(game.server._keys):
+        if i in {4, 50}:
+            continue
+        game.server.receive_shares(i, game.devices[i].share_keys(game.server.keys_for(i)))
+    for i in range(60):
+        if i in game.server._shares:
+            routed = game.server.shares_for(i)
+            assert routed == _reference_shares_for(game.server, i) and list(routed) == sorted(routed)
+        else:
+            with pytest.raises(SecAggError):
+                game.server.shares_for(i)
+    dropped_after_shares = {9, 40, 41}
+    game.mask(absent=dropped_after_shares)
+    survivors, dropped = game.server.unmask_request()
+    for i in survivors:
+        near = {v for v in params.graph[i] if v in game.server._shares} | {i}
+        assert game.server.unmask_request_for(i) == (tuple(w for w in survivors if w in near),
+                                                      tuple(v for v in dropped if v in near))
+    game.unmask(absent={55})
+    total, reporters = game.server.result()
+    assert np.array_equal(total, game.expected(reporters))
+
+
+def test_refused_shares_leave_the_routing_unchanged():
+    params = make_params(20)
+    game = Round.start(params)
+    game.advertise()
+    good = game.devices[0].share_keys(game.server.keys_for(0))
+    bad = dict(good)
+    bad[next(iter(bad))] = b"short"
+    with pytest.raises(SecAggError):
+        game.server.receive_shares(0, bad)
+    assert game.server._inbox == {} and game.server._shares == {}
+    game.server.receive_shares(0, good)
+    with pytest.raises(SecAggError):
+        game.server.receive_shares(0, good)  # twice
+    assert sum(len(inbox) for inbox in game.server._inbox.values()) == len(good)
