@@ -49,6 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentP
     serve.add_argument("--capture-requests", type=Path, metavar="FILE",
                        help="audit: append every request received and every revealed sum to FILE (JSON lines)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text",
+                       help="json: one object per line, with each round's fields")
 
     status = sub.add_parser("status", help="a coordinator's round, cohort, dropouts, ε spent, model version")
     status.add_argument("--coordinator", metavar="HOST:PORT", help="default: the address in --state-dir")
@@ -66,7 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
     from tff_pipeline.cli import import_training_stack
     from tff_pipeline.config import SimulationConfig
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from protocol.logs import configure
+
+    configure(args.log_level, args.log_format)
     config = load_config(args.config) if args.config else CoordinatorConfig(Path("coordinator-state"),
                                                                             SimulationConfig())
     import_training_stack()

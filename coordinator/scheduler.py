@@ -207,7 +207,10 @@ class Scheduler:
         self.metrics.params_version.set(version)
         self._update_epsilon()
         log.info("round %d completed: %d of %d reported in %.1fs (%s)", round_number, len(secure_sum.reporters),
-                 run.num_selected, elapsed, ", ".join(f"{k} {v:.2f}s" for k, v in run.phase_seconds.items()))
+                 run.num_selected, elapsed, ", ".join(f"{k} {v:.2f}s" for k, v in run.phase_seconds.items()),
+                 extra={"event": "round_completed", "round": round_number, "selected": run.num_selected,
+                        "reporters": len(secure_sum.reporters), "seconds": elapsed,
+                        "phase_seconds": run.phase_seconds, "params_version": version})
         self.pool.next_window_in_s = 0.0
         if version % deployment.export_every == 0 and version < self.rounds_planned:
             self._start_publishing(version)
@@ -223,7 +226,9 @@ class Scheduler:
         self.metrics.rounds_abandoned.inc()
         self.metrics.dropped.inc(dropouts)
         self.pool.next_window_in_s = 1.0
-        log.warning("round %d abandoned: %s", run.round_number, reason)
+        log.warning("round %d abandoned: %s", run.round_number, reason,
+                    extra={"event": "round_abandoned", "round": run.round_number, "selected": run.num_selected,
+                           "reporters": reporters, "reason": reason})
 
     def _finish(self, reason: str) -> None:
         self.status.finished = True

@@ -29,6 +29,7 @@ from edge_client.profiles import DeviceProfile, fleet_profiles
 from edge_client.round_client import RoundClient, enroll, open_channel
 from protocol import rounds_pb2_grpc
 from protocol.files import atomic_write
+from protocol.logs import configure as configure_logs
 
 PENDING_RATINGS = "ratings.csv"
 LABEL_FILE = "label"
@@ -99,10 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--record-uploads", action="store_true",
                         help="each device keeps its own plaintext uploads in <device>/uploads/ (audits, tests)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logs(args.log_level, args.log_format)
     folders = sorted(p for p in args.devices_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     options = FleetOptions(args.coordinator, args.ca_cert.read_bytes(), args.enroll_token_file.read_text().strip(),
                            args.profile, args.seed, args.record_uploads)
