@@ -30,17 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
-
-def round_rng(seed: int, round_num: int) -> np.random.Generator:
-    """The per-round generator of `tff_pipeline.federated.sampling` (same seeds, same cohorts)."""
-    return np.random.default_rng([seed, round_num])
-
-
-def uniform_cohort(*, num_clients: int, cohort_size: int, seed: int, round_num: int) -> np.ndarray:
-    """Exactly `tff_pipeline.federated.sampling.uniform_cohort` (kept TF-free here; a test checks
-    that both pick the same cohorts)."""
-    size = min(cohort_size, num_clients)
-    return np.sort(round_rng(seed, round_num).choice(num_clients, size=size, replace=False))
+# The simulation's sampler itself (numpy only), so a seeded deployment picks its exact cohorts.
+from tff_pipeline.federated.sampling import uniform_cohort
 
 
 @dataclasses.dataclass(frozen=True)
