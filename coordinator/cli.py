@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -44,22 +45,67 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentP
     serve = sub.add_parser("serve", help="run the coordinator alone (what Kubernetes runs)")
     serve.add_argument("--config", type=Path, help="coordinator.toml (default: built-in synthetic defaults, state "
                                                    "in ./coordinator-state)")
+    serve.add_argument("--state-dir", type=Path, help="durable state folder (overrides the config's state_dir)")
+    serve.add_argument("--host", help="listen address (overrides the config's [server] host; 0.0.0.0 in a pod)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--capture-requests", type=Path, metavar="FILE",
                        help="audit: append every request received and every revealed sum to FILE (JSON lines)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-format", choices=["text", "json"], default="text",
                        help="json: one object per line, with each round's fields")
+    serve.add_argument("--in-cluster", action="store_true",
+                       help="run as a Kubernetes pod: Lease leader election, edge pod watch, status ConfigMap")
+    serve.add_argument("--namespace", help="--in-cluster: the pod's namespace")
+    serve.add_argument("--identity", help="--in-cluster: this candidate's name in leader election (the pod's name)")
+    serve.add_argument("--service-account-dir", type=Path,
+                       help="--in-cluster: token and ca.crt (default /var/run/secrets/kubernetes.io/serviceaccount)")
+    serve.add_argument("--kubeconfig", type=Path, help="--in-cluster from outside a pod: reach the API with this")
+    serve.add_argument("--edge-selector", help="--in-cluster: label selector of the edge pods")
+
+    k8s = sub.add_parser("k8s", help="the deployment in a Kubernetes cluster: status, scale")
+    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True)
+    for name, text in (("status", "rounds, devices per pod, ε spent (reads the cluster)"),
+                       ("scale", "set the number of edge pods")):
+        command = k8s_sub.add_parser(name, help=text)
+        command.add_argument("--namespace", "-n", default="fedrec")
+        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG or ~/.kube/config")
+        if name == "scale":
+            command.add_argument("replicas", type=int)
+        else:
+            command.add_argument("--json", action="store_true", help="the raw status")
 
     status = sub.add_parser("status", help="a coordinator's round, cohort, dropouts, ε spent, model version")
     status.add_argument("--coordinator", metavar="HOST:PORT", help="default: the address in --state-dir")
     status.add_argument("--ca-cert", type=Path, help="default: --state-dir's tls/ca.pem")
     status.add_argument("--state-dir", type=Path, default=Path("coordinator-state"))
-    return {"up": up, "serve": serve, "status": status}
+    return {"up": up, "serve": serve, "status": status, "k8s": k8s}
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"up": _up, "serve": _serve, "status": _status}[args.command](args)
+    return {"up": _up, "serve": _serve, "status": _status, "k8s": _k8s}[args.command](args)
+
+
+def _k8s(args: argparse.Namespace) -> int:
+    import json
+
+    from coordinator.cluster import commands
+    from coordinator.cluster.api import connect
+
+    try:
+        api = connect(kubeconfig=args.kubeconfig)
+    except Exception as error:  # noqa: BLE001 - the client raises several kinds for a bad kubeconfig
+        raise ConfigError("kubeconfig", f"cannot load a kubeconfig: {error}") from None
+    try:
+        if args.k8s_command == "scale":
+            previous = commands.scale(api, namespace=args.namespace, replicas=args.replicas)
+            print(f"statefulset/{commands.EDGE_STATEFULSET} in {args.namespace}: {previous} -> {args.replicas} pods")
+            return 0
+        status = commands.read_status(api, namespace=args.namespace)
+        print(json.dumps(status, indent=2, sort_keys=True) if args.json else commands.render_status(status))
+        return 0
+    except commands.ClusterCommandError as error:
+        print(f"fedrec: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,13 +118,27 @@ def _serve(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format)
     config = load_config(args.config) if args.config else CoordinatorConfig(Path("coordinator-state"),
                                                                             SimulationConfig())
+    if args.state_dir is not None:
+        config = dataclasses.replace(config, state_dir=args.state_dir)
+    if args.host is not None:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=args.host))
     import_training_stack()
     from coordinator import server
 
     if args.parent_pid:
         _exit_with_parent(args.parent_pid)
-    server.run(config, capture_path=args.capture_requests)
-    return 0
+    if not args.in_cluster:
+        server.run(config, capture_path=args.capture_requests)
+        return 0
+    from coordinator.cluster.api import ClusterSettings, connect
+    from coordinator.cluster.runtime import run_in_cluster
+
+    if not args.namespace or not args.identity:
+        raise ConfigError("in_cluster", "--in-cluster needs --namespace and --identity (the pod's)")
+    extra = {"edge_selector": args.edge_selector} if args.edge_selector else {}
+    settings = ClusterSettings(namespace=args.namespace, identity=args.identity, **extra)
+    api = connect(kubeconfig=args.kubeconfig, service_account_dir=args.service_account_dir)
+    return run_in_cluster(config, settings, api, capture_path=args.capture_requests)
 
 
 def _status(args: argparse.Namespace) -> int:

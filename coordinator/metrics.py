@@ -1,12 +1,17 @@
 """The coordinator's Prometheus metrics (`prometheus-client`), on a registry of its own.
 
 A registry per coordinator (not the library's global one) so that tests can run several
-coordinators in one process and read each one's figures.
+coordinators in one process and read each one's figures. The same port answers Kubernetes'
+probes: `/healthz` (the process answers) and `/readyz` (it leads and serves rounds).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from wsgiref.simple_server import make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 REFUSAL_REASONS = ("unknown_device", "identity_mismatch", "replay", "stale_round", "not_in_round", "wrong_phase",
                    "duplicate", "invalid", "bad_token", "stale_model", "round_abandoned", "malformed")
@@ -34,18 +39,37 @@ class CoordinatorMetrics:
                                     registry=r)
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason=reason)
+        self.ready = False  # /readyz: set once the coordinator serves rounds
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve /metrics on `host:port` (0: any free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics, /healthz and /readyz on `host:port` (0: any free port); returns the port."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):  # type: ignore[no-untyped-def]
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                ok = path == "/healthz" or self.ready
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok\n" if ok else b"not leading or not serving yet\n"]
+            return metrics_app(environ, start_response)
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        threading.Thread(target=server.serve_forever, name="fedrec-metrics", daemon=True).start()
         self._http = server
-        return int(server.server_port)
+        return self.port or 0
+
+    @property
+    def port(self) -> int | None:
+        """Where /metrics is served, once `serve` ran."""
+        server = getattr(self, "_http", None)
+        return None if server is None else int(server.server_port)
 
     def close(self) -> None:
         server = getattr(self, "_http", None)
         if server is not None:
             server.shutdown()
             server.server_close()
+            self._http = None
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (tests and `fedrec up`'s report)."""

@@ -197,6 +197,19 @@ class RoundRun:
         for event in self._closed.values():
             event.set()
 
+    def drop(self, device_ids: Collection[str]) -> int:
+        """These devices are known to be gone (their host was deleted): the current phase stops
+        waiting for them. Returns how many were still expected. Their messages already in are kept
+        (secure aggregation recovers a device that masked and then vanished)."""
+        indices = {self.index[d] for d in device_ids if d in self.index}
+        expected = self._expected.get(self.phase)
+        if not indices or expected is None:
+            return 0
+        waited_for = (indices & expected) - self._arrived[self.phase]
+        expected -= waited_for
+        self._progress.set()
+        return len(waited_for)
+
     # internals
 
     def _accept(self, device_id: str, phase: Phase) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from coordinator.capture import RequestCapture
 from coordinator.config import CoordinatorConfig
+from coordinator.hosts import HostDirectory
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.round_run import Phase, RoundAbandoned, RoundRun
 from coordinator.selection import (
@@ -76,6 +77,7 @@ class Scheduler:
         self.latest_model_version = latest_model_version
         deployment = config.deployment
         self.pool = CheckInPool(hold_s=deployment.checkin_hold_s)
+        self.hosts = HostDirectory()
         self.current: ActiveRound | None = None
         self.status = SchedulerStatus()
         self.rng = np.random.default_rng()
@@ -99,6 +101,19 @@ class Scheduler:
         if selection == "seeded":
             return SeededSelection(cohort, training.seed), deployment.min_reporters or cohort
         return UniformSelection(cohort, deployment.over_selection), deployment.min_reporters or cohort
+
+    def host_gone(self, host: str) -> int:
+        """The cluster deleted `host`: its devices leave the selection window and the current
+        round now (not at the phase deadline). Returns how many the round was waiting for."""
+        devices = self.hosts.gone(host)
+        self.pool.forget(devices)
+        active = self.current
+        dropped = active.run.drop(devices) if active is not None else 0
+        if devices:
+            log.info("host %s is gone: %d of its devices left, %d of them awaited by the current round",
+                     host, len(devices), dropped, extra={"event": "host_gone", "host": host,
+                                                          "devices": len(devices), "awaited": dropped})
+        return dropped
 
     # the loop
 

@@ -123,6 +123,13 @@ class CheckInPool:
         spread = int(self._rng.integers(0, self.spread_ms + 1))
         return ComeBack(int(self.next_window_in_s * 1000) + spread, reason)
 
+    def forget(self, device_ids: set[str]) -> None:
+        """Drop held check-ins of devices known to be gone (their host was deleted)."""
+        for device_id in device_ids:
+            future = self._waiting.pop(device_id, None)
+            if future is not None and not future.done():
+                future.set_result(self.come_back("the device's host is gone"))
+
     async def check_in(self, device_id: str) -> Selected | ComeBack:
         if not self._window_open:
             return self.come_back("no round is selecting devices now")

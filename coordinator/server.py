@@ -47,7 +47,8 @@ class Coordinator:
     enroll_token: str
 
 
-def build(config: CoordinatorConfig, *, capture_path: Path | None = None) -> Coordinator:
+def build(config: CoordinatorConfig, *, capture_path: Path | None = None,
+          metrics: CoordinatorMetrics | None = None) -> Coordinator:
     """Everything but the network, restored from (or created in) `config.state_dir`; with
     `capture_path`, every request and revealed sum is also written there (`capture.py`)."""
     store = StateStore(config.state_dir)
@@ -74,7 +75,7 @@ def build(config: CoordinatorConfig, *, capture_path: Path | None = None) -> Coo
 
     packages = store.packages()
     latest = packages[-1][0] if packages else publish_version(training.params_version, training.params)
-    metrics = CoordinatorMetrics()
+    metrics = metrics or CoordinatorMetrics()
     scheduler = Scheduler(store=store, training=training, config=config, metrics=metrics,
                           rounds_planned=privacy.rounds, publish=publish_version, latest_model_version=latest,
                           capture=capture)
@@ -100,8 +101,10 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) 
     address = f"{config.server.host}:{port}"
     atomic_write(config.state_dir / ADDRESS_FILE, address + "\n")
     if config.server.metrics_port >= 0:
-        metrics_port = coordinator.metrics.serve(config.server.metrics_port, host=config.server.host)
+        metrics_port = coordinator.metrics.port or coordinator.metrics.serve(config.server.metrics_port,
+                                                                             host=config.server.host)
         atomic_write(config.state_dir / METRICS_ADDRESS_FILE, f"{config.server.host}:{metrics_port}\n")
+    coordinator.metrics.ready = True
     log.info("coordinator listening on %s (state in %s)", address, config.state_dir)
     stop = stop or asyncio.Event()
     rounds = asyncio.create_task(coordinator.scheduler.run())
@@ -112,6 +115,7 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) 
             rounds.result()  # re-raise a failure of the round loop
             await _linger(stop, seconds=2.0)  # let the last round's devices hear how it ended
     finally:
+        coordinator.metrics.ready = False
         coordinator.scheduler.stop()
         active = coordinator.scheduler.current
         if active is not None:

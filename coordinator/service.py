@@ -111,6 +111,10 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         async def handle() -> rounds_pb2.CheckInResponse:
             device_id = self._authenticate("CheckIn", request, context)
             self.metrics.checkins.inc()
+            try:
+                self.scheduler.hosts.saw(device_id, request.host)
+            except ValueError as error:
+                raise _Refusal("malformed", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
             latest = self.scheduler.latest_model_version
             published = {version for version, _, _ in self.store.packages()}
             if self.scheduler.status.finished:

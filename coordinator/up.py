@@ -17,9 +17,7 @@ Every child gets a parent-death signal, so nothing it started outlives it, even 
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
-import io
 import json
 import os
 import signal
@@ -36,7 +34,8 @@ from coordinator.config import DeploymentConfig
 from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
 from coordinator.state_store import StateStore
 from coordinator.tls import TLS_DIR
-from edge_client.fleet import LABEL_FILE, PENDING_RATINGS, STATS_FILE
+from edge_client.fleet import STATS_FILE
+from edge_client.simulated_users import device_label, prepare_devices  # noqa: F401 - re-exported for harnesses
 from protocol.files import atomic_write
 
 COORDINATOR_DIR = "coordinator"
@@ -67,34 +66,6 @@ def select_users(train_users: np.ndarray, count: int | None, *, seed: int) -> np
     if count is None or count >= len(clients):
         return clients
     return np.sort(np.random.default_rng([seed, 99]).choice(clients, size=count, replace=False))
-
-
-def device_label(user: int) -> str:
-    """Labels sort like the users (what `SeededSelection` orders the population by)."""
-    return f"user-{user:07d}"
-
-
-def prepare_devices(root: Path, split: Any, users: np.ndarray, *, shards: int) -> list[Path]:
-    """One folder per device with its label and its own train ratings (raw ids); returns the shards."""
-    shard_dirs = [root / f"shard-{k}" for k in range(shards)]
-    item_ids = split.vocab.item_raw_ids
-    train = split.train
-    order = np.argsort(train.users, kind="stable")
-    bounds = np.searchsorted(train.users[order], users, side="left"), np.searchsorted(train.users[order], users,
-                                                                                        side="right")
-    for position, user in enumerate(users):
-        folder = shard_dirs[position % shards] / device_label(int(user))
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = order[bounds[0][position]:bounds[1][position]]
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(["item_id", "rating"])
-        for index in rows:
-            writer.writerow([int(item_ids[train.items[index]]), f"{float(train.ratings[index]):g}"])
-        if not (folder / PENDING_RATINGS).exists():
-            atomic_write(folder / PENDING_RATINGS, text.getvalue())
-        atomic_write(folder / LABEL_FILE, device_label(int(user)) + "\n")
-    return shard_dirs
 
 
 def write_coordinator_config(state_dir: Path, training: dict[str, Any], deployment: DeploymentConfig, *,

@@ -45,6 +45,7 @@ class FleetOptions:
     profile: str = "ideal"
     seed: int = 0
     record_uploads: bool = False  # each device keeps its plaintext uploads in <device>/uploads/ (audits, tests)
+    host: str = ""  # the edge pod these devices run in (CheckInRequest.host); "" on a plain machine
 
 
 async def run_devices(device_dirs: Sequence[Path], options: FleetOptions, stop: asyncio.Event) -> dict[str, dict]:
@@ -71,7 +72,7 @@ async def _start(folder: Path, options: FleetOptions, profile: DeviceProfile, *,
     pending = folder / PENDING_RATINGS
     client = RoundClient(device, rounds_pb2_grpc.CoordinatorStub(channel), identity, profile=profile, seed=seed,
                          pending_ratings=pending if pending.exists() else None,
-                         record_uploads=folder / "uploads" if options.record_uploads else None)
+                         record_uploads=folder / "uploads" if options.record_uploads else None, host=options.host)
     return client, channel
 
 

@@ -103,8 +103,9 @@ class RoundClient:
 
     def __init__(self, device: Device, stub: rounds_pb2_grpc.CoordinatorStub, identity: DeviceIdentity, *,
                  profile: DeviceProfile = DeviceProfile(), seed: int | None = None,
-                 pending_ratings: Path | None = None, record_uploads: Path | None = None) -> None:
+                 pending_ratings: Path | None = None, record_uploads: Path | None = None, host: str = "") -> None:
         self.device, self.stub, self.identity, self.profile = device, stub, identity, profile
+        self.host = host  # a simulated edge pod's name (`CheckInRequest.host`); "" otherwise
         self.rng = np.random.default_rng(seed)
         self.stats = ClientStats()
         self.pending_ratings = pending_ratings
@@ -150,7 +151,7 @@ class RoundClient:
         installed = self.device.store.active_model() or ""
         examples = self._num_examples() if installed else 0
         response = await self._call("CheckIn", rounds_pb2.CheckInRequest(
-            header=self._header(), model_version=installed, num_examples=examples))
+            header=self._header(), model_version=installed, num_examples=examples, host=self.host))
         self.stats.checkins += 1
         latest = response.latest_model_version
         if response.HasField("task"):

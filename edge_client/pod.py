@@ -1,0 +1,143 @@
+"""A simulated edge pod: the users it plays come from its StatefulSet ordinal, their ratings
+from its own copy of the data set (never from the coordinator), and its devices run as a fleet.
+
+    python -m edge_client.pod --pod-name fedrec-edge-3 --devices-per-pod 25 \\
+        --devices-root /var/lib/fedrec-edge --credentials /etc/fedrec/credentials \\
+        --coordinator $(FEDREC_COORDINATOR_SERVICE_HOST):$(FEDREC_COORDINATOR_SERVICE_PORT_GRPC)
+
+Pod `fedrec-edge-k` plays users [k*M, (k+1)*M) of the data set's sorted train users (wrapping
+around past the last one), so scaling the StatefulSet up adds new users and scaling it down
+removes the highest shards, as its ordinals come and go. The device credentials (the CA
+certificate and the enrollment token) come from a Secret the coordinator fills on its first
+start; the pod waits for them. `/metrics` on `--metrics-port` is what the probes ask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_client.fleet import STATS_FILE, FleetOptions, run_devices
+from protocol.files import atomic_write
+from protocol.logs import configure as configure_logs
+
+log = logging.getLogger("fedrec.device")
+CA_FILE = "ca.crt"
+TOKEN_FILE = "enroll-token"
+_ORDINAL = re.compile(r"^(?P<set>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<ordinal>[0-9]+)$")
+
+
+class PodError(ValueError):
+    """A misconfigured edge pod (bad name, no users): says what is wrong."""
+
+
+def ordinal_of(pod_name: str) -> int:
+    """A StatefulSet pod's ordinal: the number after the last dash of its name."""
+    match = _ORDINAL.match(pod_name)
+    if match is None:
+        raise PodError(f"pod name {pod_name!r} is not a StatefulSet pod name (NAME-ORDINAL)")
+    return int(match["ordinal"])
+
+
+def shard_users(all_users: Sequence[int], *, ordinal: int, devices_per_pod: int) -> list[int]:
+    """The users pod `ordinal` plays: the next `devices_per_pod` after the lower ordinals' shards."""
+    users = sorted(int(u) for u in set(all_users))
+    if not users:
+        raise PodError("the data set has no users with train ratings")
+    if devices_per_pod < 1:
+        raise PodError("--devices-per-pod must be at least 1")
+    if devices_per_pod > len(users):
+        raise PodError(f"--devices-per-pod {devices_per_pod} exceeds the data set's {len(users)} users")
+    start = ordinal * devices_per_pod
+    return [users[(start + j) % len(users)] for j in range(devices_per_pod)]
+
+
+def prepare_pod(devices_root: Path, *, pod_name: str, devices_per_pod: int, seed: int) -> list[Path]:
+    """Write (or keep, after a restart) this pod's device folders; returns them."""
+    import numpy as np
+
+    from edge_client.simulated_users import prepare_devices
+    from tff_pipeline.data import load_dataset  # numpy only: the synthetic generator and loaders
+
+    split = load_dataset("synthetic", data_dir=None, split="random", seed=seed)
+    users = shard_users(split.train.users.tolist(), ordinal=ordinal_of(pod_name), devices_per_pod=devices_per_pod)
+    prepare_devices(devices_root, split, np.asarray(users), shards=1)
+    shard = devices_root / "shard-0"
+    return sorted(p for p in shard.iterdir() if p.is_dir())
+
+
+async def wait_for_credentials(folder: Path, stop: asyncio.Event) -> tuple[bytes, str] | None:
+    """The Secret's files, once the coordinator has published them (None if stopped first)."""
+    waited = 0.0
+    while not stop.is_set():
+        try:
+            ca, token = (folder / CA_FILE).read_bytes(), (folder / TOKEN_FILE).read_text().strip()
+            if ca and token:
+                return ca, token
+        except OSError:
+            pass
+        if waited % 30 == 0:
+            log.warning("waiting for the device credentials in %s (the coordinator publishes them on its "
+                        "first start)", folder)
+        await asyncio.sleep(1.0)
+        waited += 1.0
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_client.pod", description=__doc__.splitlines()[0])
+    parser.add_argument("--pod-name", required=True, help="this pod's name (downward API metadata.name)")
+    parser.add_argument("--devices-per-pod", type=int, required=True)
+    parser.add_argument("--devices-root", type=Path, required=True, help="where the pod's devices keep their data")
+    parser.add_argument("--credentials", type=Path, required=True, help="folder with ca.crt and enroll-token")
+    parser.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's Service")
+    parser.add_argument("--seed", type=int, default=0, help="the synthetic data set's seed (as the coordinator's)")
+    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow")
+    parser.add_argument("--metrics-host", default="0.0.0.0")
+    parser.add_argument("--metrics-port", type=int, default=9100, help="/metrics for probes and scraping; -1: none")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    args = parser.parse_args(argv)
+    configure_logs(args.log_level, args.log_format)
+    try:
+        folders = prepare_pod(args.devices_root, pod_name=args.pod_name, devices_per_pod=args.devices_per_pod,
+                              seed=args.seed)
+    except PodError as error:
+        print(f"edge pod: error: {error}", file=sys.stderr)
+        return 2
+    if args.metrics_port >= 0:
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        registry = CollectorRegistry()
+        Gauge("fedrec_edge_devices", "Devices this pod runs", registry=registry).set(len(folders))
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+    log.info("%s plays %d devices (%s .. %s)", args.pod_name, len(folders), folders[0].name, folders[-1].name)
+
+    async def amain() -> dict[str, dict] | None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        credentials = await wait_for_credentials(args.credentials, stop)
+        if credentials is None:
+            return None
+        ca_pem, token = credentials
+        options = FleetOptions(args.coordinator, ca_pem, token, args.profile, seed=ordinal_of(args.pod_name),
+                               host=args.pod_name)
+        return await run_devices(folders, options, stop)
+
+    stats = asyncio.run(amain())
+    if stats is not None:
+        atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
