@@ -8,9 +8,11 @@ another run, a corrupt checkpoint) is printed as one `fedrec: error: ...` line w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from protocol.messages import one_line  # noqa: E402
 from tff_pipeline.config import ConfigError, SimulationConfig, preset  # noqa: E402
+from tff_pipeline.worker_address import WorkerAddress  # noqa: E402
 
 PROG = "fedrec"
 # Flags that do not change what is trained, so they may accompany --resume.
@@ -33,7 +36,58 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--resume", type=Path, help="continue the interrupted run in this folder, as configured there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", metavar="HOST:PORT,...",
+                   help="run TFF on these worker services (`fedrec worker`), each cohort spread over them; "
+                        "default: one local TFF worker")
+    p.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                   help="with --workers: how long to wait for a worker to answer before giving up (default 20)")
     return p
+
+
+def _worker_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from tff_pipeline import worker
+
+    p = sub.add_parser("worker", help="serve TFF's worker_binary in the foreground, for `simulate --workers`")
+    worker.add_arguments(p)
+    return p
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from tff_pipeline import worker
+
+    return worker.serve(args.port, max_concurrent_calls=args.max_concurrent_calls)
+
+
+def _check_workers(args: argparse.Namespace) -> tuple[tuple[WorkerAddress, ...] | None, float]:
+    """--workers and --worker-timeout, parsed; every worker must answer now, before the slow
+    start (data, TensorFlow), so an unreachable one costs at most the timeout."""
+    from tff_pipeline import remote_runtime
+    from tff_pipeline.worker_address import parse_workers
+
+    timeout = remote_runtime.CONNECT_TIMEOUT_SECONDS if args.worker_timeout is None else args.worker_timeout
+    if args.workers is None:
+        if args.worker_timeout is not None:
+            raise ConfigError("worker_timeout", "applies only with --workers")
+        return None, timeout
+    if not 0 < timeout <= 3600:
+        raise ConfigError("worker_timeout", f"must be more than 0 and at most 3600 seconds, got {timeout:g}")
+    workers = parse_workers(args.workers)
+    remote_runtime.check_reachable(workers, timeout=timeout)
+    return workers, timeout
+
+
+@contextlib.contextmanager
+def _tff_context(workers: tuple[WorkerAddress, ...] | None, timeout: float) -> Iterator[None]:
+    """The local TFF worker (None: runtime.install's default), or TFF's context over remote
+    workers, for the block."""
+    if workers is None:
+        yield
+        return
+    from edge_client.native_log import filtered_stderr
+    from tff_pipeline import remote_runtime
+
+    with filtered_stderr(remote_runtime.COMPILE_NOISE), remote_runtime.using_workers(workers, connect_timeout=timeout):
+        yield
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -176,6 +230,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if folder is not None:
             folder.check_can_start(overwrite=args.overwrite)
 
+    workers, worker_timeout = _check_workers(args)
     from tff_pipeline.data import load_dataset
 
     split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
@@ -190,10 +245,11 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     runtime.install()
     on_start, on_round, stop = _progress_callbacks(not args.quiet)
     try:
-        result = simulation.run(
-            config, split, out_dir=None if folder is None else folder.path, resume=args.resume is not None,
-            identity=identity, on_round=on_round, on_start=on_start,
-        )
+        with _tff_context(workers, worker_timeout):
+            result = simulation.run(
+                config, split, out_dir=None if folder is None else folder.path, resume=args.resume is not None,
+                identity=identity, on_round=on_round, on_start=on_start,
+            )
     except KeyboardInterrupt:
         stop()
         if folder is not None:
@@ -248,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     simulate_parser = _simulate_parser(sub)
     _export_parser(sub)
+    _worker_parser(sub)
     from coordinator import cli as coordinator_cli
 
     deployment_parsers = coordinator_cli.add_parsers(sub)
@@ -255,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in deployment_parsers:
             return coordinator_cli.run(args)
+        if args.command == "worker":
+            return _worker(args)
         return _export(args) if args.command == "export" else _simulate(args, simulate_parser)
     except ConfigError as error:
         command_parser = deployment_parsers.get(args.command, simulate_parser)

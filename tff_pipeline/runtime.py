@@ -33,14 +33,14 @@ _installed = False
 _READY_POLL_SECONDS = 0.05
 _START_TIMEOUT_SECONDS = 60.0
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000  # as TFF's own local factory
-_GRPC_OPTIONS = [
+GRPC_OPTIONS = [
     ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
 
-# Runs in the child before it becomes the worker.
-_EXEC_WITH_PDEATHSIG = """
+# Runs in the child before it becomes the worker (also used by `fedrec worker`, tff_pipeline/worker.py).
+EXEC_WITH_PDEATHSIG = """
 import ctypes, os, signal, sys
 if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -48,6 +48,24 @@ if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
     os._exit(1)
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+def worker_binary_path() -> Path:
+    """TFF's C++ worker, `tensorflow_federated/data/worker_binary`, found without importing TFF."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tensorflow_federated is not installed")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "data" / "worker_binary"
+    if not binary.is_file():
+        raise RuntimeError(f"TFF's worker binary is missing at {binary}")
+    return binary.resolve()
+
+
+def pdeathsig_argv(binary: Path, *args: str) -> list[str]:
+    """The command that execs `binary args...` with a parent-death SIGKILL (see the module doc)."""
+    return [sys.executable, "-I", "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), str(binary), *args]
 
 
 class _Keeper:
@@ -107,11 +125,10 @@ class _LocalWorker:
         from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
         port = portpicker.pick_unused_port()
-        argv = [sys.executable, "-I", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), str(self._binary),
-                f"--port={port}", "--max_concurrent_computation_calls=-1"]
+        argv = pdeathsig_argv(self._binary, f"--port={port}", "--max_concurrent_computation_calls=-1")
         self._process = self._keeper.run(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        channel = grpc.insecure_channel(f"localhost:{port}", _GRPC_OPTIONS)
+        channel = grpc.insecure_channel(f"localhost:{port}", GRPC_OPTIONS)
         stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while not stub.is_ready:
@@ -168,14 +185,11 @@ def install() -> None:
     from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
     from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
     from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
-    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory, python_executor_stacks
+    from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
     from tensorflow_federated.python.core.impl.executors import remote_executor
     from tensorflow_federated.python.core.impl.types import placements
 
-    binary = (Path(executor_factory.__file__).parent / ".." / ".." / ".." / ".." / "data" / "worker_binary").resolve()
-    if not binary.is_file():
-        raise RuntimeError(f"TFF's worker binary is missing at {binary}")
-    _worker = _LocalWorker(binary, _Keeper())
+    _worker = _LocalWorker(worker_binary_path(), _Keeper())
 
     def stack_fn(cardinalities: dict) -> Any:
         if cardinalities.get(placements.CLIENTS) is None:
