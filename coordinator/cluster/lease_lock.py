@@ -10,6 +10,7 @@ guarantees that two candidates can never both succeed in taking the same term.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 
 from kubernetes import client
@@ -27,11 +28,17 @@ class LeaseLock:
 
     def get(self, name: str, namespace: str) -> tuple[bool, LeaderElectionRecord | ApiException | None]:
         """(True, record) if the Lease exists; (True, None) if nobody holds it (released);
-        (False, error) otherwise (404: the elector creates it)."""
+        (False, error) otherwise (404: the elector creates it). An unreachable API server is an
+        error like any other: the elector must count it as a failed renewal (and its leader step
+        down after the renew deadline), not die with its thread."""
         try:
             lease = self.api.read_namespaced_lease(name, namespace)
         except ApiException as error:
             return False, error
+        except Exception as error:  # noqa: BLE001 - connection failures: see above
+            unreachable = ApiException(status=503, reason=f"API server unreachable: {error}")
+            unreachable.body = json.dumps({"code": 503})
+            return False, unreachable
         self._lease = lease
         spec = lease.spec
         if spec is None or not spec.holder_identity:
@@ -44,8 +51,8 @@ class LeaseLock:
         try:
             self._lease = self.api.create_namespaced_lease(namespace, body)
             return True
-        except ApiException as error:
-            log.info("cannot create Lease %s: %s", name, error.reason)
+        except Exception as error:  # noqa: BLE001 - a failed attempt, retried by the elector
+            log.info("cannot create Lease %s: %s", name, getattr(error, "reason", error))
             return False
 
     def update(self, name: str, namespace: str, updated_record: LeaderElectionRecord) -> bool:
@@ -55,8 +62,8 @@ class LeaseLock:
         try:
             self._lease = self.api.replace_namespaced_lease(name, namespace, self._lease)
             return True
-        except ApiException as error:
-            log.info("cannot update Lease %s: %s", name, error.reason)
+        except Exception as error:  # noqa: BLE001 - a failed renewal, counted by the elector
+            log.info("cannot update Lease %s: %s", name, getattr(error, "reason", error))
             return False
 
     def release(self) -> bool:
@@ -69,7 +76,7 @@ class LeaseLock:
         try:
             self._lease = self.api.replace_namespaced_lease(self.name, self.namespace, self._lease)
             return True
-        except ApiException:
+        except Exception:  # noqa: BLE001 - it will expire instead
             return False
 
 

@@ -117,3 +117,21 @@ def test_images_run_as_a_numeric_non_root_user():
         lines = (K8S / "images" / name).read_text().splitlines()
         users = [line.split()[1] for line in lines if line.startswith("USER ")]
         assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_coordinator_config_in_each_overlay_is_one_the_coordinator_accepts(overlay, tmp_path):
+    import tomllib
+
+    from coordinator.config import config_from_dict
+
+    docs = render(K8S / "overlays" / overlay)
+    text = next(d for d in docs if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"] == "fedrec-coordinator")["data"]["coordinator.toml"]
+    config = config_from_dict(tomllib.loads(text), base=tmp_path)
+    assert config.server.port == 7443 and config.server.metrics_port == 9090
+    assert "fedrec-coordinator" in config.server.hostnames
+    edge = next(d for d in docs if d["kind"] == "StatefulSet")
+    per_pod = int(next(d for d in docs if d["kind"] == "ConfigMap"
+                       and d["metadata"]["name"] == "fedrec-edge")["data"]["devices-per-pod"])
+    assert config.training.clients_per_round <= edge["spec"]["replicas"] * per_pod <= 400  # the synthetic set's users

@@ -1,0 +1,64 @@
+"""A managed host (an edge pod) that goes away takes its devices out of the round at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from coordinator.hosts import MAX_HOST_NAME, HostDirectory
+from coordinator.round_run import RoundTiming
+from coordinator.selection import CheckInPool, ComeBack
+from tests.coordinator.test_round_logic import LENGTH, _device, _round
+
+
+def test_the_directory_knows_each_devices_host_and_forgets_a_gone_one():
+    hosts = HostDirectory()
+    hosts.saw("a", "edge-0")
+    hosts.saw("b", "edge-0")
+    hosts.saw("c", "edge-1")
+    hosts.saw("phone", "")
+    assert hosts.devices_per_host() == {"edge-0": 2, "edge-1": 1}
+    assert hosts.gone("edge-0") == {"a", "b"}
+    assert hosts.devices_per_host() == {"edge-1": 1}
+    assert hosts.gone("edge-9") == set()
+    hosts.saw("a", "edge-0")  # a StatefulSet pod comes back under its old name
+    assert hosts.devices_per_host() == {"edge-0": 1, "edge-1": 1}
+    with pytest.raises(ValueError, match="longer than"):
+        hosts.saw("x", "h" * (MAX_HOST_NAME + 1))
+
+
+def test_dropping_a_hosts_devices_ends_the_phase_without_waiting_for_the_deadline():
+    async def scenario() -> tuple[float, object, list[str]]:
+        n = 8
+        # Long phases: without the drop, the missing devices would hold each phase for 30 s.
+        run = _round(n, goal=5, timing=RoundTiming(30.0, 30.0, 30.0))
+        rng = np.random.default_rng(3)
+        honest = [asyncio.create_task(_device(run, i, rng.uniform(-0.1, 0.1, LENGTH))) for i in range(6)]
+        started = time.monotonic()
+        collecting = asyncio.create_task(run.collect())
+        await asyncio.sleep(0.3)  # devices 6 and 7 never showed up: their pod is being deleted
+        assert run.drop({"d6", "d7", "not-in-round"}) == 2
+        total = await collecting
+        run.finish()
+        return time.monotonic() - started, total, [await d for d in honest]
+
+    elapsed, total, outcomes = asyncio.run(scenario())
+    assert elapsed < 5.0
+    assert outcomes == ["done"] * 6 and total.reporters == tuple(range(6))
+
+
+def test_a_gone_hosts_held_check_ins_are_answered_and_not_selected():
+    async def scenario() -> object:
+        pool = CheckInPool(hold_s=10)
+        pool._window_open = True
+        waiting = asyncio.create_task(pool.check_in("a"))
+        await asyncio.sleep(0.05)
+        assert pool.waiting == ["a"]
+        pool.forget({"a"})
+        return await waiting, pool.waiting
+
+    outcome, waiting = asyncio.run(scenario())
+    assert isinstance(outcome, ComeBack) and "host is gone" in outcome.reason and waiting == []
