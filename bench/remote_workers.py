@@ -3,22 +3,26 @@ service and on 2 (`fedrec simulate --workers`), measured in one run on this mach
 
 What runs: `simulation.run` on a synthetic data set (defaults: 2,000 users, 300 items, 40 ratings
 per user, dim 16, 5 local steps, 1,000 clients per round so that each worker gets work worth
-spreading), the same config and cohorts in every mode. The worker services are real `python -m tff_pipeline.worker`
-processes on loopback ports, started once for the whole run. Per-round time is the simulation's
-own `train_seconds` (the `learning_process.next` call: upload of the cohort's data, client work,
-aggregation, server update); the first round is reported apart (it includes compiling the round
-for the runtime), the others are averaged. Also reported: the largest difference of the final
-parameters from the local run's.
+spreading), the same config and cohorts in every mode. The worker services are real
+`python -m tff_pipeline.worker` processes on loopback ports, started once for the whole run. The
+modes are interleaved, `--repeats` times (a shared machine's load varies). Per-round time is the
+simulation's own `train_seconds` (the `learning_process.next` call: upload of the cohort's data,
+client work, aggregation, server update); the first round of each run is reported apart (it
+includes compiling the round), the median of the others is the figure. Also reported: CPU seconds
+per round of this process (the driver: TFF's Python side, serialization, gRPC) and of each
+worker_binary, and the largest difference of the final parameters from the local run's.
 
-The remote modes pay what the local one does not: every round's client data and the model cross
-gRPC to each worker, and the round is compiled to TFF's mergeable form (partial aggregates from
-each worker, merged, then the server update on one of them). Workers on the same machine also
-share its cores with each other and with the local worker's thread pool, which already uses all
-of them: on one machine, 2 workers cannot beat 1 by more than the idle time 1 leaves.
+What the remote modes pay that the local one does not: every round's client data and the model
+cross gRPC, and the round runs in TFF's mergeable form (each worker's partial aggregate, a merge,
+then after_merge, which takes the round's argument again, so the first slice's client data is
+serialized twice). With `--pinned`, each worker may use one CPU (as one-core pods on different
+machines would); the driver is not pinned. On a 2-core machine the driver's and the workers' CPU
+together bound every mode: 2 workers here show that the work is spread and run in parallel, not
+the speed-up separate machines would give.
 
     uv run python bench/remote_workers.py                    # local, 1 worker, 2 workers
+    uv run python bench/remote_workers.py --tff-single-loop --pinned
     uv run python bench/remote_workers.py --rounds 6 --users 4000 --clients-per-round 2000
-    uv run python bench/remote_workers.py --tff-single-loop   # + 2 workers on TFF's one event loop
 """
 
 from __future__ import annotations
@@ -153,12 +157,11 @@ def _addresses(services: list[LocalService]) -> list[WorkerAddress]:
 
 
 def _run_local(mode: Mode, config: SimulationConfig, split: Any) -> None:
-    """The local worker is started by the first computation; stopped after, so that it does not
-    hold memory while the remote modes run (it is idle then)."""
+    """The local worker starts inside the run (so its CPU is not measured) and is stopped after
+    it, so that it holds no memory while the remote modes run."""
     from tff_pipeline import runtime
 
-    mode.worker_pids = []
-    _run(mode, config, split)  # CPU of the local worker: not measured (it starts inside the run)
+    _run(mode, config, split)
     runtime.shutdown()
 
 
