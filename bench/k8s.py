@@ -73,15 +73,8 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def completed_rounds(cluster: SimulatedCluster) -> list[tuple[float, int]]:
-    """(unix time, params version) of every round_completed event in the coordinator pods' logs."""
-    found = []
-    for log in (cluster.root / "node" / "pods").glob("fedrec_fedrec-coordinator-*/container.log"):
-        for line in log.read_text(errors="replace").splitlines():
-            if '"round_completed"' in line:
-                record = json.loads(line)
-                moment = time.mktime(time.strptime(record["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                found.append((moment + float("0." + record["time"][20:23]), int(record["params_version"])))
-    return sorted(found)
+    """(unix time, params version) of every completed round, from the coordinator's own log."""
+    return [(moment, int(record["params_version"])) for moment, record in cluster.coordinator_events("round_completed")]
 
 
 def run(pods: int, rounds: int, scratch: Path) -> dict:

@@ -91,6 +91,8 @@ def _k8s(args: argparse.Namespace) -> int:
     from coordinator.cluster import commands
     from coordinator.cluster.api import connect
 
+    if args.k8s_command == "scale" and args.replicas < 0:
+        raise ConfigError("replicas", f"must be 0 or more, got {args.replicas}")
     try:
         api = connect(kubeconfig=args.kubeconfig)
     except Exception as error:  # noqa: BLE001 - the client raises several kinds for a bad kubeconfig
@@ -105,6 +107,13 @@ def _k8s(args: argparse.Namespace) -> int:
         return 0
     except commands.ClusterCommandError as error:
         print(f"fedrec: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - urllib3's connection errors, after the client's retries
+        if not isinstance(error, (OSError,)) and type(error).__module__.split(".")[0] != "urllib3":
+            raise
+        host = api.configuration.host
+        print(f"fedrec: error: cannot reach the Kubernetes API server at {host}: {type(error).__name__}",
+              file=sys.stderr)
         return 2
 
 

@@ -16,28 +16,29 @@ MAX_HOST_NAME = 253  # a DNS subdomain, as Kubernetes object names
 class HostDirectory:
     def __init__(self) -> None:
         self._host_of: dict[str, str] = {}
-        self._gone: set[str] = set()
+        self._gone_devices: set[str] = set()
 
     def saw(self, device_id: str, host: str) -> None:
-        """A check-in from `device_id` on `host` ("" = unmanaged)."""
+        """A check-in from `device_id` on `host` ("" = unmanaged): it is here, wherever it was."""
         if len(host) > MAX_HOST_NAME:
             raise ValueError(f"host name longer than {MAX_HOST_NAME} characters")
+        self._gone_devices.discard(device_id)
         if host:
             self._host_of[device_id] = host
-            self._gone.discard(host)  # a StatefulSet pod comes back under the same name
         else:
             self._host_of.pop(device_id, None)
 
     def gone(self, host: str) -> set[str]:
-        """Mark `host` gone; returns the devices last seen on it."""
-        self._gone.add(host)
+        """`host` was deleted; returns the devices last seen on it, which stay gone until they check in."""
         devices = {device for device, where in self._host_of.items() if where == host}
         for device in devices:
             del self._host_of[device]
+        self._gone_devices |= devices
         return devices
 
     def is_gone(self, device_id: str) -> bool:
-        return self._host_of.get(device_id) in self._gone
+        """Its host was deleted and it has not checked in since: not worth waiting for."""
+        return device_id in self._gone_devices
 
     def devices_per_host(self) -> dict[str, int]:
         return dict(collections.Counter(self._host_of.values()))

@@ -102,6 +102,12 @@ class Scheduler:
             return SeededSelection(cohort, training.seed), deployment.min_reporters or cohort
         return UniformSelection(cohort, deployment.over_selection), deployment.min_reporters or cohort
 
+    def _available_devices(self) -> dict[str, str]:
+        """Enrolled devices, minus those whose host was deleted (a Poisson window waits for every
+        available device to check in: without this, each window after a scale-down would run to
+        its timeout waiting for devices that no longer exist)."""
+        return {device: label for device, label in self.store.devices().items() if not self.hosts.is_gone(device)}
+
     def host_gone(self, host: str) -> int:
         """The cluster deleted `host`: its devices leave the selection window and the current
         round now (not at the phase deadline). Returns how many the round was waiting for."""
@@ -152,7 +158,7 @@ class Scheduler:
         round_id = os.urandom(16)
         self.status.phase = "selecting"
         self.pool.next_window_in_s = self._expected_round_s  # what the devices not selected are told
-        cohort = await self.pool.select(policy, self.store.devices, round_number=round_number, round_key=round_id,
+        cohort = await self.pool.select(policy, self._available_devices, round_number=round_number, round_key=round_id,
                                         timeout_s=self.config.deployment.selection_timeout_s, rng=self.rng)
         if len(cohort) < max(goal, 2):
             self.status.phase = "waiting for devices"
@@ -171,7 +177,8 @@ class Scheduler:
         log.info("round %d: %d devices, SecAgg+ degree %d, threshold %d (%.0f bits against 2%% colluding), "
                  "%d-bit values", round_number, len(cohort), params.degree, params.threshold,
                  privacy_bits_achieved(len(cohort), params.degree, params.threshold, DEFAULT_CORRUPT_FRACTION),
-                 params.fixed_point.bit_width)
+                 params.fixed_point.bit_width,
+                 extra={"event": "round_started", "round": round_number, "selected": len(cohort)})
         attempt = self.store.start_round(round_id=round_id, round_number=round_number, selected=len(cohort))
         run = RoundRun(round_id=round_id, round_number=round_number, participants=cohort, params=params, goal=goal,
                        timing=deployment.timing)

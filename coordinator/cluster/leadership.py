@@ -24,9 +24,26 @@ from coordinator.cluster.lease_lock import LeaseLock
 log = logging.getLogger("fedrec.coordinator.cluster")
 
 
+class _QuietElector(logging.Filter):
+    """The official elector logs every retry at INFO on the root logger ("yet to finish
+    lease_duration ...", every 2 s on a standby); ours says when leadership changes. Demote its
+    INFO lines to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.module in ("leaderelection", "configmaplock"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET = _QuietElector()
+
+
 class Leadership:
     def __init__(self, settings: ClusterSettings, api: client.ApiClient, *, on_lost: Callable[[], None]) -> None:
         self.settings = settings
+        if _QUIET not in logging.getLogger().filters:
+            logging.getLogger().addFilter(_QUIET)
         self.lock = LeaseLock(settings.lease_name, settings.namespace, settings.identity, api)
         self._acquired = threading.Event()
         self._lost = threading.Event()

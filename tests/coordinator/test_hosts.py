@@ -24,8 +24,10 @@ def test_the_directory_knows_each_devices_host_and_forgets_a_gone_one():
     assert hosts.gone("edge-0") == {"a", "b"}
     assert hosts.devices_per_host() == {"edge-1": 1}
     assert hosts.gone("edge-9") == set()
-    hosts.saw("a", "edge-0")  # a StatefulSet pod comes back under its old name
+    assert hosts.is_gone("a") and hosts.is_gone("b") and not hosts.is_gone("c") and not hosts.is_gone("phone")
+    hosts.saw("a", "edge-0")  # a StatefulSet pod comes back under its old name, with this device
     assert hosts.devices_per_host() == {"edge-0": 1, "edge-1": 1}
+    assert not hosts.is_gone("a") and hosts.is_gone("b")
     with pytest.raises(ValueError, match="longer than"):
         hosts.saw("x", "h" * (MAX_HOST_NAME + 1))
 

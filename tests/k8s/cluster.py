@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from pathlib import Path
@@ -94,6 +95,19 @@ class SimulatedCluster:
             time.sleep(every_s)
         raise TimeoutError(f"{what}: not within {timeout_s:.0f} s (last error: {last_error}); "
                            f"logs under {self.root}")
+
+    def coordinator_events(self, *events: str) -> list[tuple[float, dict[str, Any]]]:
+        """(unix time, record) of the coordinator pods' JSON log records with these `event`s, in order."""
+        found = []
+        for log in (self.root / "node" / "pods").glob("fedrec_fedrec-coordinator-*/container.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if not line.startswith("{") or '"event"' not in line:
+                    continue
+                record = json.loads(line)
+                if record.get("event") in events:
+                    moment = datetime.datetime.fromisoformat(record["time"]).timestamp()
+                    found.append((moment, record))
+        return sorted(found, key=lambda item: item[0])
 
     def coordinator_pods(self) -> list[client.V1Pod]:
         return self.core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=coordinator").items

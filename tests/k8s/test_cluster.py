@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.cluster import commands
 from tests.k8s.cluster import DEV_OVERLAY, NAMESPACE, SimulatedCluster, available, edit_coordinator_toml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(available() is not None, reason=str(available()))]
@@ -115,33 +116,44 @@ def test_a_second_coordinator_replica_waits_for_the_lease(cluster):
     assert cluster.status()["leader"] == leader
 
 
-def _in_round(cluster: SimulatedCluster) -> bool:
-    return "secure aggregation" in str(cluster.status().get("phase"))
-
-
 def test_scale_down_mid_round_loses_at_most_that_round_and_training_goes_on(cluster):
-    cluster.wait_for(lambda: _in_round(cluster), timeout_s=120, what="a round in progress", every_s=0.2)
     rounds_before = cluster.status()["rounds"]
     version_before = completed(cluster)
+    # Right after the coordinator logs a round's start: the same call `fedrec k8s scale 4` makes
+    # (the CLI itself takes a second to start, long enough to miss a 2-5 s round).
+    seen = len(cluster.coordinator_events("round_started"))
+    cluster.wait_for(lambda: len(cluster.coordinator_events("round_started")) > seen, timeout_s=120,
+                     what="a round starting", every_s=0.05)
     scaled_at = time.time()
-    result = fedrec_k8s(cluster, "scale", "4")
-    assert result.returncode == 0, result.stderr
-    assert "8 -> 4" in result.stdout
+    assert commands.scale(cluster.api, namespace=NAMESPACE, replicas=4) == EDGE_PODS
     cluster.wait_for(lambda: len(cluster.edge_pods()) == 4, timeout_s=60, what="four edge pods")
     # The round that was running ends (completed or abandoned) long before its 60 s report window.
     cluster.wait_for(lambda: sum(cluster.status()["rounds"][k] for k in ("completed", "abandoned"))
                      > sum(rounds_before[k] for k in ("completed", "abandoned")), timeout_s=60,
                      what="the interrupted round to end", every_s=0.2)
     ended_s = time.time() - scaled_at
+    # From the coordinator's log: when the first deleted pod's devices were dropped, and when the
+    # round in progress then ended.
+    gone = cluster.wait_for(lambda: [(t, r) for t, r in cluster.coordinator_events("host_gone") if t >= scaled_at],
+                            timeout_s=30, what="the coordinator dropping the deleted pods' devices")
+    first_gone = gone[0][0]
+    ends = cluster.wait_for(lambda: [t for t, _ in cluster.coordinator_events("round_completed", "round_abandoned")
+                                     if t >= first_gone], timeout_s=60, what="the round in progress to end")
+    awaited = sum(int(r.get("awaited", 0)) for _, r in gone)
+    print(f"scale-down: {len(gone)} pods' devices dropped from {first_gone - scaled_at:.1f} s after the command "
+          f"({awaited} of them awaited by the round in progress); that round ended {ends[0] - first_gone:.1f} s later")
+    assert ends[0] - first_gone < 30  # the phase deadline is 30 s, the report window 60 s
     cluster.wait_for(lambda: completed(cluster) >= version_before + 3, timeout_s=240, what="three more rounds")
     after = cluster.status()
     assert after["rounds"]["abandoned"] - rounds_before["abandoned"] <= 1
     assert sorted(after["edge_pods"]) == [f"fedrec-edge-{k}" for k in range(4)]
-    print(f"scale-down: the round in progress ended {ended_s:.1f} s after `fedrec k8s scale 4`; "
+    print(f"scale-down: the interrupted round ended {ended_s:.1f} s after scaling to 4 (by the coordinator's status); "
           f"{after['rounds']['abandoned'] - rounds_before['abandoned']} round(s) abandoned")
     assert ended_s < 45
 
-    assert fedrec_k8s(cluster, "scale", "8").returncode == 0
+    result = fedrec_k8s(cluster, "scale", "8")
+    assert result.returncode == 0, result.stderr
+    assert "4 -> 8" in result.stdout
     cluster.wait_for(lambda: len(cluster.status().get("devices_per_pod", {})) == EDGE_PODS, timeout_s=180,
                      what="the new pods' devices checking in")
     version = completed(cluster)
