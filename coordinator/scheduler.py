@@ -77,7 +77,10 @@ class Scheduler:
         self.latest_model_version = latest_model_version
         deployment = config.deployment
         self.pool = CheckInPool(hold_s=deployment.checkin_hold_s)
-        self.hosts = HostDirectory()
+        # A device checks in at least once per selection window unless it is in a round; twice that
+        # without a word, it is not worth holding a Poisson window open for.
+        self.hosts = HostDirectory(presence_s=max(60.0, 2 * deployment.selection_timeout_s,
+                                                  deployment.report_window_s + deployment.selection_timeout_s))
         self.current: ActiveRound | None = None
         self.status = SchedulerStatus()
         self.rng = np.random.default_rng()
@@ -103,10 +106,10 @@ class Scheduler:
         return UniformSelection(cohort, deployment.over_selection), deployment.min_reporters or cohort
 
     def _available_devices(self) -> dict[str, str]:
-        """Enrolled devices, minus those whose host was deleted (a Poisson window waits for every
-        available device to check in: without this, each window after a scale-down would run to
-        its timeout waiting for devices that no longer exist)."""
-        return {device: label for device, label in self.store.devices().items() if not self.hosts.is_gone(device)}
+        """Enrolled devices minus those gone or long silent (`HostDirectory.available`): a Poisson
+        window waits for every available device, and without this each window after a scale-down
+        ran to its timeout waiting for devices that no longer exist."""
+        return self.hosts.available(self.store.devices())
 
     def host_gone(self, host: str) -> int:
         """The cluster deleted `host`: its devices leave the selection window and the current
@@ -158,7 +161,9 @@ class Scheduler:
         round_id = os.urandom(16)
         self.status.phase = "selecting"
         self.pool.next_window_in_s = self._expected_round_s  # what the devices not selected are told
-        cohort = await self.pool.select(policy, self._available_devices, round_number=round_number, round_key=round_id,
+        # Seeded cohorts are drawn from the whole enrolled population (as the simulation draws them).
+        population = self.store.devices if isinstance(policy, SeededSelection) else self._available_devices
+        cohort = await self.pool.select(policy, population, round_number=round_number, round_key=round_id,
                                         timeout_s=self.config.deployment.selection_timeout_s, rng=self.rng)
         if len(cohort) < max(goal, 2):
             self.status.phase = "waiting for devices"

@@ -67,6 +67,7 @@ async def _main(config: CoordinatorConfig, settings: ClusterSettings, api: clien
         watcher = EdgePodWatcher(api, namespace=settings.namespace, selector=settings.edge_selector,
                                  on_gone=lambda pod: loop.call_soon_threadsafe(scheduler.host_gone, pod))
         watcher.start()
+        scheduler.hosts.expected_hosts = lambda: watcher.population  # ends the presence warm-up early
         reporter = asyncio.create_task(_report_status(coordinator, watcher, publication, settings))
         try:
             await server.serve(coordinator, stop=stop)

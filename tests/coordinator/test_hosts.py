@@ -64,3 +64,34 @@ def test_a_gone_hosts_held_check_ins_are_answered_and_not_selected():
 
     outcome, waiting = asyncio.run(scenario())
     assert isinstance(outcome, ComeBack) and "host is gone" in outcome.reason and waiting == []
+
+
+def test_a_window_waits_only_for_devices_that_are_around():
+    now = [1000.0]
+    hosts = HostDirectory(presence_s=60.0, clock=lambda: now[0])
+    enrolled = {"a": "user-1", "b": "user-2", "c": "user-3", "d": "user-4"}
+    hosts.saw("a", "edge-0")
+    hosts.saw("b", "edge-1")
+    hosts.gone("edge-1")
+    # Just started: everyone enrolled may still check in, except a device whose pod is gone.
+    assert hosts.available(enrolled) == {"a": "user-1", "c": "user-3", "d": "user-4"}
+    now[0] += 61.0
+    hosts.saw("c", "")
+    # Later: only devices heard from within the presence window.
+    assert hosts.available(enrolled) == {"c": "user-3"}
+    now[0] += 30.0
+    hosts.saw("d", "edge-2")
+    assert hosts.available(enrolled) == {"c": "user-3", "d": "user-4"}
+
+
+def test_in_a_cluster_the_warm_up_ends_once_every_running_pod_has_checked_in():
+    now = [0.0]
+    hosts = HostDirectory(presence_s=90.0, clock=lambda: now[0])
+    enrolled = {"old-1": "user-1", "old-2": "user-2", "new-1": "user-3", "new-2": "user-4"}
+    running = ["fedrec-edge-0", "fedrec-edge-1"]
+    hosts.expected_hosts = lambda: running
+    now[0] = 5.0
+    hosts.saw("new-1", "fedrec-edge-0")
+    assert set(hosts.available(enrolled)) == set(enrolled)  # edge-1 not heard from yet: still warming up
+    hosts.saw("new-2", "fedrec-edge-1")
+    assert set(hosts.available(enrolled)) == {"new-1", "new-2"}  # the old pods' devices are not waited for
