@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -84,8 +85,10 @@ def build(config: CoordinatorConfig, *, capture_path: Path | None = None,
     return Coordinator(config, store, tls, training, scheduler, service, metrics, token)
 
 
-async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) -> None:
-    """Listen, run rounds until the plan is done or `stop` is set, then shut down cleanly."""
+async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
+                on_stopped: Callable[[], None] | None = None) -> None:
+    """Listen, run rounds until the plan is done or `stop` is set, then shut down cleanly;
+    `on_stopped` runs once rounds have stopped, while the state is still open (a last status)."""
     config = coordinator.config
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -128,6 +131,11 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None) 
                 await rounds
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
                 pass
+        if on_stopped is not None:
+            try:
+                on_stopped()
+            except Exception:  # noqa: BLE001 - the state must still be closed
+                log.exception("the stop hook failed")
         coordinator.metrics.close()
         coordinator.store.close()
 

@@ -26,6 +26,7 @@ log = logging.getLogger("fedrec.coordinator.cluster")
 CA_KEY = "ca.crt"
 TOKEN_KEY = "enroll-token"
 STATUS_KEY = "status.json"
+REQUEST_TIMEOUT_S = 10
 
 
 class ClusterPublication:
@@ -37,7 +38,8 @@ class ClusterPublication:
     def publish_credentials(self, *, ca_pem: bytes, enroll_token: str) -> None:
         data = {CA_KEY: base64.b64encode(ca_pem).decode(),
                 TOKEN_KEY: base64.b64encode(enroll_token.encode()).decode()}
-        self.core.patch_namespaced_secret(self.settings.credentials_secret, self.settings.namespace, {"data": data})
+        self.core.patch_namespaced_secret(self.settings.credentials_secret, self.settings.namespace, {"data": data},
+                                          _request_timeout=REQUEST_TIMEOUT_S)
         log.info("published the device credentials to Secret %s", self.settings.credentials_secret)
 
     def publish_status(self, status: dict[str, Any]) -> None:
@@ -46,7 +48,8 @@ class ClusterPublication:
             return
         try:
             self.core.patch_namespaced_config_map(self.settings.status_configmap, self.settings.namespace,
-                                                  {"data": {STATUS_KEY: text}})
+                                                  {"data": {STATUS_KEY: text}}, _request_timeout=REQUEST_TIMEOUT_S)
             self._last_status = text
-        except ApiException as error:
-            log.warning("cannot publish the status to ConfigMap %s: %s", self.settings.status_configmap, error.reason)
+        except Exception as error:  # noqa: BLE001 - the next publication retries
+            log.warning("cannot publish the status to ConfigMap %s: %s", self.settings.status_configmap,
+                        getattr(error, "reason", error))

@@ -69,12 +69,16 @@ async def _main(config: CoordinatorConfig, settings: ClusterSettings, api: clien
         watcher.start()
         scheduler.hosts.expected_hosts = lambda: watcher.population  # ends the presence warm-up early
         reporter = asyncio.create_task(_report_status(coordinator, watcher, publication, settings))
-        try:
-            await server.serve(coordinator, stop=stop)
-        finally:
+
+        def last_status() -> None:  # rounds have stopped, the state is still open
             reporter.cancel()
             if not lost.is_set():
-                await asyncio.to_thread(publication.publish_status, status_of(coordinator, watcher, settings))
+                publication.publish_status(status_of(coordinator, watcher, settings))
+
+        try:
+            await server.serve(coordinator, stop=stop, on_stopped=last_status)
+        finally:
+            reporter.cancel()
         return EXIT_LEASE_LOST if lost.is_set() else 0
     finally:
         if watcher is not None:
