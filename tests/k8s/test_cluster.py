@@ -12,6 +12,7 @@ something.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -192,12 +193,17 @@ def test_coordinator_pod_deleted_the_replacement_resumes_from_the_volume(cluster
     assert first_of_new["params_version"] == last_of_old["params_version"]
     assert first_of_new["epsilon"] == pytest.approx(last_of_old["epsilon"], rel=1e-12)
     resumed_from = last_of_old["params_version"]
+    # The checkpoint it resumed from is the one the old pod committed (the digest in its index;
+    # the replacement also refuses to load a checkpoint that does not match it).
     digest = _checkpoint_digest(cluster, resumed_from)
+    state = cluster.root / "node" / "volumes" / NAMESPACE / "fedrec-coordinator-state" / "state"
+    with sqlite3.connect(f"file:{state / 'coordinator.db'}?mode=ro", uri=True) as db:
+        recorded = db.execute("SELECT sha256 FROM checkpoints WHERE params_version = ?", (resumed_from,)).fetchone()
+    assert recorded is not None and recorded[0] == digest
     cluster.wait_for(lambda: completed(cluster) > resumed_from, timeout_s=120,
                      what="a round completed by the replacement", every_s=0.2)
     next_round_s = time.time() - ready_at
     print(f"coordinator replaced: deleted -> replacement ready {ready_at - deleted_at:.1f} s; "
           f"ready -> next round completed {next_round_s:.1f} s")
     assert next_round_s <= 60  # started (and even completed) within 60 s of being ready
-    assert _checkpoint_digest(cluster, resumed_from) == digest
     assert cluster.status()["epsilon"] > last_of_old["epsilon"]  # the ledger went on from where it was
