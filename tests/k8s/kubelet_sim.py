@@ -351,6 +351,7 @@ class _PodRunner:
         self.sandbox = kubelet.root / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
         self.process: subprocess.Popen | None = None
         self.restarts = 0
+        self._volumes: list[tuple[str, Path]] = []  # (mountPath, local folder), set before the command is built
 
     def start(self) -> None:
         threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True).start()
@@ -585,7 +586,7 @@ class _PodRunner:
         prefix, sep, rest = value.partition("=")
         if sep and rest.startswith("/"):
             return prefix + sep + self._rewrite(rest)
-        for mount_path, folder in self._volumes if hasattr(self, "_volumes") else []:
+        for mount_path, folder in self._volumes:
             if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                 return str(folder) + value[len(mount_path.rstrip("/")):]
         return value
