@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import logging
+
 from tff_pipeline.config import ConfigError
 
 UP_OUTPUTS = ("coordinator", "devices", "coordinator.log")
-# Real rounds cost seconds each (key agreement, secret sharing, masking on every device, here all
-# on one machine), so `fedrec up` trains fewer rounds than `fedrec simulate` unless told otherwise.
-UP_DEFAULT_ROUNDS = 20
+log = logging.getLogger("fedrec.coordinator")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -118,27 +118,44 @@ def _k8s(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from coordinator.config import CoordinatorConfig, load_config
-    from tff_pipeline.cli import import_training_stack
-    from tff_pipeline.config import SimulationConfig
-
+    """Check everything that can be checked before the slow start (the configuration, the
+    addresses, the state folder's lock), then import TensorFlow and serve."""
+    from coordinator.state_lock import StateLock, refuse_if_held
     from protocol.logs import configure
 
-    configure(args.log_level, args.log_format)
-    config = load_config(args.config) if args.config else CoordinatorConfig(Path("coordinator-state"),
-                                                                            SimulationConfig())
-    if args.state_dir is not None:
-        config = dataclasses.replace(config, state_dir=args.state_dir)
-    if args.host is not None:
-        config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=args.host))
-    import_training_stack()
-    from coordinator import server
+    from coordinator.config import planned
 
-    if args.parent_pid:
-        _exit_with_parent(args.parent_pid)
+    configure(args.log_level, args.log_format)
+    config = serve_config(args)
     if not args.in_cluster:
-        server.run(config, capture_path=args.capture_requests)
-        return 0
+        refuse_if_held(config.state_dir)
+    _check_addresses(config, args)
+    # Outside a cluster the folder is taken now, so that a second coordinator is refused at
+    # once; in a cluster only once the Lease is held (a standby replica must not touch it).
+    lock = None if args.in_cluster else StateLock(config.state_dir).acquire()
+    try:
+        if lock is not None:
+            from coordinator.state_store import StateStore
+
+            StateStore(config.state_dir).close()  # a damaged database is refused now, not after the slow start
+        config = planned(config)
+        for note in config.notes:
+            log.info("%s", note)
+        if config.plan is not None:
+            log.info("%s", config.plan.describe())
+        from tff_pipeline.cli import import_training_stack
+
+        import_training_stack()
+        from coordinator import server
+
+        if args.parent_pid:
+            _exit_with_parent(args.parent_pid)
+        if not args.in_cluster:
+            server.run(config, capture_path=args.capture_requests, lock=lock)
+            return 0
+    finally:
+        if lock is not None:
+            lock.release()  # server.run released it already when it ran
     from coordinator.cluster.api import ClusterSettings, connect
     from coordinator.cluster.runtime import run_in_cluster
 
@@ -150,29 +167,61 @@ def _serve(args: argparse.Namespace) -> int:
     return run_in_cluster(config, settings, api, capture_path=args.capture_requests)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from coordinator.state_store import ADDRESS_FILE
-    from coordinator.tls import TLS_DIR
-    from coordinator.up import read_status, status_line
+def serve_config(args: argparse.Namespace) -> Any:
+    """coordinator.toml (or the built-in deployment defaults) with the command line's overrides,
+    every value checked."""
+    from coordinator.config import DEFAULT_CONFIG, config_from_dict, load_config
 
-    address = args.coordinator
-    if address is None:
-        path = args.state_dir / ADDRESS_FILE
-        if not path.exists():
-            raise ConfigError("coordinator", f"no --coordinator given and no {path}")
-        address = path.read_text().strip()
-    ca_path = args.ca_cert or args.state_dir / TLS_DIR / "ca.pem"
-    try:
-        ca_pem = ca_path.read_bytes()
-    except OSError as error:
-        raise ConfigError("ca_cert", f"{ca_path}: {error.strerror or error}") from None
+    config = load_config(args.config) if args.config else config_from_dict(DEFAULT_CONFIG, base=Path.cwd())
+    if args.state_dir is not None:
+        config = dataclasses.replace(config, state_dir=args.state_dir)
+    if args.host is not None:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=args.host))
+    return config
+
+
+def _check_addresses(config: Any, args: argparse.Namespace) -> None:
+    from coordinator.listen import check_can_listen
+
+    origin = f"{args.config}: [server] " if args.config else ""
+    host_field = "host" if args.host is not None else f"{origin}host"
+    server = config.server
+    check_can_listen(server.host, server.port, field=host_field if server.port == 0 else f"{origin}port")
+    if server.metrics_port >= 0 and not args.in_cluster:  # in a cluster the probes' port opens before the Lease
+        field = f"{origin}metrics_port" if server.metrics_host is None else f"{origin}metrics_host"
+        check_can_listen(server.metrics_bind_host, server.metrics_port, field=field)
+
+
+def _status(args: argparse.Namespace) -> int:
+    """The live coordinator's status; with none running, what its state folder says."""
+    from coordinator.durable_status import read_durable_status
+    from coordinator.state_lock import describe_holder, holder
+
+    state_dir = args.state_dir
+    running = holder(state_dir) if args.coordinator is None and state_dir.is_dir() else None
+    if args.coordinator is None and running is None:
+        if not state_dir.exists():
+            raise ConfigError("state_dir", f"{state_dir}: no such folder (no coordinator state here)")
+        durable = read_durable_status(state_dir)
+        print(f"coordinator not running (nothing holds {state_dir}); its state:")
+        print("\n".join(durable.lines()))
+        return 0
+    address = _check_address(args.coordinator) if args.coordinator is not None else _read_address(state_dir)
+    ca_pem = _read_ca(args.ca_cert or state_dir / "tls" / "ca.pem")
     import grpc
+
+    from coordinator.up import read_status, status_line
 
     try:
         status = asyncio.run(read_status(address, ca_pem))
     except grpc.aio.AioRpcError as error:
-        print(f"fedrec: error: {address}: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 2
+        if running is None:
+            print(f"fedrec: error: {address}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+        print(f"coordinator running ({describe_holder(running)}) but not answering at {address}: "
+              f"{error.code().name}; its state:")
+        print("\n".join(read_durable_status(state_dir).lines()))
+        return 0
     print(status_line(status))
     print(f"model {status.model_version} (params version {status.params_version})")
     refused = {k: v for k, v in status.refused.items() if v}
@@ -181,32 +230,88 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_address(state_dir: Path) -> str:
+    """The address a running coordinator wrote into its state folder, checked."""
+    from coordinator.state_store import ADDRESS_FILE
+    from protocol.files import FileRefused, read_bounded
+
+    path = state_dir / ADDRESS_FILE
+    try:
+        text = read_bounded(path, max_bytes=1024, what="address file").decode("ascii").strip()
+    except (FileRefused, UnicodeDecodeError) as error:
+        raise ConfigError("coordinator", f"{path}: not a coordinator address ({error}); give --coordinator "
+                                         "HOST:PORT") from None
+    if split_address(text) is None:
+        raise ConfigError("coordinator", f"{path}: not a HOST:PORT address ({text[:60]!r}); give --coordinator")
+    return text
+
+
+def _check_address(text: str) -> str:
+    if split_address(text) is None:
+        raise ConfigError("coordinator", f"expected HOST:PORT (an IP address or host name and a port 1-65535), "
+                                         f"got {text[:60]!r}")
+    return text
+
+
+def split_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of "HOST:PORT" or "[IPV6]:PORT", or None if it is not one."""
+    from coordinator.config import is_address
+
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            return None
+    elif ":" in host:
+        return None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) or not is_address(host):
+        return None
+    return host, int(port)
+
+
+def _read_ca(path: Path) -> bytes:
+    from cryptography import x509
+
+    from protocol.files import FileRefused, read_bounded
+
+    try:
+        pem = read_bounded(path, max_bytes=1 << 20, what="CA certificate")
+        x509.load_pem_x509_certificate(pem)
+    except FileRefused as error:
+        raise ConfigError("ca_cert", str(error)) from None
+    except ValueError:
+        raise ConfigError("ca_cert", f"{path}: not a PEM certificate") from None
+    return pem
+
+
 def _up(args: argparse.Namespace) -> int:
-    from coordinator.config import DeploymentConfig
+    """Check every flag against the data and the fleet, print the plan, then run the deployment."""
+    from coordinator import up
+    from coordinator.config import deployment_training
     from coordinator.up import UpOptions, status_line
-    from tff_pipeline.cli import config_from_args, import_training_stack, plan_privacy_budget
+    from tff_pipeline.cli import given_training_values, import_training_stack
     from tff_pipeline.data import load_dataset
     from tff_pipeline.run_folder import RunFolder
 
-    if args.rounds is None and args.target_epsilon is None:
-        args.rounds = UP_DEFAULT_ROUNDS
-    config = config_from_args(args)
-    if args.devices is not None and args.devices < 2:
-        raise ConfigError("devices", "at least 2 devices are needed")
-    if args.device_processes < 1:
-        raise ConfigError("device_processes", "at least 1")
-    deployment_values = {name: getattr(args, name) for name in
-                         ("selection", "over_selection", "min_reporters", "report_window_s", "export_every")
-                         if getattr(args, name, None) is not None}
-    deployment = DeploymentConfig(**deployment_values)
+    _check_up_flags(args)
+    given = deployment_training(given_training_values(args))
+    deployment = _deployment_flags(args)
     temporary = args.out is None
+    folder = RunFolder(args.out) if not temporary else None
+    if folder is not None:
+        _claim_up_folder(folder, overwrite=args.overwrite)
+    training = _training_config(given)
+    split = load_dataset(training.dataset, data_dir=training.data_dir, split=training.split, seed=training.seed)
+    training.check_model_size(split.num_items)
+    devices = _device_count(args, split)
+    coordinator_config = up.coordinator_config(training, deployment, devices=devices, given=given)
+    for note in coordinator_config.notes:
+        print(note)
+    if coordinator_config.plan is not None:
+        print(coordinator_config.plan.describe())
+    config = coordinator_config.training
     out = Path(tempfile.mkdtemp(prefix="fedrec-up-")) if temporary else args.out
     folder = RunFolder(out)
-    if not temporary:
-        _claim_up_folder(folder, overwrite=args.overwrite)
-    split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
-    config.check_model_size(split.num_items)
-    config = plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
     identity = folder.start(config, overwrite=args.overwrite)
     started = time.monotonic()
     last_line = [""]
@@ -217,12 +322,11 @@ def _up(args: argparse.Namespace) -> int:
             print(line, flush=True)
             last_line[0] = line
 
-    from coordinator import up
-
     try:
         final, state_dir, shards = up.run_deployment(
-            out=out, split=split, config=config, deployment=deployment,
-            options=UpOptions(args.devices, args.device_processes, args.profile, args.quiet), on_status=on_status)
+            out=out, split=split, config=coordinator_config, options=UpOptions(devices, args.device_processes,
+                                                                               args.profile, args.quiet),
+            on_status=on_status)
         import_training_stack()
         from coordinator.report import deployment_report
         from tff_pipeline import reporting
@@ -238,6 +342,46 @@ def _up(args: argparse.Namespace) -> int:
         if temporary:
             shutil.rmtree(out, ignore_errors=True)
     return 0
+
+
+def _check_up_flags(args: argparse.Namespace) -> None:
+    """What can be refused from the flags alone, before any data is read."""
+    from edge_client.profiles import PRESETS
+
+    names = (*PRESETS, "heterogeneous")
+    if args.profile not in names:
+        raise ConfigError("profile", f"unknown device profile {args.profile!r} (known: {', '.join(names)})")
+    if args.devices is not None and args.devices < 2:
+        raise ConfigError("devices", f"at least 2 devices are needed, got {args.devices}")
+    if not 1 <= args.device_processes <= 64:
+        raise ConfigError("device_processes", f"must be 1 to 64, got {args.device_processes}")
+
+
+def _deployment_flags(args: argparse.Namespace) -> Any:
+    from coordinator.config import DeploymentConfig
+
+    values = {name: getattr(args, name) for name in
+              ("selection", "over_selection", "min_reporters", "report_window_s", "export_every")
+              if getattr(args, name, None) is not None}
+    return DeploymentConfig(**values)
+
+
+def _training_config(given: dict[str, Any]) -> Any:
+    from tff_pipeline.config import training_config
+
+    return training_config(given)
+
+
+def _device_count(args: argparse.Namespace, split: Any) -> int:
+    import numpy as np
+
+    users = int(np.unique(split.train.users).size)
+    if args.devices is None:
+        return users
+    if args.devices > users:
+        raise ConfigError("devices", f"{args.devices} is more than the {users} users with train ratings in the "
+                                     f"{split.name} data set (one device per user); at most {users}")
+    return int(args.devices)
 
 
 def _claim_up_folder(folder: Any, *, overwrite: bool) -> None:
@@ -258,6 +402,12 @@ def _claim_up_folder(folder: Any, *, overwrite: bool) -> None:
         raise ConfigError("out", f"{path} is not empty and is not a `fedrec up` folder; choose a new or empty one")
     if not overwrite:
         raise ConfigError("out", f"{path} holds an earlier deployment; replace it with --overwrite")
+    from coordinator.state_lock import describe_holder, holder
+
+    running = holder(path / "coordinator")
+    if running is not None:
+        raise ConfigError("out", f"{path}: its coordinator is running ({describe_holder(running)}); stop it before "
+                                 "--overwrite replaces its state")
     for name in entries:
         target = path / name
         if target.is_dir() and name in UP_OUTPUTS:

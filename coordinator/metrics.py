@@ -2,11 +2,19 @@
 
 A registry per coordinator (not the library's global one) so that tests can run several
 coordinators in one process and read each one's figures. The same port answers Kubernetes'
-probes: `/healthz` (the process answers) and `/readyz` (it leads and serves rounds).
+probes: `/healthz` (the process answers) and `/readyz` (it leads and serves rounds); every other
+path is 404 and every method but GET/HEAD 405.
+
+What it exposes, to whoever reaches `[server] metrics_host:metrics_port`: fleet-wide counters
+(rounds, check-ins, selections, reports, dropouts, enrollments, refusals by reason, bytes per
+method), the round duration histogram, ε spent and the model version. Nothing names a device,
+a user, an item or a value of any update. It has no authentication: bind it to loopback or a
+cluster-internal address (the Kubernetes NetworkPolicy admits only labelled scrapers).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from wsgiref.simple_server import make_server
 
@@ -14,7 +22,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 REFUSAL_REASONS = ("unknown_device", "identity_mismatch", "replay", "stale_round", "not_in_round", "wrong_phase",
-                   "duplicate", "invalid", "bad_token", "stale_model", "round_abandoned", "malformed")
+                   "duplicate", "invalid", "bad_token", "stale_model", "round_abandoned", "malformed",
+                   "rate_limited", "key_reused", "enrollment_full")
+
+
+class _IPv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+def _plain(start_response, status: str, body: bytes) -> list[bytes]:  # type: ignore[no-untyped-def]
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 class CoordinatorMetrics:
@@ -47,13 +65,19 @@ class CoordinatorMetrics:
 
         def app(environ, start_response):  # type: ignore[no-untyped-def]
             path = environ.get("PATH_INFO", "")
+            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+                return _plain(start_response, "405 Method Not Allowed", b"only GET\n")
             if path in ("/healthz", "/readyz"):
                 ok = path == "/healthz" or self.ready
-                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"ok\n" if ok else b"not leading or not serving yet\n"]
-            return metrics_app(environ, start_response)
+                return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
+                              b"ok\n" if ok else b"not leading or not serving yet\n")
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            return _plain(start_response, "404 Not Found", b"not found: this server answers /metrics, /healthz and "
+                                                            b"/readyz only\n")
 
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        server_class = _IPv6Server if ":" in host else ThreadingWSGIServer
+        server = make_server(host, port, app, server_class, handler_class=_SilentHandler)
         threading.Thread(target=server.serve_forever, name="fedrec-metrics", daemon=True).start()
         self._http = server
         return self.port or 0

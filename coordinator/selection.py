@@ -66,7 +66,9 @@ class UniformSelection:
         return math.ceil(self.cohort * (1 + self.over_selection))
 
     def is_complete(self, waiting: Sequence[str], labels: Mapping[str, str]) -> bool:
-        return len(waiting) >= self.target
+        # Over-selection cannot ask for more devices than the fleet has: a cohort of the whole
+        # fleet closes when everyone is there instead of waiting out the window's timeout.
+        return len(waiting) >= min(self.target, max(self.cohort, len(labels)))
 
     def pick(self, waiting, labels, *, round_number, rng):
         chosen = rng.choice(len(waiting), size=min(self.target, len(waiting)), replace=False)

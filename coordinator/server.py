@@ -21,15 +21,23 @@ import grpc
 
 from coordinator.capture import RequestCapture
 from coordinator.catalog import Catalog, synthetic_catalog
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, join_host_port, planned
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import publish
 from coordinator.scheduler import Scheduler
-from coordinator.service import CoordinatorService, new_enroll_token
-from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE, StateStore
+from coordinator.service import CoordinatorService, add_service, new_enroll_token
+from coordinator.state_lock import StateLock
+from coordinator.errors import ListenError
+from coordinator.state_store import (
+    ADDRESS_FILE,
+    CATALOG_FILE,
+    METRICS_ADDRESS_FILE,
+    TOKEN_FILE,
+    TRAINING_CONFIG_META,
+    StateStore,
+)
 from coordinator.tls import ServerTls, load_or_create
 from coordinator.training import PrivacySetting, ServerTraining, sampling_setting
-from protocol import rounds_pb2_grpc
 from protocol.files import atomic_write
 from protocol.tensors import MAX_MESSAGE_BYTES
 
@@ -46,12 +54,28 @@ class Coordinator:
     service: CoordinatorService
     metrics: CoordinatorMetrics
     enroll_token: str
+    lock: StateLock
 
 
 def build(config: CoordinatorConfig, *, capture_path: Path | None = None,
-          metrics: CoordinatorMetrics | None = None) -> Coordinator:
+          metrics: CoordinatorMetrics | None = None, lock: StateLock | None = None) -> Coordinator:
     """Everything but the network, restored from (or created in) `config.state_dir`; with
-    `capture_path`, every request and revealed sum is also written there (`capture.py`)."""
+    `capture_path`, every request and revealed sum is also written there (`capture.py`).
+
+    The state folder is locked first (`state_lock`): a second coordinator on it is refused
+    before it reads anything. `lock`: one the caller already holds (the CLI takes it before
+    importing TensorFlow, so that the refusal is immediate)."""
+    lock = lock if lock is not None else StateLock(config.state_dir)
+    lock.acquire()
+    try:
+        return _build(planned(config), capture_path=capture_path, metrics=metrics, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(config: CoordinatorConfig, *, capture_path: Path | None, metrics: CoordinatorMetrics | None,
+           lock: StateLock) -> Coordinator:
     store = StateStore(config.state_dir)
     capture = None if capture_path is None else RequestCapture(capture_path)
     tls = load_or_create(config.state_dir, hostnames=config.server.hostnames)
@@ -81,8 +105,8 @@ def build(config: CoordinatorConfig, *, capture_path: Path | None = None,
                           rounds_planned=privacy.rounds, publish=publish_version, latest_model_version=latest,
                           capture=capture)
     service = CoordinatorService(store=store, scheduler=scheduler, metrics=metrics, tls=tls, enroll_token=token,
-                                 capture=capture)
-    return Coordinator(config, store, tls, training, scheduler, service, metrics, token)
+                                 max_devices=config.max_devices, capture=capture)
+    return Coordinator(config, store, tls, training, scheduler, service, metrics, token, lock)
 
 
 async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
@@ -92,27 +116,23 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
     config = coordinator.config
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_concurrent_streams", 100_000)])
-    rounds_pb2_grpc.add_CoordinatorServicer_to_server(coordinator.service, server)
+                                      ("grpc.max_concurrent_streams", 100_000),
+                                      # gRPC sets SO_REUSEPORT by default: a second coordinator on the
+                                      # same port would then share its traffic instead of failing.
+                                      ("grpc.so_reuseport", 0)])
+    add_service(server, coordinator.service)
     credentials = grpc.ssl_server_credentials(
         [(coordinator.tls.server_key_pem, coordinator.tls.server_cert_pem)],
         root_certificates=coordinator.tls.ca_pem, require_client_auth=False)
-    port = server.add_secure_port(f"{config.server.host}:{config.server.port}", credentials)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
-    await server.start()
-    address = f"{config.server.host}:{port}"
-    atomic_write(config.state_dir / ADDRESS_FILE, address + "\n")
-    if config.server.metrics_port >= 0:
-        metrics_port = coordinator.metrics.port or coordinator.metrics.serve(config.server.metrics_port,
-                                                                             host=config.server.host)
-        atomic_write(config.state_dir / METRICS_ADDRESS_FILE, f"{config.server.host}:{metrics_port}\n")
-    coordinator.metrics.ready = True
-    log.info("coordinator listening on %s (state in %s)", address, config.state_dir)
     stop = stop or asyncio.Event()
-    rounds = asyncio.create_task(coordinator.scheduler.run())
-    stopper = asyncio.create_task(stop.wait())
+    rounds: asyncio.Task[None] | None = None
+    stopper: asyncio.Task[bool] | None = None
     try:
+        address = await _listen(server, credentials, coordinator)
+        coordinator.metrics.ready = True
+        log.info("coordinator listening on %s (state in %s)", address, config.state_dir)
+        rounds = asyncio.create_task(coordinator.scheduler.run())
+        stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({rounds, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if rounds.done():
             rounds.result()  # re-raise a failure of the round loop
@@ -123,26 +143,53 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
         active = coordinator.scheduler.current
         if active is not None:
             active.run.abandon("the coordinator is stopping")
-        stopper.cancel()
+        if stopper is not None:
+            stopper.cancel()
         await server.stop(grace=1.0)
-        if not rounds.done():
+        if rounds is not None and not rounds.done():
             rounds.cancel()
             try:
                 await rounds
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
                 pass
-        if on_stopped is not None:
+        if on_stopped is not None and rounds is not None:
             try:
                 on_stopped()
             except Exception:  # noqa: BLE001 - the state must still be closed
                 log.exception("the stop hook failed")
         coordinator.metrics.close()
         coordinator.store.close()
+        coordinator.lock.release()
 
 
-def run(config: CoordinatorConfig, *, capture_path: Path | None = None) -> None:
+async def _listen(server: grpc.aio.Server, credentials: grpc.ServerCredentials, coordinator: Coordinator) -> str:
+    """Bind gRPC and /metrics and write where to `state_dir` (`address`, `metrics-address`)."""
+    config = coordinator.config
+    try:
+        port = server.add_secure_port(config.server.listen_address, credentials)
+    except RuntimeError:  # grpcio raises instead of returning 0 in some versions
+        port = 0
+    if port == 0:
+        raise ListenError(f"cannot listen on {config.server.listen_address} (in use, or not an address of this "
+                          "machine)")
+    await server.start()
+    if config.server.metrics_port >= 0:
+        metrics_host = config.server.metrics_bind_host
+        try:
+            metrics_port = coordinator.metrics.port or coordinator.metrics.serve(config.server.metrics_port,
+                                                                                 host=metrics_host)
+        except OSError as error:
+            raise ListenError(f"cannot serve /metrics on {join_host_port(metrics_host, config.server.metrics_port)}: "
+                              f"{error.strerror or error}") from None
+        atomic_write(config.state_dir / METRICS_ADDRESS_FILE, join_host_port(metrics_host, metrics_port) + "\n")
+    address = join_host_port(config.server.host, port)
+    atomic_write(config.state_dir / ADDRESS_FILE, address + "\n")  # last: tools wait for it
+    return address
+
+
+def run(config: CoordinatorConfig, *, capture_path: Path | None = None, lock: StateLock | None = None) -> None:
     """`fedrec serve`: build and serve until done or signalled."""
-    coordinator = build(config, capture_path=capture_path)
+    coordinator = build(config, capture_path=capture_path, lock=lock)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -180,11 +227,9 @@ def _catalog(config: CoordinatorConfig, store: StateStore) -> Catalog:
 
 
 def _privacy(config: CoordinatorConfig, store: StateStore) -> PrivacySetting:
-    """Noise, sampling rate and rounds, planned once for the expected population and then kept."""
-    population = config.deployment.population
-    if config.training.private and population is None:
-        raise ValueError("a DP coordinator needs [rounds] population (the number of devices expected to enroll): "
-                         "the sampling rate and the noise are planned for it")
+    """Noise, sampling rate and rounds, planned once for the expected population and then kept
+    (with the training config they were planned for, which `fedrec status` reads offline)."""
+    population = config.population
     stored = store.get_meta("privacy_setting")
     if stored is not None:
         return PrivacySetting(**json.loads(stored))
@@ -192,7 +237,7 @@ def _privacy(config: CoordinatorConfig, store: StateStore) -> PrivacySetting:
         setting = sampling_setting(config, population)
     else:
         cohort = float(config.training.clients_per_round)
-        rate = 1.0 if population is None else min(1.0, cohort / population)
-        setting = PrivacySetting(0.0, rate, cohort, config.training.rounds)
+        setting = PrivacySetting(0.0, min(1.0, cohort / population), cohort, config.training.rounds)
+    store.claim_meta(TRAINING_CONFIG_META, json.dumps(config.training.to_dict()))
     store.claim_meta("privacy_setting", json.dumps(dataclasses.asdict(setting)))
     return setting

@@ -4,12 +4,22 @@ Round logic lives in `round_run` / `scheduler`; this module only turns messages 
 Every call but Enroll and Status must come from an enrolled device: the header names it and the
 request is signed with its enrolled key (`protocol.signing`), with a nonce it never used before.
 A refused message is answered with an error status that says why, counted by reason
-(`fedrec_messages_refused`), and changes nothing.
+(`fedrec_messages_refused`), and changes nothing; a message that does not even parse is refused
+as "malformed" with INVALID_ARGUMENT (`add_service`), and refusals are logged as one line per
+reason every few seconds, not one per message.
+
+Enrollment is bounded (issue 16: one token once minted 500 identities in 17 s, all sharing one
+key): the token admits at most `max_devices` active identities (the population plus a margin),
+a public key belongs to one identity (enrolling again with it gives that identity a new
+certificate, never a second identity), a device enrolling under the label of an active one
+replaces it (a device that lost its folder takes its own slot back instead of a new one), and
+failed enrollments are rate-limited per peer address (`rate_limit.FailureLimiter`).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -22,18 +32,19 @@ import numpy as np
 
 from coordinator.capture import RequestCapture
 from coordinator.metrics import REFUSAL_REASONS, CoordinatorMetrics
+from coordinator.rate_limit import FailureLimiter, LogLimiter, peer_host
 from coordinator.round_run import Refused, RoundAbandoned
 from coordinator.scheduler import ActiveRound, Scheduler
 from coordinator.selection import Selected
 from coordinator.state_store import StateStore
 from coordinator.tls import ServerTls, TlsError
-from cryptography import x509
+from google.protobuf.message import DecodeError
 from protocol import rounds_pb2, rounds_pb2_grpc
 from protocol.files import read_bounded
 from protocol.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MODEL_FILE
 from protocol.secagg.errors import SecAggError
 from protocol.secagg.quantize import unpack
-from protocol.signing import SIGNATURE_METADATA, SignatureError, public_key_der, verify_request
+from protocol.signing import SIGNATURE_METADATA, SignatureError, verify_request
 from protocol.tensors import to_wire
 
 log = logging.getLogger("fedrec.coordinator")
@@ -50,10 +61,14 @@ class _Refusal(Exception):
 
 class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
     def __init__(self, *, store: StateStore, scheduler: Scheduler, metrics: CoordinatorMetrics, tls: ServerTls,
-                 enroll_token: str, capture: RequestCapture | None = None) -> None:
+                 enroll_token: str, max_devices: int, capture: RequestCapture | None = None,
+                 enroll_limiter: FailureLimiter | None = None) -> None:
         self.store, self.scheduler, self.metrics, self.tls = store, scheduler, metrics, tls
         self.capture = capture
         self.enroll_token = enroll_token
+        self.max_devices = max_devices
+        self.enroll_limiter = enroll_limiter or FailureLimiter()
+        self.log_limiter = LogLimiter()
         self._nonces: dict[str, collections.OrderedDict[bytes, None]] = {}
         self._known: dict[str, str] = store.devices()
         self._keys: dict[str, bytes] = store.public_keys()
@@ -62,23 +77,57 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
 
     async def Enroll(self, request: rounds_pb2.EnrollRequest, context: Any) -> rounds_pb2.EnrollResponse:
         async def handle() -> rounds_pb2.EnrollResponse:
-            if not hmac.compare_digest(request.token.encode(), self.enroll_token.encode()):
-                raise _Refusal("bad_token", "the enrollment token is wrong", grpc.StatusCode.PERMISSION_DENIED)
-            device_id = "d-" + secrets.token_hex(8)
+            peer = peer_host(context.peer() or "unknown")
+            wait = self.enroll_limiter.retry_after(peer)
+            if wait > 0:
+                raise _Refusal("rate_limited", f"too many failed enrollments from {peer}; try again in {wait:.0f} s",
+                               grpc.StatusCode.RESOURCE_EXHAUSTED)
             try:
-                certificate = self.tls.sign_device(request.certificate_request, device_id)
-            except TlsError as error:
-                raise _Refusal("invalid", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
-            label = request.label[:128] or device_id
-            public_key = public_key_der(x509.load_pem_x509_certificate(certificate).public_key())
-            self.store.add_device(device_id, label=label, certificate_sha256=hashlib.sha256(certificate).hexdigest(),
-                                  public_key=public_key)
-            self._known[device_id] = label
-            self._keys[device_id] = public_key
-            self.metrics.enrolled.inc()
-            return rounds_pb2.EnrollResponse(device_id=device_id, certificate=certificate)
+                return self._enroll(request)
+            except _Refusal as refusal:
+                if refusal.reason != "enrollment_full":
+                    self.enroll_limiter.failed(peer)
+                raise
 
         return await self._serve("Enroll", request, context, handle, authenticate=False)
+
+    def _enroll(self, request: rounds_pb2.EnrollRequest) -> rounds_pb2.EnrollResponse:
+        """Check the token, then admit the CSR's key as a new identity, as the identity it already
+        has, or as the replacement of the active device with the same label."""
+        if not hmac.compare_digest(request.token.encode(), self.enroll_token.encode()):
+            raise _Refusal("bad_token", "the enrollment token is wrong", grpc.StatusCode.PERMISSION_DENIED)
+        try:
+            public_key = self.tls.csr_public_key(request.certificate_request)
+        except TlsError as error:
+            raise _Refusal("invalid", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
+        label = request.label[:128]
+        known = self.store.device_with_key(public_key)
+        if known is not None:
+            if known.revoked or (label and label != known.label):
+                raise _Refusal("key_reused", "this public key is already enrolled as another device; every device "
+                                             "needs a key of its own", grpc.StatusCode.ALREADY_EXISTS)
+            certificate = self.tls.sign_device(request.certificate_request, known.device_id)
+            self.store.renew_certificate(known.device_id, hashlib.sha256(certificate).hexdigest())
+            return rounds_pb2.EnrollResponse(device_id=known.device_id, certificate=certificate)
+        replaced = self.store.active_device_with_label(label) if label else None
+        if replaced is None and self.store.num_devices() >= self.max_devices:
+            raise _Refusal("enrollment_full", f"this coordinator admits at most {self.max_devices} devices (its "
+                                              "population plus the enrollment margin), and all are enrolled",
+                           grpc.StatusCode.RESOURCE_EXHAUSTED)
+        device_id = "d-" + secrets.token_hex(8)
+        certificate = self.tls.sign_device(request.certificate_request, device_id)
+        self.store.add_device(device_id, label=label or device_id,
+                              certificate_sha256=hashlib.sha256(certificate).hexdigest(), public_key=public_key,
+                              replaces=replaced)
+        if replaced is not None:
+            self._known.pop(replaced, None)
+            self._keys.pop(replaced, None)
+            self._nonces.pop(replaced, None)
+            log.info("device %s replaces %s (label %r)", device_id, replaced, label)
+        self._known[device_id] = label or device_id
+        self._keys[device_id] = public_key
+        self.metrics.enrolled.inc()
+        return rounds_pb2.EnrollResponse(device_id=device_id, certificate=certificate)
 
     async def Status(self, request: rounds_pb2.StatusRequest, context: Any) -> rounds_pb2.StatusResponse:
         async def handle() -> rounds_pb2.StatusResponse:
@@ -218,7 +267,7 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
             reason = refusal.reason
             self.metrics.refused.labels(reason=reason).inc()
             code = refusal.code if isinstance(refusal, _Refusal) else grpc.StatusCode.FAILED_PRECONDITION
-            log.info("%s refused (%s): %s", method, reason, refusal)
+            self._log_refusal(method, reason, str(refusal))
             await context.abort(code, f"{reason}: {refusal}")
             raise AssertionError("unreachable")  # context.abort raises
         size_out = response.ByteSize()
@@ -227,6 +276,22 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
             active.bytes_in += size_in
             active.bytes_out += size_out
         return response
+
+    async def refuse_malformed(self, method: str, request: "Malformed", context: Any) -> Any:
+        """A request that is not a valid message of its method's type: refused and counted."""
+        self.metrics.bytes_in.labels(method=method).inc(request.size)
+        self.metrics.refused.labels(reason="malformed").inc()
+        self._log_refusal(method, "malformed", request.error)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"malformed: the request is not a valid {request.type_name} message")
+        raise AssertionError("unreachable")  # context.abort raises
+
+    def _log_refusal(self, method: str, reason: str, detail: str) -> None:
+        """One line per reason every few seconds (a flood of bad messages is not a flood of lines)."""
+        if self.log_limiter.should_log(reason):
+            skipped = self.log_limiter.take_suppressed(reason)
+            more = f" (and {skipped} more refused for this reason since the last line)" if skipped else ""
+            log.info("%s refused (%s): %s%s", method, reason, detail[:200], more)
 
     def _authenticate(self, method: str, request: Any, context: Any) -> str:
         header = request.header
@@ -287,6 +352,52 @@ def _unique(mapping: dict[int, bytes], count: int, what: str) -> dict[int, bytes
     if len(mapping) != count:
         raise _Refusal("invalid", f"a {what} index appears twice", grpc.StatusCode.INVALID_ARGUMENT)
     return mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Malformed:
+    """What the server hands a handler when the request bytes do not parse."""
+
+    type_name: str
+    error: str
+    size: int
+
+
+def add_service(server: Any, service: CoordinatorService) -> None:
+    """Register `service` as the generated `add_CoordinatorServicer_to_server` does, except that
+    a request that does not parse reaches `service.refuse_malformed` instead of failing inside
+    gRPC (which answered UNKNOWN, counted nothing and logged a traceback per message)."""
+    descriptor = rounds_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(rounds_pb2, method.input_type.name)
+        response_type = getattr(rounds_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(service, method.name, getattr(service, method.name)),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+
+
+SERVICE_NAME = "Coordinator"
+
+
+def _lenient(message_type: Any) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, ValueError, RuntimeError) as error:  # untrusted bytes: any parse failure
+            return Malformed(message_type.DESCRIPTOR.name, f"{type(error).__name__}: {error}", len(data))
+    return deserialize
+
+
+def _guarded(service: CoordinatorService, method: str, handler: Callable[[Any, Any], Awaitable[Any]]
+             ) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(request: Any, context: Any) -> Any:
+        if isinstance(request, Malformed):
+            return await service.refuse_malformed(method, request, context)
+        return await handler(request, context)
+    return call
 
 
 def new_enroll_token() -> str:

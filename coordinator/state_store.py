@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.errors import StateError
 from protocol.files import atomic_write
 
 DB_FILE = "coordinator.db"
@@ -37,13 +38,14 @@ ADDRESS_FILE = "address"  # host:port it listens on
 METRICS_ADDRESS_FILE = "metrics-address"
 TOKEN_FILE = "enroll-token"
 CATALOG_FILE = "catalog.json"  # the run's item catalog, fixed at its first start
+TRAINING_CONFIG_META = "training_config"  # the training config of the run's first start (JSON)
 _KEEP_CHECKPOINTS = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, label TEXT NOT NULL, certificate_sha256 TEXT NOT NULL, public_key BLOB NOT NULL,
-    enrolled_at REAL NOT NULL
+    enrolled_at REAL NOT NULL, revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     attempt INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,10 +75,6 @@ CREATE TABLE IF NOT EXISTS packages (
 """
 
 
-class StateError(RuntimeError):
-    """The stored state cannot be used; the message names the file and what is wrong."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """The server's training state after `params_version` completed rounds."""
@@ -84,6 +82,13 @@ class Checkpoint:
     params_version: int
     arrays: dict[str, list[np.ndarray]]  # "params", "optimizer", "aggregator" -> arrays
     summary: dict[str, Any]  # small JSON facts about the round that produced it
+
+
+@dataclasses.dataclass(frozen=True)
+class EnrolledDevice:
+    device_id: str
+    label: str
+    revoked: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +124,21 @@ class StateStore:
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")
             self.connection.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as error:
             raise StateError(f"{path}: not a usable coordinator database ({error})") from None
         self._interrupt_running_rounds()
 
     def close(self) -> None:
         self.connection.close()
+
+    def _migrate(self) -> None:
+        """Columns added since the first release, added to a state folder made before them."""
+        columns = {row[1] for row in self.connection.execute("PRAGMA table_info(devices)")}
+        if "revoked_at" not in columns:
+            self.connection.execute("ALTER TABLE devices ADD COLUMN revoked_at REAL")
+        self.connection.execute("CREATE INDEX IF NOT EXISTS devices_by_key ON devices (public_key)")
+        self.connection.execute("CREATE INDEX IF NOT EXISTS devices_by_label ON devices (label)")
 
     # meta
 
@@ -145,21 +159,45 @@ class StateStore:
 
     # devices
 
-    def add_device(self, device_id: str, *, label: str, certificate_sha256: str, public_key: bytes) -> None:
-        self.connection.execute("INSERT INTO devices (device_id, label, certificate_sha256, public_key, enrolled_at) "
-                                "VALUES (?, ?, ?, ?, ?)", (device_id, label, certificate_sha256, public_key, time.time()))
+    def add_device(self, device_id: str, *, label: str, certificate_sha256: str, public_key: bytes,
+                   replaces: str | None = None) -> None:
+        """Enroll a device; `replaces`: the active device of the same label, revoked in the same
+        transaction (a device that lost its folder enrolls again as the same slot)."""
+        with self._transaction():
+            if replaces is not None:
+                self.connection.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                                        (time.time(), replaces))
+            self.connection.execute(
+                "INSERT INTO devices (device_id, label, certificate_sha256, public_key, enrolled_at) "
+                "VALUES (?, ?, ?, ?, ?)", (device_id, label, certificate_sha256, public_key, time.time()))
+
+    def renew_certificate(self, device_id: str, certificate_sha256: str) -> None:
+        self.connection.execute("UPDATE devices SET certificate_sha256 = ? WHERE device_id = ?",
+                                (certificate_sha256, device_id))
+
+    def device_with_key(self, public_key: bytes) -> EnrolledDevice | None:
+        """The device (active or revoked) enrolled with this public key, if any."""
+        row = self.connection.execute("SELECT device_id, label, revoked_at FROM devices WHERE public_key = ? "
+                                      "ORDER BY enrolled_at LIMIT 1", (public_key,)).fetchone()
+        return None if row is None else EnrolledDevice(row[0], row[1], row[2] is not None)
+
+    def active_device_with_label(self, label: str) -> str | None:
+        row = self.connection.execute("SELECT device_id FROM devices WHERE label = ? AND revoked_at IS NULL LIMIT 1",
+                                      (label,)).fetchone()
+        return None if row is None else str(row[0])
 
     def public_keys(self) -> dict[str, bytes]:
-        """device id -> DER public key (what its signed messages are verified with)."""
-        return {device: bytes(key) for device, key in
-                self.connection.execute("SELECT device_id, public_key FROM devices").fetchall()}
+        """device id -> DER public key (what its signed messages are verified with), active devices."""
+        return {device: bytes(key) for device, key in self.connection.execute(
+            "SELECT device_id, public_key FROM devices WHERE revoked_at IS NULL").fetchall()}
 
     def devices(self) -> dict[str, str]:
-        """device id -> label, of every enrolled device."""
-        return dict(self.connection.execute("SELECT device_id, label FROM devices").fetchall())
+        """device id -> label, of every active (enrolled, not replaced) device."""
+        return dict(self.connection.execute("SELECT device_id, label FROM devices WHERE revoked_at IS NULL").fetchall())
 
     def num_devices(self) -> int:
-        return int(self.connection.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+        """Active devices: what the enrollment bound counts."""
+        return int(self.connection.execute("SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL").fetchone()[0])
 
     # rounds
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.files import atomic_write
+from protocol.signing import public_key_der
 
 TLS_DIR = "tls"
 # The name devices verify, whatever address they dial (they pin this CA, so a fixed name is safe).
@@ -40,17 +41,14 @@ class ServerTls:
     ca_key: ec.EllipticCurvePrivateKey
     ca_cert: x509.Certificate
 
+    def csr_public_key(self, csr_pem: bytes) -> bytes:
+        """The DER public key of a valid P-256 certificate request (its signature proves that the
+        sender holds the private key)."""
+        return public_key_der(_checked_csr(csr_pem).public_key())
+
     def sign_device(self, csr_pem: bytes, device_id: str) -> bytes:
         """A client certificate for the key in `csr_pem`, with `device_id` as its common name."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as error:
-            raise TlsError(f"the certificate request is not a PEM CSR ({error})") from None
-        if not csr.is_signature_valid:
-            raise TlsError("the certificate request's signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise TlsError("the certificate request must hold a P-256 public key")
+        key = _checked_csr(csr_pem).public_key()
         now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
@@ -65,6 +63,19 @@ class ServerTls:
             .sign(self.ca_key, hashes.SHA256())
         )
         return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _checked_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as error:
+        raise TlsError(f"the certificate request is not a PEM CSR ({error})") from None
+    if not csr.is_signature_valid:
+        raise TlsError("the certificate request's signature does not verify")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise TlsError("the certificate request must hold a P-256 public key")
+    return csr
 
 
 def load_or_create(state_dir: Path, *, hostnames: Sequence[str] = ()) -> ServerTls:

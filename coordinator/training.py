@@ -154,8 +154,8 @@ class ServerTraining:
 
 def sampling_setting(config: CoordinatorConfig, population: int) -> PrivacySetting:
     """Noise multiplier, sampling rate and rounds for a run over `population` enrolled devices,
-    planned as `fedrec simulate` plans them (`simulation.plan_privacy`)."""
-    from tff_pipeline.simulation import plan_privacy
+    planned as `fedrec simulate` plans them (`planner.plan_privacy`)."""
+    from tff_pipeline.privacy.planner import plan_privacy
 
     plan = plan_privacy(config.training, population)
     expected = plan.sampling_rate * population

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from coordinator.catalog import Catalog
-from coordinator.config import DeploymentConfig
+from coordinator.config import CoordinatorConfig, DeploymentConfig, planned, resolve
 from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
 from coordinator.state_store import StateStore
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import STATS_FILE
 from edge_client.simulated_users import device_label, prepare_devices  # noqa: F401 - re-exported for harnesses
 from protocol.files import atomic_write
+from tff_pipeline.config import ConfigError
 
 COORDINATOR_DIR = "coordinator"
 DEVICES_DIR = "devices"
@@ -66,6 +67,20 @@ def select_users(train_users: np.ndarray, count: int | None, *, seed: int) -> np
     if count is None or count >= len(clients):
         return clients
     return np.sort(np.random.default_rng([seed, 99]).choice(clients, size=count, replace=False))
+
+
+def coordinator_config(training: Any, deployment: DeploymentConfig, *, devices: int,
+                       given: dict[str, Any]) -> CoordinatorConfig:
+    """The coordinator's configuration for a fleet of `devices`, through the same path as
+    `fedrec serve`'s (`config.resolve`): the population is the fleet, the privacy plan is made for
+    it (so the plan printed is the plan run), and a cohort the fleet cannot hold is refused when
+    given and sized to the fleet when not. Its state folder is set by `run_deployment`."""
+    config = CoordinatorConfig(state_dir=Path(COORDINATOR_DIR), training=training,
+                               deployment=dataclasses.replace(deployment, population=devices))
+    try:
+        return planned(resolve(config, given_rounds=given.get("rounds"), given_cohort=given.get("clients_per_round")))
+    except ConfigError as error:  # name the flag, not the coordinator.toml key
+        raise ConfigError(error.field.split("] ")[-1].replace("population", "devices"), error.message) from None
 
 
 def write_coordinator_config(state_dir: Path, training: dict[str, Any], deployment: DeploymentConfig, *,
@@ -182,7 +197,7 @@ def deployment_figures(state_dir: Path, final_status: Any, shard_dirs: list[Path
     }
 
 
-def run_deployment(*, out: Path, split: Any, config: Any, deployment: DeploymentConfig, options: UpOptions,
+def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options: UpOptions,
                    on_status=None) -> tuple[Any, Path, list[Path]]:
     """Start coordinator and devices, follow them until training ends, stop them.
 
@@ -190,10 +205,11 @@ def run_deployment(*, out: Path, split: Any, config: Any, deployment: Deployment
     state_dir = out / COORDINATOR_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     Catalog.from_split(split).write(state_dir / CATALOG_FILE)
-    users = select_users(split.train.users, options.devices, seed=config.seed)
-    deployment = dataclasses.replace(deployment, population=int(len(users)))
+    users = select_users(split.train.users, options.devices, seed=config.training.seed)
+    if len(users) != config.population:
+        raise ValueError(f"the fleet has {len(users)} devices, the configuration plans for {config.population}")
     # A fixed port, so that devices find a restarted coordinator where it was.
-    config_path = write_coordinator_config(state_dir, config.to_dict(), deployment, port=free_port())
+    config_path = write_coordinator_config(state_dir, config.training.to_dict(), config.deployment, port=free_port())
     shard_dirs = prepare_devices(out / DEVICES_DIR, split, users, shards=max(1, options.device_processes))
     for stale in (ADDRESS_FILE, METRICS_ADDRESS_FILE):
         (state_dir / stale).unlink(missing_ok=True)
@@ -208,7 +224,7 @@ def run_deployment(*, out: Path, split: Any, config: Any, deployment: Deployment
             processes.append(spawn(
                 "edge_client.fleet", "--devices-root", str(shard), "--coordinator", address,
                 "--ca-cert", str(state_dir / TLS_DIR / "ca.pem"), "--enroll-token-file", str(state_dir / TOKEN_FILE),
-                "--profile", options.profile, "--seed", str(config.seed), "--parent-pid", str(os.getpid()),
+                "--profile", options.profile, "--seed", str(config.training.seed), "--parent-pid", str(os.getpid()),
                 log_path=out / f"{shard.name}.log"))
         final = None
         while coordinator.poll() is None:

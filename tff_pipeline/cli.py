@@ -20,7 +20,7 @@ from typing import Any, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from protocol.messages import one_line  # noqa: E402
-from tff_pipeline.config import ConfigError, SimulationConfig, preset  # noqa: E402
+from tff_pipeline.config import ConfigError, SimulationConfig, training_config  # noqa: E402
 from tff_pipeline.worker_address import WorkerAddress  # noqa: E402
 
 PROG = "fedrec"
@@ -143,28 +143,31 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """Flags -> config; flags left unset take the preset of the run's privacy mode."""
+    return training_config(given_training_values(args))
+
+
+def given_training_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The SimulationConfig fields the user gave as flags (None: not given)."""
     fields = {f.name for f in dataclasses.fields(SimulationConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    for key, value in preset(values.get("dp", SimulationConfig.dp)).items():
-        values.setdefault(key, value)
-    return SimulationConfig(**values)
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
 
 
 def _given_training_flags(args: argparse.Namespace) -> list[str]:
-    fields = {f.name for f in dataclasses.fields(SimulationConfig)}
-    return sorted(k for k, v in vars(args).items() if k in fields and v is not None)
+    return sorted(given_training_values(args))
 
 
 def plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: int | None,
                          given_cohort: int | None) -> SimulationConfig:
     """--target-epsilon alone: plan the cohort size and rounds the user left unset, print the plan,
     and record the planned values in the config (so config.json and --resume use them)."""
-    if not config.private or config.target_epsilon is None or config.noise_multiplier is not None:
-        return config
+    import numpy as np
+
     from tff_pipeline.privacy import planner
 
-    config, plan = planner.plan_config(config, split.train.users, rounds=given_rounds, clients_per_round=given_cohort)
-    print(plan.describe())
+    population = int(np.unique(split.train.users).size)
+    config, plan = planner.plan_run(config, population, rounds=given_rounds, clients_per_round=given_cohort)
+    if plan is not None:
+        print(plan.describe())
     return config
 
 
@@ -321,6 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {one_line(f'{flag}: {error.message}')}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors
+        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
+        return 2
+    except Exception as error:  # the coordinator's own refusals (state folder, address); any other is a bug
+        from coordinator.errors import CoordinatorError
+
+        if not isinstance(error, CoordinatorError):
+            raise
         print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

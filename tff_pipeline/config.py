@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the config is read before TensorFlow is imported (the CLI checks flags first)
@@ -20,6 +21,11 @@ MAX_DIM = 1024
 MAX_GLOBAL_PARAMETERS = 2**26
 MAX_ROUNDS = 1_000_000
 MAX_LOCAL_STEPS = 1000
+# Privacy settings the accountants can compute with (dp-accounting divides by z^2 and finds no
+# noise for budgets far beyond any meaningful guarantee: ZeroDivisionError at z = 1e-300,
+# "no bracketing interval" at epsilon 1e4 over one round), and far beyond any useful one.
+MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4
+MIN_TARGET_EPSILON, MAX_TARGET_EPSILON = 0.01, 100.0
 
 # What our ML-100K sweeps found best (closing notes of issues 2 and 8); the CLI fills any of these
 # flags the user leaves unset from the preset of the run's privacy mode.
@@ -46,6 +52,21 @@ PRIVATE_PRESET = {
 
 def preset(dp: str) -> dict[str, float | int | str]:
     return dict(NON_PRIVATE_PRESET if dp == "none" else PRIVATE_PRESET)
+
+
+def training_config(given: Mapping[str, Any]) -> "SimulationConfig":
+    """The one path from the values a user gave (flags of `fedrec simulate` / `fedrec up`, or the
+    [training] table of coordinator.toml) to a checked config: the defaults, then the preset of
+    the run's privacy mode for every key not given, then validation. Unknown keys are refused."""
+    known = {f.name for f in dataclasses.fields(SimulationConfig)}
+    unknown = sorted(map(str, set(given) - known))
+    if unknown:
+        key = unknown[0] if unknown[0].isidentifier() and unknown[0].isascii() else repr(unknown[0])[:66]
+        raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
+    values = dict(given)
+    for key, value in preset(values.get("dp", SimulationConfig.dp)).items():
+        values.setdefault(key, value)
+    return SimulationConfig(**values)
 
 
 class ConfigError(ValueError):
@@ -128,9 +149,9 @@ class SimulationConfig:
         _number(self, "server_adam_epsilon", low=0.0, low_open=True)
         _choice(self, "dp", ("none", "fixed", "adaptive"))
         if self.noise_multiplier is not None:
-            _number(self, "noise_multiplier", low=0.0, low_open=True)
+            _number(self, "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER)
         if self.target_epsilon is not None:
-            _number(self, "target_epsilon", low=0.0, low_open=True)
+            _number(self, "target_epsilon", low=MIN_TARGET_EPSILON, high=MAX_TARGET_EPSILON)
         _number(self, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
         _number(self, "clip", low=0.0, low_open=True)
         _number(self, "target_unclipped_quantile", low=0.0, high=1.0, low_open=True, high_open=True)

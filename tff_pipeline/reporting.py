@@ -62,6 +62,7 @@ def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
     protocol = report["data"].get("ranking_protocol")
     if protocol:
         lines += ["", f"Ranking metrics: {protocol}."]
+    lines += ["", *(f"- {line}" for line in against_baselines(report))]
     if TRAINING_PLOT_FILE in figures:
         lines += ["", f"![RMSE and HR@10 per round against the baselines]({TRAINING_PLOT_FILE})"]
     lines += [
@@ -98,6 +99,35 @@ def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def against_baselines(report: dict[str, Any]) -> list[str]:
+    """The model against the two simple baselines a user would otherwise ship (most-popular for
+    ranking, user+item biases for stars), said plainly, with what to change when it loses."""
+    final, baselines = report["final"], report["baselines"]
+    lines = []
+    for metric, name, label, higher in (("hr@10", "popularity", "ranks", True), ("rmse", "biases", "predicts stars",
+                                                                                  False)):
+        ours, theirs = final.get(metric), (baselines.get(name) or {}).get(metric)
+        if ours is None or theirs is None:
+            continue
+        better = ours > theirs if higher else ours < theirs
+        what = f"{label} {'better' if better else 'worse'} than {BASELINE_NAMES[name]} ({metric.upper()} " \
+               f"{ours:.4f} against {theirs:.4f})"
+        lines.append(what if better else f"{what}: {_why_behind(report)}")
+    return lines or ["no baselines were computed (--no-baselines)"]
+
+
+BASELINE_NAMES = {"popularity": "recommending the most popular items", "biases": "user and item biases alone"}
+
+
+def _why_behind(report: dict[str, Any]) -> str:
+    config, privacy = report["config"], report["privacy"]
+    if config.get("dp", "none") != "none":
+        return (f"under DP (ε {_fmt(privacy.get('epsilon_rdp'), 3)} over {privacy.get('rounds')} rounds) the noise "
+                "outweighs what this many rounds and devices learn; more devices per round, more rounds or a larger "
+                "ε close the gap")
+    return f"{privacy.get('rounds')} rounds are too few for this data; train more rounds"
 
 
 def json_safe(value: Any) -> Any:

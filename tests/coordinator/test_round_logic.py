@@ -162,6 +162,24 @@ def test_the_pool_holds_check_ins_during_a_window_and_paces_the_rest():
     assert sorted(cohort) == ["d0", "d1"] and all(isinstance(a, Selected) and a.round_key == b"r1" for a in answers)
 
 
+def test_over_selection_never_waits_for_more_devices_than_the_fleet_has():
+    """A cohort of the whole fleet (10 of 10, over-selecting 30%) closes when everyone has checked
+    in; it used to wait out the window's timeout for 13 devices that do not exist."""
+    async def scenario():
+        pool = CheckInPool(hold_s=30.0, spread_ms=0)
+        labels = {f"d{i}": f"user-{i}" for i in range(10)}
+        started = asyncio.get_running_loop().time()
+        selecting = asyncio.create_task(pool.select(UniformSelection(cohort=10, over_selection=0.3), lambda: labels,
+                                                    round_number=1, round_key=b"r1", timeout_s=30.0,
+                                                    rng=np.random.default_rng(0)))
+        await asyncio.sleep(0)
+        await asyncio.gather(*(pool.check_in(f"d{i}") for i in range(10)))
+        return await selecting, asyncio.get_running_loop().time() - started
+
+    cohort, seconds = asyncio.run(scenario())
+    assert sorted(cohort) == sorted(f"d{i}" for i in range(10)) and seconds < 5
+
+
 def test_checkpoints_survive_reopening_and_a_damaged_one_is_refused_by_name(tmp_path):
     store = StateStore(tmp_path)
     arrays = {"params": [np.ones((3, 2), np.float32), np.zeros(3, np.float32), np.float32(3.5)]}
@@ -183,7 +201,7 @@ def test_checkpoints_survive_reopening_and_a_damaged_one_is_refused_by_name(tmp_
 def test_the_config_file_refuses_unknown_keys_and_bad_values(tmp_path):
     config = config_from_dict({"training": {"rounds": 3}, "rounds": {"over_selection": 0.5}}, base=tmp_path)
     assert config.training.rounds == 3 and config.deployment.over_selection == 0.5
-    with pytest.raises(ConfigError, match="rounds.over_selectoin"):
+    with pytest.raises(ConfigError, match=r"\[rounds\] over_selectoin"):
         config_from_dict({"rounds": {"over_selectoin": 0.5}}, base=tmp_path)
     with pytest.raises(ConfigError, match="report_window_s"):
         DeploymentConfig(report_window_s=-1)

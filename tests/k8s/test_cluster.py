@@ -5,8 +5,8 @@ kubelet, scheduler and kube-proxy are our simulator (`kubelet_sim.py`, which say
 emulates). Devices and the coordinator are the real programs, started from the pod specs that
 `kubectl apply -k k8s/overlays/dev` creates. One cluster serves the whole module, in order:
 apply -> rounds -> RBAC -> a standby replica -> scale down and up mid-round -> coordinator pod
-deleted and replaced. The deployment runs with DP (fixed clipping) so that "ε unchanged" means
-something.
+deleted and replaced. The deployment runs with the shipped DP (adaptive clipping, ε = 8) so that
+"ε unchanged" means something.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ EDGE_SA = f"system:serviceaccount:{NAMESPACE}:fedrec-edge"
 
 
 def dp_dev_overlay(text: str) -> str:
-    """The dev overlay with DP on (fixed clipping, Poisson selection planned for its 200 devices)."""
+    """The dev overlay as shipped (user-level DP, ε = 8, Poisson selection planned for its 200
+    devices), with rounds enough to outlast the tests and a goal that a scaled-down fleet meets."""
     def edit(toml: str) -> str:
-        toml = toml.replace("rounds = 50\n", "rounds = 60\ndp = \"fixed\"\nnoise_multiplier = 0.7\n")
-        toml = toml.replace('selection = "uniform"\n', 'selection = "poisson"\npopulation = 200\nmin_reporters = 5\n')
-        assert "poisson" in toml and "fixed" in toml, toml
+        assert 'dp = "adaptive"' in toml and "target_epsilon = 8.0" in toml and "population = 200" in toml, toml
+        toml = toml.replace("rounds = 40\n", "rounds = 200\n")
+        toml = toml.replace("population = 200\n", "population = 200\nmin_reporters = 5\n")
+        assert "rounds = 200" in toml and "min_reporters = 5" in toml, toml
         return toml
     return edit_coordinator_toml(text, edit)
 

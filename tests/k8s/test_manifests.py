@@ -123,15 +123,22 @@ def test_images_run_as_a_numeric_non_root_user():
 def test_the_coordinator_config_in_each_overlay_is_one_the_coordinator_accepts(overlay, tmp_path):
     import tomllib
 
-    from coordinator.config import config_from_dict
+    from coordinator.config import config_from_dict, planned
 
     docs = render(K8S / "overlays" / overlay)
     text = next(d for d in docs if d["kind"] == "ConfigMap"
                 and d["metadata"]["name"] == "fedrec-coordinator")["data"]["coordinator.toml"]
-    config = config_from_dict(tomllib.loads(text), base=tmp_path)
+    config = planned(config_from_dict(tomllib.loads(text), base=tmp_path))
     assert config.server.port == 7443 and config.server.metrics_port == 9090
     assert "fedrec-coordinator" in config.server.hostnames
     edge = next(d for d in docs if d["kind"] == "StatefulSet")
     per_pod = int(next(d for d in docs if d["kind"] == "ConfigMap"
                        and d["metadata"]["name"] == "fedrec-edge")["data"]["devices-per-pod"])
-    assert config.training.clients_per_round <= edge["spec"]["replicas"] * per_pod <= 400  # the synthetic set's users
+    fleet = edge["spec"]["replicas"] * per_pod
+    assert config.population == fleet <= 400  # the synthetic set's users; enrollment admits 10% more
+    assert config.training.clients_per_round <= fleet
+    # A privacy product's shipped deployment runs with user-level DP and a stated budget; an overlay
+    # without it would say so in its name.
+    if "no-dp" not in overlay:
+        assert config.training.dp != "none" and config.training.target_epsilon is not None
+        assert config.plan is not None and config.plan.epsilon_rdp <= config.training.target_epsilon

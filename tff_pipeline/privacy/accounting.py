@@ -11,6 +11,7 @@ noise multiplier is z, so the same event describes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -81,12 +82,15 @@ def validate_delta(delta: float, num_users: int) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_noise_multiplier(
     *, target_epsilon: float, sampling_rate: float, rounds: int, delta: float
 ) -> float:
     """Smallest noise multiplier whose RDP epsilon after `rounds` rounds is <= target.
 
     RDP upper-bounds the PLD figure, so the run ends within budget under both accountants.
+    Cached: the planner, the plan's check and the coordinator ask for the same value (a bisection
+    of ~20 RDP evaluations, seconds on a busy machine).
     """
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
@@ -94,14 +98,18 @@ def calibrate_noise_multiplier(
     def make_event(z: float) -> dp_accounting.DpEvent:
         return training_event(z, sampling_rate, rounds)
 
-    z = dp_accounting.calibrate_dp_mechanism(
-        rdp.RdpAccountant,
-        make_event,
-        target_epsilon,
-        delta,
-        dp_accounting.LowerEndpointAndGuess(0.1, 1.0),
-        tol=1e-4,
-    )
+    try:
+        z = dp_accounting.calibrate_dp_mechanism(
+            rdp.RdpAccountant,
+            make_event,
+            target_epsilon,
+            delta,
+            dp_accounting.LowerEndpointAndGuess(0.1, 1.0),
+            tol=1e-4,
+        )
+    except (ArithmeticError, ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as error:
+        raise ValueError(f"no noise multiplier gives epsilon {target_epsilon:g} at delta {delta:g} over {rounds} "
+                         f"rounds sampled at rate {sampling_rate:.4g} (the accountant: {error})") from None
     # calibrate_dp_mechanism returns a value on the safe side of the bracket; check it.
     assert epsilon_rdp(z, sampling_rate, rounds, delta) <= target_epsilon * (1 + 1e-9)
     return float(z)

@@ -119,3 +119,55 @@ def plan_config(config: SimulationConfig, train_users: np.ndarray, *, rounds: in
     plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
                        clients_per_round=clients_per_round, rounds=rounds)
     return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds), plan
+
+
+def plan_run(config: SimulationConfig, population: int, *, rounds: int | None,
+             clients_per_round: int | None) -> tuple[SimulationConfig, BudgetPlan | None]:
+    """The one planning step of every entry point (`fedrec simulate` for its users, `fedrec up`
+    and `fedrec serve` for their devices): with a target ε and no noise multiplier, the cohort and
+    rounds not given (None) are planned for `population` and recorded in the config; otherwise the
+    config is returned as it is, with no plan."""
+    if not config.private or config.target_epsilon is None or config.noise_multiplier is not None:
+        return config, None
+    plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
+                       clients_per_round=clients_per_round, rounds=rounds)
+    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds), plan
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+    """Noise multiplier, sampling rate and the number of rounds the budget allows."""
+
+    noise_multiplier: float
+    sampling_rate: float
+    rounds: int
+    how: str  # how the plan was made, for the report
+
+
+def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
+    """Decide (z, q, T) for `num_clients` clients (users in a simulation, devices in a deployment).
+    --target-epsilon alone calibrates z up front for config.rounds rounds; with --noise-multiplier
+    too, training stops at the last round that stays within budget."""
+    q = min(1.0, config.clients_per_round / num_clients)
+    if not config.private:
+        return PrivacyPlan(0.0, q, config.rounds, "non-private")
+    accounting.validate_delta(config.delta, num_clients)
+    if config.noise_multiplier is None and config.target_epsilon is None:
+        raise ValueError("--dp needs --noise-multiplier or --target-epsilon (or both)")
+    if config.noise_multiplier is None:
+        z = accounting.calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon, sampling_rate=q, rounds=config.rounds, delta=config.delta
+        )
+        return PrivacyPlan(z, q, config.rounds,
+                           f"noise calibrated (RDP) to epsilon {config.target_epsilon} over {config.rounds} rounds")
+    z = config.noise_multiplier
+    if config.target_epsilon is None:
+        return PrivacyPlan(z, q, config.rounds, "fixed noise multiplier, no budget")
+    rounds = accounting.max_rounds_within(
+        target_epsilon=config.target_epsilon, noise_multiplier=z, sampling_rate=q,
+        delta=config.delta, limit=config.rounds,
+    )
+    if rounds == 0:
+        raise ValueError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
+    return PrivacyPlan(z, q, rounds,
+                       f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} (RDP)")
