@@ -740,7 +740,7 @@ def grpc_round_figures(devices: int, rounds: int, log) -> dict[str, Any]:
         config = CoordinatorConfig(
             scratch / "state", training,
             DeploymentConfig(selection="uniform", over_selection=0.0, selection_timeout_s=60, report_window_s=120,
-                             phase_timeout_s=60, straggler_grace_s=1.0, export_every=10**6),
+                             phase_timeout_s=60, straggler_grace_s=1.0, export_every=10**6, population=devices),
             ServerConfig(port=0, metrics_port=-1))
         built = time.perf_counter()
         coordinator = server.build(config)

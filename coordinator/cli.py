@@ -241,32 +241,23 @@ def _read_address(state_dir: Path) -> str:
     except (FileRefused, UnicodeDecodeError) as error:
         raise ConfigError("coordinator", f"{path}: not a coordinator address ({error}); give --coordinator "
                                          "HOST:PORT") from None
-    if split_address(text) is None:
-        raise ConfigError("coordinator", f"{path}: not a HOST:PORT address ({text[:60]!r}); give --coordinator")
+    from protocol.addresses import AddressError, parse_host_port
+
+    try:
+        parse_host_port(text)
+    except AddressError as error:
+        raise ConfigError("coordinator", f"{path}: not a coordinator address ({error}); give --coordinator") from None
     return text
 
 
 def _check_address(text: str) -> str:
-    if split_address(text) is None:
-        raise ConfigError("coordinator", f"expected HOST:PORT (an IP address or host name and a port 1-65535), "
-                                         f"got {text[:60]!r}")
+    from protocol.addresses import AddressError, parse_host_port
+
+    try:
+        parse_host_port(text)
+    except AddressError as error:
+        raise ConfigError("coordinator", str(error)) from None
     return text
-
-
-def split_address(text: str) -> tuple[str, int] | None:
-    """(host, port) of "HOST:PORT" or "[IPV6]:PORT", or None if it is not one."""
-    from coordinator.config import is_address
-
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            return None
-    elif ":" in host:
-        return None
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) or not is_address(host):
-        return None
-    return host, int(port)
 
 
 def _read_ca(path: Path) -> bytes:

@@ -29,7 +29,6 @@ reads files.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import tomllib
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordinator.round_run import RoundTiming
+from protocol.addresses import is_host, join_host_port
 from protocol.files import FileRefused, read_bounded
 from tff_pipeline.config import ConfigError, SimulationConfig, training_config
 
@@ -59,23 +59,11 @@ MIN_TOKEN_CHARS = 16
 MAX_TOKEN_CHARS = 256
 MAX_POPULATION = 10**8
 _TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no spaces: typed in shells, kept in a file
-_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def is_address(value: str) -> bool:
-    """An IP address or a syntactically valid host name (RFC 1123 labels)."""
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        pass
-    name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def _host(config: Any, name: str) -> None:
     value = getattr(config, name)
-    if not isinstance(value, str) or not is_address(value):
+    if not isinstance(value, str) or not is_host(value):
         raise ConfigError(name, f"must be an IP address or a host name, got {str(value)[:80]!r}")
 
 
@@ -174,7 +162,7 @@ class ServerConfig:
         if not isinstance(self.hostnames, tuple):
             raise ConfigError("hostnames", f"must be a list of host names, got {self.hostnames!r}"[:120])
         for name in self.hostnames:
-            if not isinstance(name, str) or not is_address(name):
+            if not isinstance(name, str) or not is_host(name):
                 raise ConfigError("hostnames", f"{str(name)[:80]!r} is not a host name or IP address")
         _number(self, "enrollment_margin", 0, 10)
 
@@ -335,11 +323,6 @@ def _largest_cohort(deployment: DeploymentConfig, training: SimulationConfig, po
     if selection == "uniform":
         return max(2, math.floor(population / (1 + deployment.over_selection)))
     return population
-
-
-def join_host_port(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 literal in brackets (as gRPC and URLs want it)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _section(name: str, cls: type, values: dict[str, Any]) -> Any:

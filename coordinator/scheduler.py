@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import os
+import sqlite3
 import time
 from typing import Callable
 
@@ -184,7 +185,13 @@ class Scheduler:
                  privacy_bits_achieved(len(cohort), params.degree, params.threshold, DEFAULT_CORRUPT_FRACTION),
                  params.fixed_point.bit_width,
                  extra={"event": "round_started", "round": round_number, "selected": len(cohort)})
-        attempt = self.store.start_round(round_id=round_id, round_number=round_number, selected=len(cohort))
+        try:
+            attempt = self.store.start_round(round_id=round_id, round_number=round_number, selected=len(cohort))
+        except (sqlite3.Error, OSError) as error:  # a full disk: no round until there is space
+            log.error("round %d: cannot record its start (%s); selecting again in 5 s", round_number, error)
+            self.status.phase = "cannot write the state"
+            await asyncio.sleep(5.0)
+            return None
         run = RoundRun(round_id=round_id, round_number=round_number, participants=cohort, params=params, goal=goal,
                        timing=deployment.timing)
         self.current = ActiveRound(
@@ -247,8 +254,11 @@ class Scheduler:
         run = active.run
         reporters = len(run.arrived(Phase.MASKED_INPUT))
         dropouts = run.num_selected - reporters
-        self.store.abandon_round(active.attempt, reason=reason, reporters=reporters, dropouts=dropouts,
-                                 bytes_in=active.bytes_in, bytes_out=active.bytes_out)
+        try:
+            self.store.abandon_round(active.attempt, reason=reason, reporters=reporters, dropouts=dropouts,
+                                     bytes_in=active.bytes_in, bytes_out=active.bytes_out)
+        except (sqlite3.Error, OSError) as error:  # a full disk: the next start marks it interrupted instead
+            log.error("round %d: cannot record that it was abandoned (%s)", run.round_number, error)
         self.status.dropouts_total += dropouts
         self.metrics.rounds_abandoned.inc()
         self.metrics.dropped.inc(dropouts)

@@ -21,7 +21,7 @@ import grpc
 
 from coordinator.capture import RequestCapture
 from coordinator.catalog import Catalog, synthetic_catalog
-from coordinator.config import CoordinatorConfig, join_host_port, planned
+from coordinator.config import CoordinatorConfig, planned
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import publish
 from coordinator.scheduler import Scheduler
@@ -38,6 +38,7 @@ from coordinator.state_store import (
 )
 from coordinator.tls import ServerTls, load_or_create
 from coordinator.training import PrivacySetting, ServerTraining, sampling_setting
+from protocol.addresses import join_host_port
 from protocol.files import atomic_write
 from protocol.tensors import MAX_MESSAGE_BYTES
 

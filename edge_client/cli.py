@@ -1,4 +1,4 @@
-"""`fedrec-edge`: the device side from a shell (install a model, rate, personalize, recommend).
+"""`fedrec-edge`: the device side from a shell (install a model, rate, personalize, recommend, join rounds).
 
 Errors are the user's to fix (a refused package, a bad CSV line, no model yet), so they are
 printed as one `fedrec-edge: error: ...` line on stderr with exit status 2, never as a traceback.
@@ -7,13 +7,19 @@ printed as one `fedrec-edge: error: ...` line on stderr with exit status 2, neve
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_client.device import DEFAULT_DEVICE_DIR, Device, DeviceError
 from protocol.messages import one_line
 from tflite_models import bundled_package
+
+if TYPE_CHECKING:
+    from edge_client.fleet import FleetOptions
 
 PROG = "fedrec-edge"
 # The model exported from the built-in synthetic run, shipped as package data.
@@ -37,19 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="the best items not rated yet")
     recommend.add_argument("-k", type=int, default=10, help="how many (default 10)")
     commands.add_parser("status", help="what is installed and stored")
-    join = commands.add_parser("join", help="take part in federated rounds of a coordinator (until Ctrl-C)")
+    join = commands.add_parser("join", help="take part in federated rounds of a coordinator (until Ctrl-C or "
+                                            "SIGTERM)")
     join.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     join.add_argument("--enroll-token", help="the coordinator's enrollment token (needed once, to enroll)")
     join.add_argument("--ca-cert", type=Path, required=True,
                       help="the coordinator's CA certificate (its state folder's tls/ca.pem)")
     join.add_argument("--profile", default="ideal", help="simulated heterogeneity: ideal | mixed | heterogeneous")
+    join.add_argument("--log-level", default="WARNING", help="DEBUG also shows gRPC's own log (default WARNING)")
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     if args.command == "join":
-        _join(args)
-        return
+        return _join(args)
     with Device(args.device_dir) as device:
         if args.command == "install":
             package = args.package_dir
@@ -79,43 +86,75 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{item.rank:>3}  {item.item_id:>8}  {item.title or '-'}  {item.score:.2f}")
         elif args.command == "status":
             print("\n".join(device.status().lines()))
+    return 0
 
 
-def _join(args: argparse.Namespace) -> None:
-    import asyncio
-    import signal
+def _join(args: argparse.Namespace) -> int:
+    """Take part in rounds until SIGTERM/SIGINT; "joined" is said only once the coordinator let
+    this device in (enrolled it, or answered it with a stored identity for this CA)."""
+    from edge_client import process
 
-    from edge_client.fleet import FleetOptions, run_devices
-    from protocol.files import read_bounded
+    process.quiet_grpc(args.log_level)  # before anything imports grpc
+    with process.quiet_stop_signals():
+        options, device_dir, level = _join_options(args)
+        logging.basicConfig(level=level, format=f"{PROG}: %(message)s")
+        joined: list[str] = []
+        stats = asyncio.run(_take_part(device_dir, options, joined))
+    if not joined:
+        print(f"{PROG}: stopped before joining {options.coordinator}", file=sys.stderr)
+        return 0
+    for values in stats.values():
+        print(f"rounds: {values['rounds_completed']} completed, {values['rounds_abandoned']} abandoned; "
+              f"models installed: {values['models_installed']}")
+    return 0
 
-    ca_pem = read_bounded(args.ca_cert, max_bytes=1 << 20, what="CA certificate")
-    options = FleetOptions(args.coordinator, ca_pem, args.enroll_token or "", args.profile)
 
-    async def amain() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        print(f"joined {args.coordinator}; taking part in rounds until Ctrl-C", flush=True)
-        stats = await run_devices([Path(args.device_dir).expanduser()], options, stop)
-        for values in stats.values():
-            print(f"rounds: {values['rounds_completed']} completed, {values['rounds_abandoned']} abandoned; "
-                  f"models installed: {values['models_installed']}")
+def _join_options(args: argparse.Namespace) -> tuple[FleetOptions, Path, str]:
+    """Every flag checked before any connection (one line naming what is wrong)."""
+    from edge_client import process
+    from edge_client.fleet import FleetOptions
+    from edge_client.identity import IdentityStore
+    from edge_client.round_client import read_ca_certificate
 
-    asyncio.run(amain())
+    level = process.check_log_level(args.log_level)
+    address = process.check_address(args.coordinator)
+    profile = process.check_profile(args.profile)
+    token = "" if args.enroll_token is None else process.check_token(args.enroll_token, "--enroll-token")
+    ca_pem = process.for_flag("--ca-cert", read_ca_certificate, args.ca_cert)
+    device_dir = process.device_folder(args.device_dir)
+    if not token and IdentityStore(device_dir).load(ca_pem) is None:
+        raise DeviceError(f"{device_dir}: not enrolled with the coordinator of {args.ca_cert}; give --enroll-token "
+                          "to enroll")
+    return FleetOptions(address, ca_pem, token, profile, ca_source=str(args.ca_cert)), device_dir, level
+
+
+async def _take_part(device_dir: Path, options: FleetOptions, joined: list[str]) -> dict[str, dict]:
+    from edge_client import process
+    from edge_client.fleet import WaitNotice, run_devices
+
+    def say(line: str) -> None:
+        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+    def on_joined(folder: Path, device_id: str) -> None:
+        joined.append(device_id)
+        print(f"joined {options.coordinator} as device {device_id}; taking part in rounds until Ctrl-C", flush=True)
+
+    stop = asyncio.Event()
+    with process.stop_on_signals(stop):
+        notice = WaitNotice(options.coordinator, say, report_answers=True)
+        return await run_devices([device_dir], options, stop, notice=notice, on_joined=on_joined)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        return run(args)
     except (ValueError, OSError) as error:  # DeviceError, ManifestError, StoreError, FileRefused are ValueErrors
         print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

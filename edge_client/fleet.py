@@ -6,35 +6,55 @@ interpreters). A device folder is an ordinary device (`Device`): its model, its 
 its identity; `ratings.csv` in it, if present, is what the simulated user rated, imported once
 the device has its first model. Nothing is shared between devices but the event loop.
 
-The process ends on SIGTERM/SIGINT (or when its parent dies: `--parent-pid`), after writing
-`fleet-stats.json` (what each device sent and received).
+Taking part starts with the coordinator answering over TLS with the given CA (a Status call),
+then each device enrolls (or uses its stored identity) and runs its rounds. Waiting for an
+unreachable coordinator is said, with the reason, at most every 30 s; what waiting cannot
+change (a refused token, a CA that does not match) ends the process with one line. Each device
+folder's participation lock (`join_lock`) is held throughout.
+
+The process ends on SIGTERM/SIGINT in every state (or when its parent dies: `--parent-pid`),
+after writing `fleet-stats.json` (what each device sent and received).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
+from edge_client import process
 from edge_client.device import Device
 from edge_client.identity import IdentityStore
+from edge_client.join_lock import participation
 from edge_client.profiles import DeviceProfile, fleet_profiles
-from edge_client.round_client import RoundClient, enroll, open_channel
-from protocol import rounds_pb2_grpc
-from protocol.files import atomic_write
+from protocol.files import atomic_write, read_bounded
 from protocol.logs import configure as configure_logs
+from protocol.messages import one_line
 
+if TYPE_CHECKING:  # grpc is imported late: its log verbosity is read at import (`process.quiet_grpc`)
+    import grpc
+
+    from edge_client.identity import DeviceIdentity
+    from edge_client.round_client import RoundClient
+
+PROG = "python -m edge_client.fleet"
 PENDING_RATINGS = "ratings.csv"
 LABEL_FILE = "label"
 STATS_FILE = "fleet-stats.json"
+REACH_TIMEOUT_S = 10.0  # one Status call while waiting for the coordinator
+FIRST_RETRY_S, MAX_RETRY_S = 0.5, 5.0
+WAIT_NOTICE_INTERVAL_S = 30.0
 log = logging.getLogger("fedrec.device")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,82 +66,252 @@ class FleetOptions:
     seed: int = 0
     record_uploads: bool = False  # each device keeps its plaintext uploads in <device>/uploads/ (audits, tests)
     host: str = ""  # the edge pod these devices run in (CheckInRequest.host); "" on a plain machine
+    ca_source: str = ""  # where ca_pem came from (a file name), for refusals
 
 
-async def run_devices(device_dirs: Sequence[Path], options: FleetOptions, stop: asyncio.Event) -> dict[str, dict]:
-    """Run a RoundClient per folder until `stop`; returns each device's stats."""
+class WaitNotice:
+    """Says that the devices wait for the coordinator, and why: at once when the reason changes,
+    otherwise at most every `interval_s` (a fleet's many devices retrying every few seconds must
+    not flood the log). With `report_answers`, also once when it answers again."""
+
+    def __init__(self, address: str, say: Callable[[str], None], *, interval_s: float = WAIT_NOTICE_INTERVAL_S,
+                 report_answers: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.address, self._say, self.interval_s = address, say, interval_s
+        self.report_answers, self._clock = report_answers, clock
+        self._reason: str | None = None
+        self._said_at = -float("inf")
+
+    def waiting(self, reason: str) -> None:
+        now = self._clock()
+        if reason != self._reason or now - self._said_at >= self.interval_s:
+            self._say(f"waiting for the coordinator at {self.address} ({reason}); retrying")
+            self._reason, self._said_at = reason, now
+
+    def answered(self, *, quietly: bool = False) -> None:
+        if self._reason is not None and self.report_answers:
+            if not quietly:
+                self._say(f"the coordinator at {self.address} answers again")
+            self._reason = None
+
+
+async def run_devices(device_dirs: Sequence[Path], options: FleetOptions, stop: asyncio.Event, *,
+                      notice: WaitNotice | None = None,
+                      on_joined: Callable[[Path, str], None] | None = None) -> dict[str, dict]:
+    """Run a RoundClient per folder until `stop`; returns each device's stats.
+
+    Raises JoinRefused (a ValueError) when taking part cannot work, and DeviceError when a folder
+    is another join's or unusable; `on_joined(folder, device_id)` once a device is in (default: logged)."""
+    from edge_client.round_client import ClientStats
+
+    notice = notice or WaitNotice(options.coordinator, log.warning)
+    on_joined = on_joined or (lambda folder, device_id: log.info("%s: joined %s as %s", folder.name,
+                                                                 options.coordinator, device_id))
     profiles = fleet_profiles(options.profile, len(device_dirs), seed=options.seed)
-    clients = await asyncio.gather(*(
-        _start(folder, options, profile, seed=options.seed * 1_000_003 + position)
-        for position, (folder, profile) in enumerate(zip(device_dirs, profiles))))
-    try:
-        await asyncio.gather(*(client.run(stop) for client, _ in clients))
-    finally:
-        for client, channel in clients:
-            await channel.close()
-            client.device.close()
-    return {str(client.device.device_dir): dataclasses.asdict(client.stats) for client, _ in clients}
+    with participation(device_dirs), contextlib.ExitStack() as opened:
+        devices = [opened.enter_context(Device(folder)) for folder in device_dirs]
+        stats = {str(device.device_dir): dataclasses.asdict(ClientStats()) for device in devices}
+        if not await _stoppable(stop, _reach(options, notice, stop)):
+            return stats
+        tasks = [asyncio.create_task(_participate(device, options, profile, options.seed * 1_000_003 + position,
+                                                  notice, stop, on_joined))
+                 for position, (device, profile) in enumerate(zip(devices, profiles))]
+        try:
+            for result in await asyncio.gather(*tasks):
+                if result is not None:
+                    stats[str(result[0])] = result[1]
+        finally:
+            await _cancel(tasks)
+    return stats
 
 
-async def _start(folder: Path, options: FleetOptions, profile: DeviceProfile, *, seed: int):
-    device = Device(folder)
-    label_file = folder / LABEL_FILE
-    label = label_file.read_text().strip() if label_file.exists() else ""
-    identity = await _enroll_with_retries(folder, options, label)
-    channel = open_channel(options.coordinator, options.ca_pem)
-    pending = folder / PENDING_RATINGS
-    client = RoundClient(device, rounds_pb2_grpc.CoordinatorStub(channel), identity, profile=profile, seed=seed,
-                         pending_ratings=pending if pending.exists() else None,
-                         record_uploads=folder / "uploads" if options.record_uploads else None, host=options.host)
-    return client, channel
+async def _participate(device: Device, options: FleetOptions, profile: DeviceProfile, seed: int, notice: WaitNotice,
+                       stop: asyncio.Event, on_joined: Callable[[Path, str], None]) -> tuple[Path, dict] | None:
+    """One device: its identity, then its rounds until `stop`; (folder, stats), or None if stopped first."""
+    from edge_client.round_client import RoundClient, open_channel
+    from protocol import rounds_pb2_grpc
+
+    identity = await _stoppable(stop, _identity(device.device_dir, options, notice, stop))
+    if identity is None:
+        return None
+    notice.answered(quietly=True)
+    on_joined(device.device_dir, identity.device_id)
+    pending = device.device_dir / PENDING_RATINGS
+    async with open_channel(options.coordinator, options.ca_pem) as channel:
+        client = RoundClient(device, rounds_pb2_grpc.CoordinatorStub(channel), identity, profile=profile, seed=seed,
+                             pending_ratings=pending if pending.exists() else None,
+                             record_uploads=device.device_dir / "uploads" if options.record_uploads else None,
+                             host=options.host, on_unavailable=lambda error: _unavailable(error, options, notice),
+                             on_answer=notice.answered)
+        await _stoppable(stop, client.run(stop))
+    return device.device_dir, dataclasses.asdict(client.stats)
 
 
-async def _enroll_with_retries(folder: Path, options: FleetOptions, label: str):
+async def _reach(options: FleetOptions, notice: WaitNotice, stop: asyncio.Event) -> bool:
+    """Wait until the coordinator answers a Status call over TLS with our CA (True), or `stop`.
+
+    The first call proves the address and the CA before any device counts as joined (a stored
+    identity alone proves neither); a fresh channel per attempt, so a coordinator that comes up
+    is found at the next attempt, not after gRPC's own reconnect backoff (up to minutes)."""
     import grpc
 
-    delay = 0.5
-    while True:
+    from edge_client.round_client import open_channel
+    from protocol import rounds_pb2, rounds_pb2_grpc
+
+    delay = FIRST_RETRY_S
+    while not stop.is_set():
         try:
-            return await enroll(options.coordinator, options.ca_pem, options.enroll_token, IdentityStore(folder),
-                                label=label)
+            async with open_channel(options.coordinator, options.ca_pem) as channel:
+                await rounds_pb2_grpc.CoordinatorStub(channel).Status(rounds_pb2.StatusRequest(),
+                                                                      timeout=REACH_TIMEOUT_S)
+            return True
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            await asyncio.sleep(delay)  # the coordinator is not up yet
-            delay = min(delay * 2, 5.0)
+            _unavailable(error, options, notice, call="Status")
+        await _sleep_or_stop(stop, delay)
+        delay = min(delay * 2, MAX_RETRY_S)
+    return False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_client.fleet", description=__doc__.splitlines()[0])
+async def _identity(folder: Path, options: FleetOptions, notice: WaitNotice,
+                    stop: asyncio.Event) -> DeviceIdentity | None:
+    """The device's stored identity for this CA, or a new one from enrolling (retried while the
+    coordinator does not answer; a refused token ends it). None if stopped first."""
+    import grpc
+
+    from edge_client.round_client import enroll
+
+    store = IdentityStore(folder)
+    identity = store.load(options.ca_pem)
+    label = _label(folder)
+    delay = FIRST_RETRY_S
+    while identity is None and not stop.is_set():
+        try:
+            identity = await enroll(options.coordinator, options.ca_pem, options.enroll_token, store, label=label)
+        except grpc.aio.AioRpcError as error:
+            _unavailable(error, options, notice, call="Enroll")
+            await _sleep_or_stop(stop, delay)
+            delay = min(delay * 2, MAX_RETRY_S)
+    return identity
+
+
+def _unavailable(error: grpc.aio.AioRpcError, options: FleetOptions, notice: WaitNotice, *, call: str = "") -> None:
+    """Say what the devices wait for, or raise JoinRefused when waiting cannot help."""
+    from edge_client.round_client import connection_trouble
+
+    notice.waiting(connection_trouble(error, address=options.coordinator, ca_source=options.ca_source, call=call))
+
+
+def _label(folder: Path) -> str:
+    path = folder / LABEL_FILE
+    if not path.exists():
+        return ""
+    try:
+        return read_bounded(path, max_bytes=4096, what="device label").decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the device label is not UTF-8 text") from None
+
+
+async def _stoppable(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None as soon as `stop` is set: `work` is then cancelled, so a call in
+    flight (a held check-in, a round's phase) does not delay the stop; the coordinator counts
+    the device as a dropout."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        await _cancel([task])
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    await _cancel([task])
+    return None
+
+
+async def _cancel(tasks: Sequence[asyncio.Future]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+
+
+# the process
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--devices-root", type=Path, required=True, help="one device folder per subfolder")
     parser.add_argument("--coordinator", required=True, help="HOST:PORT")
     parser.add_argument("--ca-cert", type=Path, required=True)
     parser.add_argument("--enroll-token-file", type=Path, required=True)
-    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous")
+    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow | drop-after-masking")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG also shows gRPC's own log")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--record-uploads", action="store_true",
                         help="each device keeps its own plaintext uploads in <device>/uploads/ (audits, tests)")
-    args = parser.parse_args(argv)
-    configure_logs(args.log_level, args.log_format)
-    folders = sorted(p for p in args.devices_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    options = FleetOptions(args.coordinator, args.ca_cert.read_bytes(), args.enroll_token_file.read_text().strip(),
-                           args.profile, args.seed, args.record_uploads)
+    return parser
 
-    async def amain() -> dict[str, dict]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        if args.parent_pid:
-            asyncio.create_task(_watch_parent(args.parent_pid, stop))
-        return await run_devices(folders, options, stop)
 
-    stats = asyncio.run(amain())
-    atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    process.quiet_grpc(args.log_level)
+    with process.quiet_stop_signals():
+        try:
+            level, folders, options = _configure(args)
+            configure_logs(level, args.log_format)
+            stats = asyncio.run(_run_fleet(folders, options, args.parent_pid))
+        except (ValueError, OSError) as error:  # JoinRefused, DeviceError, FileRefused are ValueErrors
+            print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
+            return 2
+        atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
     return 0
+
+
+def _configure(args: argparse.Namespace) -> tuple[str, list[Path], FleetOptions]:
+    """Every flag checked before anything starts (one line naming what is wrong)."""
+    from edge_client.round_client import read_ca_certificate
+
+    level = process.check_log_level(args.log_level)
+    address = process.check_address(args.coordinator)
+    profile = process.check_profile(args.profile)
+    seed = process.check_seed(args.seed)
+    if args.parent_pid is not None and args.parent_pid != os.getppid():
+        raise ValueError(f"--parent-pid {args.parent_pid}: not this process's parent (or it is gone already)")
+    folders = _device_folders(args.devices_root)
+    ca_pem = process.for_flag("--ca-cert", read_ca_certificate, args.ca_cert)
+    token = process.for_flag("--enroll-token-file", process.read_token_file, args.enroll_token_file)
+    options = FleetOptions(address, ca_pem, token, profile, seed, args.record_uploads, ca_source=str(args.ca_cert))
+    return level, folders, options
+
+
+def _device_folders(root: Path) -> list[Path]:
+    """The device folders under --devices-root (its subfolders, hidden ones aside)."""
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as error:
+        raise ValueError(f"--devices-root {root}: {error.strerror or error}") from None
+    if not folders:
+        raise ValueError(f"--devices-root {root}: holds no device folders")
+    return folders
+
+
+async def _run_fleet(folders: list[Path], options: FleetOptions, parent_pid: int | None) -> dict[str, dict]:
+    stop = asyncio.Event()
+    with process.stop_on_signals(stop):
+        watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
+        try:
+            return await run_devices(folders, options, stop)
+        finally:
+            if watcher is not None:
+                await _cancel([watcher])
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge_client import process
 from edge_client.fleet import STATS_FILE, FleetOptions, run_devices
 from protocol.files import atomic_write
 from protocol.logs import configure as configure_logs
+from protocol.messages import one_line
 
 log = logging.getLogger("fedrec.device")
 CA_FILE = "ca.crt"
@@ -78,7 +80,8 @@ async def wait_for_credentials(folder: Path, stop: asyncio.Event) -> tuple[bytes
     waited = 0.0
     while not stop.is_set():
         try:
-            ca, token = (folder / CA_FILE).read_bytes(), (folder / TOKEN_FILE).read_text().strip()
+            ca = (folder / CA_FILE).read_bytes()
+            token = (folder / TOKEN_FILE).read_bytes().decode("utf-8", "surrogateescape").strip()
             if ca and token:
                 return ca, token
         except OSError:
@@ -86,12 +89,13 @@ async def wait_for_credentials(folder: Path, stop: asyncio.Event) -> tuple[bytes
         if waited % 30 == 0:
             log.warning("waiting for the device credentials in %s (the coordinator publishes them on its "
                         "first start)", folder)
-        await asyncio.sleep(1.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
         waited += 1.0
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge_client.pod", description=__doc__.splitlines()[0])
     parser.add_argument("--pod-name", required=True, help="this pod's name (downward API metadata.name)")
     parser.add_argument("--devices-per-pod", type=int, required=True)
@@ -99,44 +103,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--credentials", type=Path, required=True, help="folder with ca.crt and enroll-token")
     parser.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's Service")
     parser.add_argument("--seed", type=int, default=0, help="the synthetic data set's seed (as the coordinator's)")
-    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow")
+    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow | drop-after-masking")
     parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument("--metrics-port", type=int, default=9100, help="/metrics for probes and scraping; -1: none")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG also shows gRPC's own log")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    args = parser.parse_args(argv)
-    configure_logs(args.log_level, args.log_format)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    process.quiet_grpc(args.log_level)
+    with process.quiet_stop_signals():
+        try:
+            configure_logs(_check_flags(args), args.log_format)
+            folders = prepare_pod(args.devices_root, pod_name=args.pod_name, devices_per_pod=args.devices_per_pod,
+                                  seed=args.seed)
+            _serve_metrics(args, len(folders))
+            log.info("%s plays %d devices (%s .. %s)", args.pod_name, len(folders), folders[0].name, folders[-1].name)
+            stats = asyncio.run(_run_pod(args, folders))
+        except (ValueError, OSError) as error:  # PodError, JoinRefused, DeviceError are ValueErrors
+            print(f"edge pod: error: {one_line(str(error))}", file=sys.stderr)
+            return 2
+        if stats is not None:
+            atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> str:
+    """Every flag checked before the pod prepares its users (one line naming what is wrong); the log level."""
+    level = process.check_log_level(args.log_level)
+    ordinal_of(args.pod_name)
+    if args.devices_per_pod < 1:
+        raise PodError("--devices-per-pod must be at least 1")
+    process.check_address(args.coordinator)
+    process.check_profile(args.profile)
+    process.check_seed(args.seed)
+    if not -1 <= args.metrics_port <= 65535:
+        raise PodError(f"--metrics-port {args.metrics_port}: must be a port (0: any free one) or -1 (none)")
+    return level
+
+
+def _serve_metrics(args: argparse.Namespace, devices: int) -> None:
+    """/metrics for the probes; refused naming the address when it cannot listen there."""
+    if args.metrics_port < 0:
+        return
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    registry = CollectorRegistry()
+    Gauge("fedrec_edge_devices", "Devices this pod runs", registry=registry).set(devices)
     try:
-        folders = prepare_pod(args.devices_root, pod_name=args.pod_name, devices_per_pod=args.devices_per_pod,
-                              seed=args.seed)
-    except PodError as error:
-        print(f"edge pod: error: {error}", file=sys.stderr)
-        return 2
-    if args.metrics_port >= 0:
-        from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-        registry = CollectorRegistry()
-        Gauge("fedrec_edge_devices", "Devices this pod runs", registry=registry).set(len(folders))
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
-    log.info("%s plays %d devices (%s .. %s)", args.pod_name, len(folders), folders[0].name, folders[-1].name)
+    except (OSError, OverflowError, ValueError) as error:
+        raise PodError(f"--metrics-host {args.metrics_host!r} --metrics-port {args.metrics_port}: cannot serve "
+                       f"/metrics there ({error})") from None
 
-    async def amain() -> dict[str, dict] | None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+
+async def _run_pod(args: argparse.Namespace, folders: list[Path]) -> dict[str, dict] | None:
+    """Wait for the credentials, then run the devices; None if stopped while waiting."""
+    from edge_client.round_client import check_ca_pem
+
+    stop = asyncio.Event()
+    with process.stop_on_signals(stop):
         credentials = await wait_for_credentials(args.credentials, stop)
         if credentials is None:
             return None
         ca_pem, token = credentials
-        options = FleetOptions(args.coordinator, ca_pem, token, args.profile, seed=ordinal_of(args.pod_name),
-                               host=args.pod_name)
+        options = FleetOptions(args.coordinator, check_ca_pem(ca_pem, str(args.credentials / CA_FILE)),
+                               process.check_token(token, str(args.credentials / TOKEN_FILE)), args.profile,
+                               seed=ordinal_of(args.pod_name), host=args.pod_name,
+                               ca_source=str(args.credentials / CA_FILE))
         return await run_devices(folders, options, stop)
-
-    stats = asyncio.run(amain())
-    if stats is not None:
-        atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
-    return 0
 
 
 if __name__ == "__main__":

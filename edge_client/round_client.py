@@ -22,12 +22,15 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -38,7 +41,9 @@ from edge_client.litert_model import GlobalWeights
 from edge_client.profiles import DeviceProfile
 from edge_client.secure_aggregation import SecAggParticipant
 from protocol import rounds_pb2, rounds_pb2_grpc
+from protocol.files import read_bounded
 from protocol.manifest import MANIFEST_FILE, MODEL_FILE
+from protocol.messages import one_line
 from protocol.secagg.errors import SecAggError
 from protocol.secagg.params import SecAggParams
 from protocol.secagg.quantize import FixedPoint, fixed_point_for, pack
@@ -49,6 +54,93 @@ from protocol.upload import UploadLayout
 log = logging.getLogger("fedrec.device")
 SERVER_NAME = "fedrec-coordinator"  # the name in the coordinator's certificate (coordinator.tls)
 CALL_TIMEOUT_S = 600.0
+MAX_CA_BYTES = 1 << 20
+# Codes after which asking again may get an answer (the coordinator is starting, restarting, busy).
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
+                       grpc.StatusCode.UNKNOWN})
+# gRPC's text for a failed TLS handshake ends with the X.509 verification result when it is not
+# "ok": "...:OPENSSL_internal:BAD_SIGNATURE: certificate signature failure" for a server certificate
+# our CA did not sign, "Invalid certificate verification context" when no verification ran (the
+# handshake failed before it: not a TLS server, ...).
+_HANDSHAKE = re.compile(r"handshake failed", re.IGNORECASE)
+_NOT_VERIFIED = "Invalid certificate verification context"  # BoringSSL's X509_V_ERR_INVALID_CALL
+_VERIFY_ERROR = re.compile(r"SSL_ERROR_SSL: error:[0-9a-fA-F]+:[^:]*:[^:]*:(?P<code>[A-Z0-9_]+)(?:: (?P<why>[^;\n]+))?")
+_WAIT_REASONS = (("connection refused", "connection refused"), ("dns resolution failed", "its name does not resolve"),
+                 ("connection reset", "connection reset"), ("network is unreachable", "network unreachable"),
+                 ("no route to host", "no route to host"), ("timed out", "connection timed out"),
+                 ("socket closed", "connection closed"), ("deadline exceeded", "no answer in time"))
+
+
+class JoinRefused(DeviceError):
+    """A refusal that asking again cannot change (a wrong token, a CA that does not match): the
+    device stops and says why, instead of retrying forever."""
+
+
+def read_ca_certificate(path: Path | str) -> bytes:
+    """The CA certificates in the file (`check_ca_pem`), refused naming the file: gRPC would take
+    anything and fail every connection with no word about the file."""
+    ca_pem = read_bounded(path, max_bytes=MAX_CA_BYTES, what="CA certificate")
+    return check_ca_pem(ca_pem, str(path))
+
+
+def check_ca_pem(ca_pem: bytes, source: str) -> bytes:
+    """The certificates in `ca_pem`, re-encoded as plain PEM; `source` names it in the refusal.
+
+    Re-encoded because gRPC's TLS library reads less than `cryptography` does (a byte-order mark,
+    lone CR line ends, leading white space): given such a file as it is, every connection would
+    fail with "empty address list". A coordinator's own ca.pem comes out byte for byte the same."""
+    try:
+        certificates = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise DeviceError(f"{source}: not a PEM certificate; give the coordinator's CA (its state folder's "
+                          "tls/ca.pem)") from None
+    return b"".join(certificate.public_bytes(serialization.Encoding.PEM) for certificate in certificates)
+
+
+def connection_trouble(error: grpc.aio.AioRpcError, *, address: str, ca_source: str = "", call: str = "") -> str:
+    """Why the coordinator at `address` gave no answer, to wait on; raises JoinRefused when
+    waiting cannot help (its certificate does not verify with our CA, or it refused `call`)."""
+    code, details = error.code(), error.details() or ""
+    verify = _verify_failure(details)
+    if verify is not None:
+        ca = f"the CA certificate {ca_source}" if ca_source else "the CA certificate"
+        raise JoinRefused(f"{ca} does not match the coordinator at {address} (TLS: {verify}); give that "
+                          "coordinator's CA (its state folder's tls/ca.pem)")
+    if code in RETRYABLE:
+        return _wait_reason(code, details)
+    if call == "Enroll" and code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        raise JoinRefused(f"the coordinator at {address} refused the enrollment token ({one_line(details)})")
+    what = f" {call}" if call else ""
+    raise JoinRefused(f"the coordinator at {address} refused{what}: {code.name}: {one_line(details)}")
+
+
+def _verify_failure(details: str) -> str | None:
+    """The certificate verification error in a failed TLS handshake's text, or None."""
+    if not _HANDSHAKE.search(details):
+        return None
+    match = _VERIFY_ERROR.search(details)
+    if match is None:
+        return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in details else None
+    why = (match["why"] or "").strip()
+    if why and why != _NOT_VERIFIED:
+        return f"certificate verify failed: {why}"
+    return "certificate verify failed" if match["code"] == "CERTIFICATE_VERIFY_FAILED" else None
+
+
+def _wait_reason(code: grpc.StatusCode, details: str) -> str:
+    """A few words for a retryable failure ("connection refused"), else gRPC's own text."""
+    lowered = details.lower()
+    if _HANDSHAKE.search(details):
+        match = _VERIFY_ERROR.search(details)
+        return f"TLS handshake failed: {match['code']}" if match else "TLS handshake failed"
+    for needle, reason in _WAIT_REASONS:
+        if needle in lowered:
+            return reason
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "no answer in time"
+    text = one_line(details)
+    return f"{code.name}: {text[:200]}" if text else code.name
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -103,8 +195,13 @@ class RoundClient:
 
     def __init__(self, device: Device, stub: rounds_pb2_grpc.CoordinatorStub, identity: DeviceIdentity, *,
                  profile: DeviceProfile = DeviceProfile(), seed: int | None = None,
-                 pending_ratings: Path | None = None, record_uploads: Path | None = None, host: str = "") -> None:
+                 pending_ratings: Path | None = None, record_uploads: Path | None = None, host: str = "",
+                 on_unavailable: Callable[[grpc.aio.AioRpcError], None] | None = None,
+                 on_answer: Callable[[], None] | None = None) -> None:
         self.device, self.stub, self.identity, self.profile = device, stub, identity, profile
+        # Connection news for whoever runs the device (a "waiting for the coordinator" line); a
+        # hook may raise (JoinRefused: the coordinator's certificate changed) to end the loop.
+        self.on_unavailable, self.on_answer = on_unavailable, on_answer
         self.host = host  # a simulated edge pod's name (`CheckInRequest.host`); "" otherwise
         self.rng = np.random.default_rng(seed)
         self.stats = ClientStats()
@@ -127,7 +224,11 @@ class RoundClient:
             try:
                 retry_ms = await self._check_in_once()
                 backoff = 0.5
+                if self.on_answer is not None:
+                    self.on_answer()
             except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and self.on_unavailable is not None:
+                    self.on_unavailable(error)
                 if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                     grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
                     retry_ms = int(1000 * backoff * (1 + self.rng.random()))

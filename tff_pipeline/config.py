@@ -25,7 +25,7 @@ MAX_LOCAL_STEPS = 1000
 # noise for budgets far beyond any meaningful guarantee: ZeroDivisionError at z = 1e-300,
 # "no bracketing interval" at epsilon 1e4 over one round), and far beyond any useful one.
 MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4
-MIN_TARGET_EPSILON, MAX_TARGET_EPSILON = 0.01, 100.0
+MIN_TARGET_EPSILON, MAX_TARGET_EPSILON = 0.01, 1e4
 
 # What our ML-100K sweeps found best (closing notes of issues 2 and 8); the CLI fills any of these
 # flags the user leaves unset from the preset of the run's privacy mode.

@@ -88,7 +88,7 @@ def test_devices_in_the_edge_image_complete_rounds(edge_image, tmp_path):
     config = up.write_coordinator_config(
         state_dir, SimulationConfig(rounds=2, clients_per_round=4, baselines=False).to_dict(),
         DeploymentConfig(selection="uniform", over_selection=0.0, min_reporters=3, selection_timeout_s=20,
-                         phase_timeout_s=20, report_window_s=30, straggler_grace_s=1.0), port=port)
+                         phase_timeout_s=20, report_window_s=30, straggler_grace_s=1.0, population=6), port=port)
     coordinator = up.spawn("tff_pipeline.cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
                            log_path=tmp_path / "coordinator.log")
     pods: list[subprocess.Popen] = []
