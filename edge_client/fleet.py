@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # grpc is imported late: its log verbosity is read at import 
     import grpc
 
     from edge_client.identity import DeviceIdentity
-    from edge_client.round_client import RoundClient
 
 PROG = "python -m edge_client.fleet"
 PENDING_RATINGS = "ratings.csv"

@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from coordinator.cluster.api import ClusterSettings
 

@@ -12,7 +12,6 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,23 +27,13 @@ from coordinator.state_store import ADDRESS_FILE, METRICS_ADDRESS_FILE
 from coordinator.tls import TLS_DIR
 from edge_client.round_client import open_channel
 from protocol import rounds_pb2, rounds_pb2_grpc
+from tests.coordinator.commands import fedrec, one_error_line
 
 TOKEN = "hostile-test-token-0123456789"
 POPULATION = 20
 METRICS_HOST = "127.0.0.2"  # loopback, but not where gRPC listens
 
 
-def fedrec(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tff_pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, (done.returncode, done.stdout[-1000:], done.stderr[-2000:])
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert lines[0].startswith("fedrec: error: ")
-    return lines[0]
 
 
 class Coordinator:
@@ -218,5 +207,4 @@ def test_wrong_token_guesses_are_rate_limited_then_status_reads_the_stopped_stat
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout.startswith("coordinator not running")
     assert "rounds 0/300 completed" in offline.stdout and "devices 22" in offline.stdout and "no DP" in offline.stdout
-    assert not (coordinator.state / "coordinator.lock").read_text() == ""  # the holder's name stays for reference
     assert os.path.exists(coordinator.state / "coordinator.db")

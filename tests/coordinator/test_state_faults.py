@@ -25,19 +25,9 @@ from coordinator.privacy_ledger import PrivacyLedger
 from coordinator.state_lock import LOCK_FILE, StateLock, holder
 from coordinator.state_store import ADDRESS_FILE, TRAINING_CONFIG_META, Checkpoint, StateStore
 from coordinator.tls import load_or_create
+from tests.coordinator.commands import fedrec, one_error_line
 
 
-def fedrec(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tff_pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, (done.returncode, done.stdout[-1000:], done.stderr[-2000:])
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert lines[0].startswith("fedrec: error: ")
-    return lines[0]
 
 
 def fill(path: Path) -> None:
@@ -113,7 +103,7 @@ def test_the_lock_names_its_holder_and_is_released_with_the_process(tmp_path):
     info = holder(state)
     assert info is not None and info["pid"] > 0
     first.release()
-    assert holder(state) is None
+    assert holder(state) is None and (state / LOCK_FILE).read_text() == ""
     # A killed holder releases it: the kernel drops the flock with the process.
     script = (f"from coordinator.state_lock import StateLock; StateLock({str(state)!r}).acquire(); "
               "print('held', flush=True); import time; time.sleep(60)")
@@ -123,10 +113,12 @@ def test_the_lock_names_its_holder_and_is_released_with_the_process(tmp_path):
         assert holder(state)["pid"] == child.pid  # type: ignore[index]
         child.kill()
         child.wait(timeout=10)
-        assert StateLock(state).acquire().held
+        taken = StateLock(state).acquire()
+        assert taken.held
+        taken.release()
     finally:
         child.kill()
-    assert (state / LOCK_FILE).exists()
+    assert (state / LOCK_FILE).read_text() == ""  # a released lock names nobody
 
 
 def _stopped_state(state: Path) -> None:

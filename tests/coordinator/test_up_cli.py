@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from tests.coordinator.commands import fedrec, one_error_line
+
 SIMULATE_REPORT_KEYS = {"config", "data", "final", "baselines", "privacy", "timing", "history", "run_id"}
 
 
@@ -16,16 +18,6 @@ def _processes_mentioning(text: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if "pgrep" not in line]
 
 
-def fedrec(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tff_pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, (done.returncode, done.stdout[-1000:], done.stderr[-2000:])
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    return lines[0]
 
 
 def test_fedrec_up_trains_over_real_processes_and_writes_the_simulate_report(tmp_path):
@@ -33,7 +25,7 @@ def test_fedrec_up_trains_over_real_processes_and_writes_the_simulate_report(tmp
     the plan printed is the one the coordinator stores and runs (issue 16, items 3 and 6)."""
     out = tmp_path / "up"
     done = fedrec("up", "--devices", "10", "--clients-per-round", "5", "--rounds", "2", "--no-baselines",
-                  "--out", str(out))
+                  "--out", str(out), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rounds 2/2 completed" in done.stdout
     plan_line = next(line for line in done.stdout.splitlines() if line.startswith("privacy plan for "))
