@@ -15,6 +15,7 @@ from typing import Any
 from coordinator.privacy_ledger import PrivacyLedger
 from coordinator.state_store import StateError, StateStore
 from coordinator.up import deployment_figures
+from tff_pipeline.privacy.planner import PrivacyPlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ def deployment_report(*, config: Any, split: Any, identity: Any, state_dir: Path
     params = model.GlobalParams(*checkpoint.arrays["params"])
     model_config = config.model_config(split.num_items)
     final = personalized_eval.evaluate_global_model(params, split, model_config)
-    plan = simulation.PrivacyPlan(
+    plan = PrivacyPlan(
         noise_multiplier=float(setting.get("noise_multiplier", 0.0)),
         sampling_rate=float(setting.get("sampling_rate", 1.0)), rounds=int(setting.get("rounds", config.rounds)),
         how="deployment: ε from the coordinator's ledger of applied DP events" if config.private else "non-private")

@@ -3,10 +3,12 @@ checkpoint every round, and assemble the report (with baselines computed on the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import time
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -18,47 +20,64 @@ from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, group_by_user
 from tff_pipeline.federated import client_work, process, sampling
 from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy.planner import PrivacyPlan, plan_privacy
 from tff_pipeline.run_folder import RunFolder, RunFolderError, RunIdentity
 
 
 class TrainingDiverged(ValueError):
-    """The global parameters became non-finite; the round was not saved."""
+    """The global parameters became non-finite, or so large that TensorFlow's computation with them
+    failed (a ValueError: the CLI prints it as one line); the round was not saved."""
 
 
-@dataclasses.dataclass(frozen=True)
-class PrivacyPlan:
-    """Noise multiplier, sampling rate and the number of rounds the budget allows."""
+# What TensorFlow says, on the TFF worker or in our own evaluation, when the numbers it computes
+# with have overflowed to inf/NaN: the user's ridge systems (tf.linalg.solve) are no longer
+# invertible, DP clipping finds no finite norm, a numerics check trips. Only these are read as a
+# diverged model; any other failure of a round (a shape error, a lost worker) keeps its traceback.
+_NON_FINITE_REASONS = re.compile(
+    r"(?:input )?matrix is not invertible"
+    r"|Cholesky decomposition was not successful"
+    r"|Found Inf or NaN global norm"
+    r"|Tensor had (?:[+-]?Inf|NaN)(?: and (?:[+-]?Inf|NaN))? values",
+    re.IGNORECASE,
+)
 
-    noise_multiplier: float
-    sampling_rate: float
-    rounds: int
-    how: str  # how the plan was made, for the report
+
+def _non_finite_reason(error: BaseException) -> str | None:
+    """TensorFlow's reason, in its words, if `error` is a computation that failed on non-finite
+    values: the TFF worker's error as it arrives over gRPC (INTERNAL "Failed to run computation:
+    Input matrix is not invertible. [[{{node MatrixSolve_1}}]] ..."), or TensorFlow's own
+    InvalidArgumentError here; errors that wrap one (`raise ... from`) are looked through."""
+    import grpc
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = None
+        if isinstance(current, grpc.RpcError) and isinstance(current, grpc.Call):
+            if current.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT):
+                text = current.details()
+        elif isinstance(current, tf.errors.InvalidArgumentError):
+            text = current.message
+        match = _NON_FINITE_REASONS.search(text or "")
+        if match:
+            return match.group(0)
+        current = current.__cause__
+    return None
 
 
-def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
-    """Decide (z, q, T). --target-epsilon alone calibrates z up front for config.rounds rounds;
-    with --noise-multiplier too, training stops at the last round that stays within budget."""
-    q = min(1.0, config.clients_per_round / num_clients)
-    if not config.private:
-        return PrivacyPlan(0.0, q, config.rounds, "non-private")
-    accounting.validate_delta(config.delta, num_clients)
-    if config.noise_multiplier is None and config.target_epsilon is None:
-        raise ValueError("--dp needs --noise-multiplier or --target-epsilon (or both)")
-    if config.noise_multiplier is None:
-        z = accounting.calibrate_noise_multiplier(
-            target_epsilon=config.target_epsilon, sampling_rate=q, rounds=config.rounds, delta=config.delta
-        )
-        return PrivacyPlan(z, q, config.rounds, f"noise calibrated (RDP) to epsilon {config.target_epsilon} over {config.rounds} rounds")
-    z = config.noise_multiplier
-    if config.target_epsilon is None:
-        return PrivacyPlan(z, q, config.rounds, "fixed noise multiplier, no budget")
-    rounds = accounting.max_rounds_within(
-        target_epsilon=config.target_epsilon, noise_multiplier=z, sampling_rate=q,
-        delta=config.delta, limit=config.rounds,
-    )
-    if rounds == 0:
-        raise ValueError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
-    return PrivacyPlan(z, q, rounds, f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} (RDP)")
+@contextlib.contextmanager
+def _stop_if_non_finite(round_num: int, step: str) -> Iterator[None]:
+    """Turn a failure of `step` on non-finite values into TrainingDiverged naming the round."""
+    try:
+        yield
+    except Exception as error:
+        reason = _non_finite_reason(error)
+        if reason is None:
+            raise
+        raise TrainingDiverged(
+            f"round {round_num}: the model diverged ({step} failed: {reason}, as the parameters overflowed); "
+            "lower --local-lr or --server-lr and start a new run") from error
 
 
 class ClientPopulation:
@@ -161,7 +180,8 @@ def run(
             )
         started = time.perf_counter()
         if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
-            output = learning_process.next(state, population.datasets(cohort))
+            with _stop_if_non_finite(round_num, "TFF's computation of the round"):
+                output = learning_process.next(state, population.datasets(cohort))
             _refuse_divergence(output.state, output.metrics, round_num)
             state = output.state
             metrics = output.metrics
@@ -174,7 +194,9 @@ def run(
         if config.private:
             row["epsilon_rdp"] = accounting.epsilon_rdp(plan.noise_multiplier, plan.sampling_rate, round_num, config.delta)
         if round_num % config.eval_every == 0 or round_num == plan.rounds:
-            row.update(_evaluate(learning_process, state, split, model_config))
+            with _stop_if_non_finite(round_num, "evaluating the model"):
+                evaluated = _evaluate(learning_process, state, split, model_config)
+            row.update(evaluated)
         history.append(row)
         if folder is not None:
             checkpoint.save(
@@ -184,7 +206,8 @@ def run(
         if on_round:
             on_round(row)
 
-    final = _evaluate(learning_process, state, split, model_config)
+    with _stop_if_non_finite(len(history) and history[-1]["round"], "evaluating the final model"):
+        final = _evaluate(learning_process, state, split, model_config)
     report = assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
     report["run_id"] = None if identity is None else identity.run_id
     return RunResult(report=report, params=_global_params(learning_process, state))

@@ -35,7 +35,7 @@ def dp_dev_overlay(text: str) -> str:
     devices), with rounds enough to outlast the tests and a goal that a scaled-down fleet meets."""
     def edit(toml: str) -> str:
         assert 'dp = "adaptive"' in toml and "target_epsilon = 8.0" in toml and "population = 200" in toml, toml
-        toml = toml.replace("rounds = 40\n", "rounds = 200\n")
+        toml = toml.replace("rounds = 20\n", "rounds = 200\n")
         toml = toml.replace("population = 200\n", "population = 200\nmin_reporters = 5\n")
         assert "rounds = 200" in toml and "min_reporters = 5" in toml, toml
         return toml
