@@ -44,6 +44,7 @@ def test_fedrec_up_trains_over_real_processes_and_writes_the_simulate_report(tmp
     for name in ("report.md", "metrics.csv", "final_model.npz", "config.json", "coordinator/coordinator.toml"):
         assert (out / name).exists(), name
     assert "## Deployment" in (out / "report.md").read_text()
+    assert "- no baselines were computed (--no-baselines)" in (out / "report.md").read_text()
     assert _processes_mentioning(str(out)) == []  # coordinator and device processes ended with it
 
     again = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", "up", "--out", str(out)],
