@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from coordinator.round_run import RoundTiming
 from protocol.addresses import is_host, join_host_port
 from protocol.files import FileRefused, read_bounded
-from tff_pipeline.config import ConfigError, SimulationConfig, training_config
+from tff_pipeline.config import ConfigError, SimulationConfig, check_integer, check_number, training_config
 
 if TYPE_CHECKING:
     from tff_pipeline.privacy.planner import BudgetPlan
@@ -69,26 +69,6 @@ def _host(config: Any, name: str) -> None:
         raise ConfigError(name, f"must be an IP address or a host name, got {str(value)[:80]!r}")
 
 
-def _integer(config: Any, name: str, low: int, high: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {str(value)[:40]!r}")
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be in [{low}, {high}], got {value}")
-
-
-def _number(config: Any, name: str, low: float, high: float, *, low_open: bool = False) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, f"must be a number, got {str(value)[:40]!r}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:
-        finite = False
-    if not finite or value > high or (value <= low if low_open else value < low):
-        raise ConfigError(name, f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {str(value)[:40]}")
-
-
 @dataclasses.dataclass(frozen=True)
 class DeploymentConfig:
     """How rounds run over real devices (what `fedrec simulate` does not need)."""
@@ -114,21 +94,21 @@ class DeploymentConfig:
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
             raise ConfigError("selection", f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        _number(self, "over_selection", 0, 10)
-        _number(self, "selection_timeout_s", 0, 86400, low_open=True)
-        _number(self, "checkin_hold_s", 0, 3600, low_open=True)
-        _number(self, "phase_timeout_s", 0, 86400, low_open=True)
-        _number(self, "report_window_s", 0, 86400, low_open=True)
-        _number(self, "straggler_grace_s", 0, 3600)
-        _integer(self, "max_weight", 1, 2**20)
-        _number(self, "plain_clip", 0, 1e6, low_open=True)
-        _integer(self, "fraction_bits", 8, 32)
-        _integer(self, "export_every", 1, 10**6)
-        _integer(self, "max_consecutive_abandoned", 1, 10**6)
+        check_number(self, "over_selection", low=0, high=10)
+        check_number(self, "selection_timeout_s", low=0, high=86400, low_open=True)
+        check_number(self, "checkin_hold_s", low=0, high=3600, low_open=True)
+        check_number(self, "phase_timeout_s", low=0, high=86400, low_open=True)
+        check_number(self, "report_window_s", low=0, high=86400, low_open=True)
+        check_number(self, "straggler_grace_s", low=0, high=3600)
+        check_integer(self, "max_weight", 1, 2**20)
+        check_number(self, "plain_clip", low=0, high=1e6, low_open=True)
+        check_integer(self, "fraction_bits", 8, 32)
+        check_integer(self, "export_every", 1, 10**6)
+        check_integer(self, "max_consecutive_abandoned", 1, 10**6)
         if self.population is not None:
-            _integer(self, "population", 2, MAX_POPULATION)
+            check_integer(self, "population", 2, MAX_POPULATION)
         if self.min_reporters is not None:
-            _integer(self, "min_reporters", 2, MAX_POPULATION)
+            check_integer(self, "min_reporters", 2, MAX_POPULATION)
             if self.population is not None and self.min_reporters > self.population:
                 raise ConfigError("min_reporters", f"{self.min_reporters} is more than the population of "
                                                    f"{self.population} devices: no round could complete")
@@ -152,8 +132,8 @@ class ServerConfig:
         _host(self, "host")
         if self.metrics_host is not None:
             _host(self, "metrics_host")
-        _integer(self, "port", 0, 65535)
-        _integer(self, "metrics_port", -1, 65535)
+        check_integer(self, "port", 0, 65535)
+        check_integer(self, "metrics_port", -1, 65535)
         if self.enroll_token is not None:
             token = self.enroll_token
             if not isinstance(token, str):
@@ -166,7 +146,7 @@ class ServerConfig:
         for name in self.hostnames:
             if not isinstance(name, str) or not is_host(name):
                 raise ConfigError("hostnames", f"{str(name)[:80]!r} is not a host name or IP address")
-        _number(self, "enrollment_margin", 0, 10)
+        check_number(self, "enrollment_margin", low=0, high=10)
 
     @property
     def listen_address(self) -> str:

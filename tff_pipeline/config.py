@@ -128,35 +128,35 @@ class SimulationConfig:
         if self.dataset == "synthetic" and self.data_dir is not None:
             raise ConfigError("data_dir", "is for ml-100k and movielens-csv; the synthetic data set is generated")
         _optional_text(self, "split")
-        _integer(self, "seed", 0, 2**63 - 1)
-        _integer(self, "rounds", 1, MAX_ROUNDS)
-        _integer(self, "clients_per_round", 1, 10**9)
-        _integer(self, "dim", 0, MAX_DIM)
-        _number(self, "user_l2", low=0.0, low_open=True)  # > 0: the user's ridge fit must be well posed
+        check_integer(self, "seed", 0, 2**63 - 1)
+        check_integer(self, "rounds", 1, MAX_ROUNDS)
+        check_integer(self, "clients_per_round", 1, 10**9)
+        check_integer(self, "dim", 0, MAX_DIM)
+        check_number(self, "user_l2", low=0.0, low_open=True)  # > 0: the user's ridge fit must be well posed
         if self.user_embedding_l2 is not None:
-            _number(self, "user_embedding_l2", low=0.0, low_open=True)
-        _number(self, "item_l2", low=0.0)
-        _number(self, "item_bias_l2", low=0.0)
-        _integer(self, "local_steps", 0, MAX_LOCAL_STEPS)
-        _number(self, "local_learning_rate", low=0.0, low_open=True)
-        _number(self, "implicit_learning_rate", low=0.0)
-        _number(self, "implicit_unobserved_weight", low=0.0, low_open=True)
-        _number(self, "implicit_l2", low=0.0, low_open=True)
-        _number(self, "dp_ranking_scale", low=0.0, low_open=True)
+            check_number(self, "user_embedding_l2", low=0.0, low_open=True)
+        check_number(self, "item_l2", low=0.0)
+        check_number(self, "item_bias_l2", low=0.0)
+        check_integer(self, "local_steps", 0, MAX_LOCAL_STEPS)
+        check_number(self, "local_learning_rate", low=0.0, low_open=True)
+        check_number(self, "implicit_learning_rate", low=0.0)
+        check_number(self, "implicit_unobserved_weight", low=0.0, low_open=True)
+        check_number(self, "implicit_l2", low=0.0, low_open=True)
+        check_number(self, "dp_ranking_scale", low=0.0, low_open=True)
         _choice(self, "server_optimizer", ("sgdm", "adam"))
-        _number(self, "server_learning_rate", low=0.0, low_open=True)
-        _number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
-        _number(self, "server_adam_epsilon", low=0.0, low_open=True)
+        check_number(self, "server_learning_rate", low=0.0, low_open=True)
+        check_number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
+        check_number(self, "server_adam_epsilon", low=0.0, low_open=True)
         _choice(self, "dp", ("none", "fixed", "adaptive"))
         if self.noise_multiplier is not None:
-            _number(self, "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER)
+            check_number(self, "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER)
         if self.target_epsilon is not None:
-            _number(self, "target_epsilon", low=MIN_TARGET_EPSILON, high=MAX_TARGET_EPSILON)
-        _number(self, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
-        _number(self, "clip", low=0.0, low_open=True)
-        _number(self, "target_unclipped_quantile", low=0.0, high=1.0, low_open=True, high_open=True)
-        _integer(self, "eval_every", 1, MAX_ROUNDS)
-        _integer(self, "centralized_epochs", 1, 1000)
+            check_number(self, "target_epsilon", low=MIN_TARGET_EPSILON, high=MAX_TARGET_EPSILON)
+        check_number(self, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
+        check_number(self, "clip", low=0.0, low_open=True)
+        check_number(self, "target_unclipped_quantile", low=0.0, high=1.0, low_open=True, high_open=True)
+        check_integer(self, "eval_every", 1, MAX_ROUNDS)
+        check_integer(self, "centralized_epochs", 1, 1000)
         if not isinstance(self.baselines, bool):
             raise ConfigError("baselines", f"must be true or false, got {self.baselines!r}")
         if self.dp == "none" and self.dp_ranking_scale != 1.0:
@@ -227,19 +227,21 @@ class SimulationConfig:
         return cls(**values)
 
 
-def _integer(config: SimulationConfig, name: str, low: int, high: int) -> None:
+def check_integer(config: Any, name: str, low: int, high: int) -> None:
+    """`config.name` is an integer (not a bool) in [low, high], or ConfigError(name)."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
+        raise ConfigError(name, f"must be an integer, got {str(value)[:40]!r}")
     if not low <= value <= high:
         raise ConfigError(name, f"must be in [{low}, {high}], got {value}")
 
 
-def _number(config: SimulationConfig, name: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False) -> None:
+def check_number(config: Any, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """`config.name` is a finite number (not a bool) within the bounds, or ConfigError(name)."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, f"must be a number, got {value!r}")
+        raise ConfigError(name, f"must be a number, got {str(value)[:40]!r}")
     try:
         finite = math.isfinite(value)
     except OverflowError:  # an integer too large for a float

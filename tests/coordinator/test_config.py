@@ -42,7 +42,7 @@ BAD_VALUES = [
     ("[server]\nprot = 1", "[server] prot", "unknown key"),
     ('[rounds]\nover_selection = "x"', "[rounds] over_selection", "must be a number"),
     ("[rounds]\nselection_timeout_s = true", "[rounds] selection_timeout_s", "must be a number"),
-    ("[rounds]\nreport_window_s = nan", "[rounds] report_window_s", "must be in"),
+    ("[rounds]\nreport_window_s = nan", "[rounds] report_window_s", "must be a finite number"),
     ("[rounds]\npopulation = 1", "[rounds] population", "must be in [2,"),
     ('[rounds]\npopulation = "many"', "[rounds] population", "must be an integer"),
     ("[rounds]\npopulation = 10\nmin_reporters = 11", "[rounds] min_reporters", "no round could complete"),
