@@ -194,20 +194,22 @@ def _check_addresses(config: Any, args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     """The live coordinator's status; with none running, what its state folder says."""
-    from coordinator.durable_status import read_durable_status
     from coordinator.state_lock import describe_holder, holder
+    from coordinator.tls import TLS_DIR
 
     state_dir = args.state_dir
     running = holder(state_dir) if args.coordinator is None and state_dir.is_dir() else None
     if args.coordinator is None and running is None:
         if not state_dir.exists():
             raise ConfigError("state_dir", f"{state_dir}: no such folder (no coordinator state here)")
+        from coordinator.durable_status import read_durable_status  # the accountants: only when offline
+
         durable = read_durable_status(state_dir)
         print(f"coordinator not running (nothing holds {state_dir}); its state:")
         print("\n".join(durable.lines()))
         return 0
     address = _check_address(args.coordinator) if args.coordinator is not None else _read_address(state_dir)
-    ca_pem = _read_ca(args.ca_cert or state_dir / "tls" / "ca.pem")
+    ca_pem = _read_ca(args.ca_cert or state_dir / TLS_DIR / "ca.pem")
     import grpc
 
     from coordinator.up import read_status, status_line
@@ -218,6 +220,8 @@ def _status(args: argparse.Namespace) -> int:
         if running is None:
             print(f"fedrec: error: {address}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
+        from coordinator.durable_status import read_durable_status
+
         print(f"coordinator running ({describe_holder(running)}) but not answering at {address}: "
               f"{error.code().name}; its state:")
         print("\n".join(read_durable_status(state_dir).lines()))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from coordinator.errors import StateError
 from coordinator.privacy_ledger import LedgerError, PrivacyLedger
-from coordinator.state_store import DB_FILE, TRAINING_CONFIG_META
+from coordinator.state_store import DB_FILE, TRAINING_CONFIG_META, StateStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,38 +36,28 @@ class DurableStatus:
 
 
 def read_durable_status(state_dir: Path) -> DurableStatus:
-    path = Path(state_dir) / DB_FILE
-    if not path.is_file():
-        raise StateError(f"{state_dir}: no coordinator state here (no {DB_FILE})")
+    store = StateStore.read_only(state_dir)
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as error:
-        raise StateError(f"{path}: cannot open the coordinator database ({error})") from None
-    try:
-        return _read(connection)
+        return _read(store)
     except (sqlite3.DatabaseError, LedgerError, ValueError, KeyError, TypeError) as error:
-        raise StateError(f"{path}: not a readable coordinator database ({error})") from None
+        raise StateError(f"{state_dir / DB_FILE}: not a readable coordinator database ({error})") from None
     finally:
-        connection.close()
+        store.close()
 
 
-def _read(connection: sqlite3.Connection) -> DurableStatus:
-    completed = connection.execute("SELECT COALESCE(MAX(params_version), 0) FROM checkpoints").fetchone()[0]
-    abandoned = connection.execute("SELECT COUNT(*) FROM rounds WHERE status IN ('abandoned', 'interrupted', "
-                                   "'running')").fetchone()[0]
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(devices)")}
-    active = " WHERE revoked_at IS NULL" if "revoked_at" in columns else ""
-    devices = connection.execute(f"SELECT COUNT(*) FROM devices{active}").fetchone()[0]
-    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-    setting = json.loads(meta["privacy_setting"]) if "privacy_setting" in meta else {}
-    training = json.loads(meta[TRAINING_CONFIG_META]) if TRAINING_CONFIG_META in meta else {}
-    package = connection.execute("SELECT model_version FROM packages ORDER BY params_version DESC, created_at DESC "
-                                 "LIMIT 1").fetchone()
+def _read(store: StateStore) -> DurableStatus:
+    summaries = store.checkpoint_summaries()
+    counts = store.round_counts()
+    setting = json.loads(store.get_meta("privacy_setting") or "{}")
+    training = json.loads(store.get_meta(TRAINING_CONFIG_META) or "{}")
+    packages = store.packages()
     epsilon = delta = None
     if training.get("dp", "none") != "none":
         delta = float(training["delta"])
-        ledger = PrivacyLedger(connection)
+        ledger = PrivacyLedger(store.connection)
         epsilon = float(ledger.epsilon(delta).rdp) if ledger.events() else 0.0
-    return DurableStatus(rounds_completed=int(completed), rounds_planned=setting.get("rounds"),
-                         rounds_abandoned=int(abandoned), devices_enrolled=int(devices), epsilon=epsilon,
-                         delta=delta, model_version=None if package is None else str(package[0]))
+    # Read offline, a round still marked running ended with its coordinator: it counts as abandoned.
+    abandoned = counts["abandoned"] + counts["interrupted"] + counts["running"]
+    return DurableStatus(rounds_completed=summaries[-1][0] if summaries else 0, rounds_planned=setting.get("rounds"),
+                         rounds_abandoned=abandoned, devices_enrolled=store.num_devices(), epsilon=epsilon,
+                         delta=delta, model_version=packages[-1][0] if packages else None)

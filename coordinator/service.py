@@ -354,6 +354,9 @@ def _unique(mapping: dict[int, bytes], count: int, what: str) -> dict[int, bytes
     return mapping
 
 
+SERVICE_NAME = "Coordinator"  # in protocol/rounds.proto
+
+
 @dataclasses.dataclass(frozen=True)
 class Malformed:
     """What the server hands a handler when the request bytes do not parse."""
@@ -377,9 +380,6 @@ def add_service(server: Any, service: CoordinatorService) -> None:
             request_deserializer=_lenient(request_type),
             response_serializer=response_type.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
-
-
-SERVICE_NAME = "Coordinator"
 
 
 def _lenient(message_type: Any) -> Callable[[bytes], Any]:

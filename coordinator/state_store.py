@@ -112,6 +112,7 @@ class StateStore:
 
     def __init__(self, state_dir: Path | str) -> None:
         self.state_dir = Path(state_dir)
+        self._active = "revoked_at IS NULL"  # which devices count (a state made before revocation has no column)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
@@ -128,6 +129,23 @@ class StateStore:
         except sqlite3.DatabaseError as error:
             raise StateError(f"{path}: not a usable coordinator database ({error})") from None
         self._interrupt_running_rounds()
+
+    @classmethod
+    def read_only(cls, state_dir: Path | str) -> "StateStore":
+        """The state as it is, opened without writing anything (`fedrec status` beside, or after, a
+        coordinator): no folder or table is created, no migration runs, no round is marked."""
+        store = cls.__new__(cls)
+        store.state_dir = Path(state_dir)
+        path = store.state_dir / DB_FILE
+        if not path.is_file():
+            raise StateError(f"{store.state_dir}: no coordinator state here (no {DB_FILE})")
+        try:
+            store.connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            columns = {row[1] for row in store.connection.execute("PRAGMA table_info(devices)")}
+        except sqlite3.DatabaseError as error:
+            raise StateError(f"{path}: not a usable coordinator database ({error})") from None
+        store._active = "revoked_at IS NULL" if "revoked_at" in columns else "1"
+        return store
 
     def close(self) -> None:
         self.connection.close()
@@ -189,15 +207,15 @@ class StateStore:
     def public_keys(self) -> dict[str, bytes]:
         """device id -> DER public key (what its signed messages are verified with), active devices."""
         return {device: bytes(key) for device, key in self.connection.execute(
-            "SELECT device_id, public_key FROM devices WHERE revoked_at IS NULL").fetchall()}
+            f"SELECT device_id, public_key FROM devices WHERE {self._active}").fetchall()}
 
     def devices(self) -> dict[str, str]:
         """device id -> label, of every active (enrolled, not replaced) device."""
-        return dict(self.connection.execute("SELECT device_id, label FROM devices WHERE revoked_at IS NULL").fetchall())
+        return dict(self.connection.execute(f"SELECT device_id, label FROM devices WHERE {self._active}").fetchall())
 
     def num_devices(self) -> int:
         """Active devices: what the enrollment bound counts."""
-        return int(self.connection.execute("SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL").fetchone()[0])
+        return int(self.connection.execute(f"SELECT COUNT(*) FROM devices WHERE {self._active}").fetchone()[0])
 
     # rounds
 

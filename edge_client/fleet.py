@@ -38,7 +38,6 @@ from edge_client.join_lock import participation
 from edge_client.profiles import DeviceProfile, fleet_profiles
 from protocol.files import atomic_write, read_bounded
 from protocol.logs import configure as configure_logs
-from protocol.messages import one_line
 
 if TYPE_CHECKING:  # grpc is imported late: its log verbosity is read at import (`process.quiet_grpc`)
     import grpc
@@ -165,7 +164,7 @@ async def _reach(options: FleetOptions, notice: WaitNotice, stop: asyncio.Event)
             return True
         except grpc.aio.AioRpcError as error:
             _unavailable(error, options, notice, call="Status")
-        await _sleep_or_stop(stop, delay)
+        await process.sleep_or_stop(stop, delay)
         delay = min(delay * 2, MAX_RETRY_S)
     return False
 
@@ -187,7 +186,7 @@ async def _identity(folder: Path, options: FleetOptions, notice: WaitNotice,
             identity = await enroll(options.coordinator, options.ca_pem, options.enroll_token, store, label=label)
         except grpc.aio.AioRpcError as error:
             _unavailable(error, options, notice, call="Enroll")
-            await _sleep_or_stop(stop, delay)
+            await process.sleep_or_stop(stop, delay)
             delay = min(delay * 2, MAX_RETRY_S)
     return identity
 
@@ -236,11 +235,6 @@ async def _cancel(tasks: Sequence[asyncio.Future]) -> None:
             await task
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-
-
 # the process
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,11 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coordinator", required=True, help="HOST:PORT")
     parser.add_argument("--ca-cert", type=Path, required=True)
     parser.add_argument("--enroll-token-file", type=Path, required=True)
-    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow | drop-after-masking")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG also shows gRPC's own log")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    process.add_process_flags(parser, log_level="WARNING")
     parser.add_argument("--record-uploads", action="store_true",
                         help="each device keeps its own plaintext uploads in <device>/uploads/ (audits, tests)")
     return parser
@@ -261,17 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    process.quiet_grpc(args.log_level)
-    with process.quiet_stop_signals():
-        try:
-            level, folders, options = _configure(args)
-            configure_logs(level, args.log_format)
-            stats = asyncio.run(_run_fleet(folders, options, args.parent_pid))
-        except (ValueError, OSError) as error:  # JoinRefused, DeviceError, FileRefused are ValueErrors
-            print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
-            return 2
+
+    def body() -> int:
+        level, folders, options = _configure(args)
+        configure_logs(level, args.log_format)
+        stats = asyncio.run(_run_fleet(folders, options, args.parent_pid))
         atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
-    return 0
+        return 0
+
+    return process.run_main(PROG, args.log_level, body)
 
 
 def _configure(args: argparse.Namespace) -> tuple[str, list[Path], FleetOptions]:

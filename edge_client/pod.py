@@ -28,7 +28,6 @@ from edge_client import process
 from edge_client.fleet import STATS_FILE, FleetOptions, run_devices
 from protocol.files import atomic_write
 from protocol.logs import configure as configure_logs
-from protocol.messages import one_line
 
 log = logging.getLogger("fedrec.device")
 CA_FILE = "ca.crt"
@@ -103,31 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--credentials", type=Path, required=True, help="folder with ca.crt and enroll-token")
     parser.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's Service")
     parser.add_argument("--seed", type=int, default=0, help="the synthetic data set's seed (as the coordinator's)")
-    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow | drop-after-masking")
     parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument("--metrics-port", type=int, default=9100, help="/metrics for probes and scraping; -1: none")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG also shows gRPC's own log")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    process.add_process_flags(parser, log_level="INFO")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    process.quiet_grpc(args.log_level)
-    with process.quiet_stop_signals():
-        try:
-            configure_logs(_check_flags(args), args.log_format)
-            folders = prepare_pod(args.devices_root, pod_name=args.pod_name, devices_per_pod=args.devices_per_pod,
-                                  seed=args.seed)
-            _serve_metrics(args, len(folders))
-            log.info("%s plays %d devices (%s .. %s)", args.pod_name, len(folders), folders[0].name, folders[-1].name)
-            stats = asyncio.run(_run_pod(args, folders))
-        except (ValueError, OSError) as error:  # PodError, JoinRefused, DeviceError are ValueErrors
-            print(f"edge pod: error: {one_line(str(error))}", file=sys.stderr)
-            return 2
+
+    def body() -> int:
+        configure_logs(_check_flags(args), args.log_format)
+        folders = prepare_pod(args.devices_root, pod_name=args.pod_name, devices_per_pod=args.devices_per_pod,
+                              seed=args.seed)
+        _serve_metrics(args, len(folders))
+        log.info("%s plays %d devices (%s .. %s)", args.pod_name, len(folders), folders[0].name, folders[-1].name)
+        stats = asyncio.run(_run_pod(args, folders))
         if stats is not None:
             atomic_write(args.devices_root / STATS_FILE, json.dumps(stats))
-    return 0
+        return 0
+
+    return process.run_main("edge pod", args.log_level, body)
 
 
 def _check_flags(args: argparse.Namespace) -> str:

@@ -8,6 +8,7 @@ promptly and quietly in every state: Kubernetes stops pods with SIGTERM, a user 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -23,6 +24,7 @@ from edge_client.errors import DeviceError
 from edge_client.profiles import fleet_profiles
 from protocol.addresses import AddressError, parse_host_port
 from protocol.files import read_bounded
+from protocol.messages import one_line
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -155,3 +157,29 @@ def _install_quiet_exit() -> None:
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+
+
+def add_process_flags(parser: argparse.ArgumentParser, *, log_level: str) -> None:
+    """The flags every long-running device process takes (profile, logging)."""
+    parser.add_argument("--profile", default="ideal", help="ideal | mixed | heterogeneous | slow | drop-after-masking")
+    parser.add_argument("--log-level", default=log_level, help=f"DEBUG also shows gRPC's own log (default {log_level})")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+
+
+def run_main(prog: str, log_level: str, body: Callable[[], int]) -> int:
+    """A device process's main: gRPC kept quiet, a stop during start-up quiet, and a refusal (any
+    ValueError or OSError: JoinRefused, DeviceError, FileRefused, ...) one line `PROG: error: ...`
+    with status 2."""
+    quiet_grpc(log_level)
+    with quiet_stop_signals():
+        try:
+            return body()
+        except (ValueError, OSError) as error:
+            print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
+            return 2

@@ -38,6 +38,7 @@ from edge_client.device import Device, usable_ratings
 from edge_client.errors import DeviceError
 from edge_client.identity import DeviceIdentity, IdentityStore
 from edge_client.litert_model import GlobalWeights
+from edge_client.process import sleep_or_stop
 from edge_client.profiles import DeviceProfile
 from edge_client.secure_aggregation import SecAggParticipant
 from protocol import rounds_pb2, rounds_pb2_grpc
@@ -219,7 +220,7 @@ class RoundClient:
         while not stop.is_set():
             wait = self.profile.seconds_until_online(time.time())
             if wait > 0:
-                await _sleep_or_stop(stop, wait)
+                await sleep_or_stop(stop, wait)
                 continue
             try:
                 retry_ms = await self._check_in_once()
@@ -245,7 +246,7 @@ class RoundClient:
                 self.stats.errors += 1
                 log.exception("%s: unexpected error; checking in again later", self.identity.device_id)
                 retry_ms = 5000
-            await _sleep_or_stop(stop, retry_ms / 1000)
+            await sleep_or_stop(stop, retry_ms / 1000)
 
     async def _check_in_once(self) -> int:
         """One check-in (and round, if selected); returns how long to wait before the next."""
@@ -413,9 +414,3 @@ def _secagg_params(task: rounds_pb2.RoundTask, layout: UploadLayout) -> SecAggPa
                         threshold=config.threshold, fixed_point=fixed_point, vector_length=config.vector_length,
                         graph_seed=config.graph_seed)
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-    except asyncio.TimeoutError:
-        pass

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 # Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from coordinator.errors import CoordinatorError  # noqa: E402
 from protocol.messages import one_line  # noqa: E402
 from tff_pipeline.config import ConfigError, SimulationConfig, training_config  # noqa: E402
 from tff_pipeline.worker_address import WorkerAddress  # noqa: E402
@@ -326,11 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors
         print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
-    except Exception as error:  # the coordinator's own refusals (state folder, address); any other is a bug
-        from coordinator.errors import CoordinatorError
-
-        if not isinstance(error, CoordinatorError):
-            raise
+    except CoordinatorError as error:  # the coordinator's own refusals (state folder, address)
         print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
