@@ -64,15 +64,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.round_run import RoundRun, RoundTiming  # noqa: E402
-from coordinator.secure_aggregation import SecAggServer  # noqa: E402
-from edge_client.secure_aggregation import SecAggParticipant  # noqa: E402
-from protocol import rounds_pb2  # noqa: E402
-from protocol.secagg.params import SecAggParams  # noqa: E402
-from protocol.secagg.quantize import FixedPoint, fixed_point_for, pack, unpack  # noqa: E402
-from protocol.secagg.shamir import combine_shares, split_secret  # noqa: E402
-from protocol.tensors import to_wire  # noqa: E402
-from protocol.upload import UploadLayout  # noqa: E402
+from coordinator.round_run import RoundRun, RoundTiming
+from protocol.generated import rounds_pb2
+from protocol.tensors import to_wire
+from protocol.upload import UploadLayout
+from secagg.params import SecAggParams
+from secagg.participant import SecAggParticipant
+from secagg.quantize import FixedPoint, fixed_point_for, pack, unpack
+from secagg.server import SecAggServer
+from secagg.shamir import combine_shares, split_secret
 
 FRACTION_BITS = 22
 VALUE_BOUND = 1.0
@@ -99,7 +99,7 @@ class Clock:
             self.cpu += time.process_time() - cpu
             self.wall += time.perf_counter() - wall
 
-    def add(self, other: "Clock") -> "Clock":
+    def add(self, other: Clock) -> Clock:
         self.cpu += other.cpu
         self.wall += other.wall
         return self
@@ -546,7 +546,8 @@ def scenario_row(size: SizeResult, scenario: Scenario, layout: UploadLayout) -> 
         },
         "result_serial_wall_s": scenario.result_serial.wall, "result_pool_wall_s": scenario.result_pool_wall,
         "plain_cpu_s": plain.cpu, "plain_wall_s": plain.wall,
-        "plain_breakdown_cpu_s": {"unpack + add": size.plain_sum.cpu, "decode + aggregate + apply": size.plain_aggregate.cpu},
+        "plain_breakdown_cpu_s": {"unpack + add": size.plain_sum.cpu,
+                                  "decode + aggregate + apply": size.plain_aggregate.cpu},
         "ratio_cpu": coordinator.cpu / plain.cpu,
         "ratio_wall_pool": None if pool_wall is None else pool_wall / plain.wall,
         "device_cpu_mean_s": float(device_cpu.mean()), "device_cpu_max_s": float(device_cpu.max()),
@@ -891,7 +892,7 @@ def main() -> int:
 
     fp_plain = {n: fixed_point_for(max_summands=n, value_bound=100.0, fraction_bits=FRACTION_BITS).bit_width
                 for n in sizes}
-    print(f"\n## Coordinator benchmark (issue 9): federated rounds with SecAgg+\n")
+    print("\n## Coordinator benchmark (issue 9): federated rounds with SecAgg+\n")
     print(f"- machine: {info['cpu']}, {info['cores']} cores (shared; load average {info['load_average_at_start'][0]:.2f} "
           f"at start; {', '.join(f'{load:.2f} after n = {n:,}' for n, load in loads)}: other jobs may share the cores, "
           f"which shows most in the 2-process pool figures), Python {info['python']}; one run, "
@@ -916,7 +917,7 @@ def main() -> int:
     grown = growth(rows)
     print_growth(grown)
     if e2e is not None:
-        print(f"\n### End to end over gRPC + TLS on loopback (synthetic data set)\n")
+        print("\n### End to end over gRPC + TLS on loopback (synthetic data set)\n")
         print(f"- {e2e['devices']} devices (one `edge_client.fleet` process, LiteRT training) and the coordinator "
               f"(this process) on the same 2 cores; model {e2e['num_items']} items x dim {e2e['dim']} "
               f"({e2e['vector_length']:,} values); {e2e['rounds_measured']} rounds timed after the first")
@@ -945,7 +946,8 @@ def main() -> int:
         args.json.write_text(json.dumps({"machine": info, "layout": {"num_items": layout.num_items, "dim": layout.dim,
                                                                       "length": layout.length},
                                          "fraction_bits": FRACTION_BITS, "value_bound": VALUE_BOUND,
-                                         "rows": rows, "growth": grown, "grpc": e2e, "load_average_after": loads, "grpc_error": e2e_error,
+                                         "rows": rows, "growth": grown, "grpc": e2e, "load_average_after": loads,
+                                         "grpc_error": e2e_error,
                                          "targets": marks, "seconds": time.perf_counter() - started},
                                         indent=2, default=float))
         print(f"\nwrote {args.json}")

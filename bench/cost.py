@@ -19,10 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tff_pipeline import centralized, runtime, simulation  # noqa: E402
-from tff_pipeline.config import NON_PRIVATE_PRESET, SimulationConfig  # noqa: E402
-from tff_pipeline.data import load_ml100k  # noqa: E402
-from tff_pipeline.federated import process  # noqa: E402
+from tff_pipeline import centralized, runtime, simulation
+from tff_pipeline.config import NON_PRIVATE_PRESET, SimulationConfig
+from tff_pipeline.data import load_ml100k
+from tff_pipeline.federated import process
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 
@@ -70,7 +70,8 @@ def main() -> int:
             as_rounds = time.perf_counter() - start
             ratios.append(one_round / epoch)
             split_ratios.append(as_rounds / epoch)
-            print(f"| {rep + 1} | {epoch:.3f} | {one_round:.3f} | {ratios[-1]:.1f}x | {as_rounds:.3f} | {split_ratios[-1]:.1f}x |")
+            print(f"| {rep + 1} | {epoch:.3f} | {one_round:.3f} | {ratios[-1]:.1f}x | {as_rounds:.3f} "
+                  f"| {split_ratios[-1]:.1f}x |")
             sys.stdout.flush()
         print(f"\nmedian ratio: {np.median(ratios):.1f}x as one all-client round, "
               f"{np.median(split_ratios):.1f}x as {len(cohorts)} rounds of ~{args.clients_per_round}")

@@ -19,8 +19,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocol.manifest import HYPERPARAMETER_KEYS, MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest  # noqa: E402
+from protocol.manifest import HYPERPARAMETER_KEYS, MANIFEST_FILE, MODEL_FILE, SIGNATURES, Manifest
 
 
 def latency_us(call: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -142,7 +142,8 @@ def main() -> int:
     if device_seconds is not None:
         median, p99 = np.median(device_seconds) * 1e3, np.percentile(device_seconds, 99) * 1e3
         print(f"\n- full on-device personalization of a user with {n} ratings through the edge client "
-              f"(cold start: open the SQLite store, verify the model's sha256 and load it, read the ratings, fit, store the parameters in a transaction): median {median:.2f} ms, "
+              "(cold start: open the SQLite store, verify the model's sha256 and load it, read the ratings, fit, "
+              f"store the parameters in a transaction): median {median:.2f} ms, "
               f"p99 {p99:.2f} ms over {len(device_seconds)} runs")
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.k8s.cluster import DEV_OVERLAY, SimulatedCluster, available, edit_coordinator_toml  # noqa: E402
+from tests.k8s.cluster import DEV_OVERLAY, SimulatedCluster, available, edit_coordinator_toml
 
 DEVICES_PER_POD = {8: 25, 32: 12}
 TICKS = os.sysconf("SC_CLK_TCK")

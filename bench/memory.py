@@ -96,7 +96,7 @@ def main() -> None:
         rows = write_ratings(data / "u.data", args.megabytes)
         size = (data / "u.data").stat().st_size
         print(f"generated {size / 1e6:.0f} MB, {rows} ratings in {time.perf_counter() - started:.0f} s\n")
-        fedrec = [sys.executable, "-m", "tff_pipeline.cli"]
+        fedrec = [sys.executable, "-m", "fedrec_cli"]
         edge = [sys.executable, "-m", "edge_client.cli", "--device-dir", str(Path(tmp) / "device")]
         subprocess.run([*edge, "install"], check=True, capture_output=True)
         cases = [

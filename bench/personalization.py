@@ -37,7 +37,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 
 
 def train_default_run(data_dir: Path, out: Path) -> None:
-    command = [sys.executable, "-m", "tff_pipeline.cli", "simulate", "--dataset", "ml-100k", "--data-dir",
+    command = [sys.executable, "-m", "fedrec_cli", "simulate", "--dataset", "ml-100k", "--data-dir",
                str(data_dir), "--split", "u1", "--clients-per-round", "100", "--no-baselines", "--quiet",
                "--out", str(out)]
     print("training:", " ".join(command[2:]), flush=True)

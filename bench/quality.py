@@ -18,8 +18,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,12 +27,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tff_pipeline import (  # noqa: E402
-    baselines, centralized, personalized_eval, plots, ranking_baselines, runtime, simulation,
+from tff_pipeline import (
+    baselines,
+    centralized,
+    personalized_eval,
+    plots,
+    ranking_baselines,
+    runtime,
+    simulation,
 )
-from tff_pipeline.config import NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig  # noqa: E402
-from tff_pipeline.data import DatasetSplit, load_ml100k  # noqa: E402
-from tff_pipeline.privacy import planner  # noqa: E402
+from tff_pipeline.config import NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig
+from tff_pipeline.data import DatasetSplit, load_ml100k
+from tff_pipeline.privacy import planner
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 RATING_METRICS = ("rmse", "mae")
@@ -49,7 +55,8 @@ def federated_config(args: argparse.Namespace, split_name: str, **changes) -> Si
     return dataclasses.replace(base, **changes)
 
 
-def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit, epsilon: float) -> tuple[SimulationConfig, str]:
+def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit,
+              epsilon: float) -> tuple[SimulationConfig, str]:
     """What the plain `fedrec simulate --dp adaptive --target-epsilon E` runs: the private preset,
     and the planner's cohort and rounds."""
     config = federated_config(args, split_name, **PRIVATE_PRESET, dp=args.dp, target_epsilon=epsilon, delta=args.delta)
@@ -78,7 +85,8 @@ def centralized_rows(split: DatasetSplit, config: SimulationConfig, epochs: int)
     return rows
 
 
-def federated_rows(args: argparse.Namespace, split_name: str, split: DatasetSplit, with_dp: bool) -> list[tuple[str, dict, float, str]]:
+def federated_rows(args: argparse.Namespace, split_name: str, split: DatasetSplit,
+                   with_dp: bool) -> list[tuple[str, dict, float, str]]:
     runs = [
         ("federated, rating head only (ranks by stars)", federated_config(args, split_name, implicit_learning_rate=0.0), ""),
         ("**federated (this model)**", federated_config(args, split_name), ""),

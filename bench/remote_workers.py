@@ -41,14 +41,14 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from edge_client.native_log import filtered_stderr  # noqa: E402
-from tff_pipeline.cli import import_training_stack  # noqa: E402
-from tff_pipeline.config import SimulationConfig  # noqa: E402
-from tff_pipeline.data import synthetic_split  # noqa: E402
-from tff_pipeline.worker import LocalService, local_services  # noqa: E402
-from tff_pipeline.worker_address import WorkerAddress  # noqa: E402
+from edge_client.native_log import filtered_stderr
+from tff_pipeline.config import SimulationConfig
+from tff_pipeline.data import synthetic_split
+from tff_pipeline.runtime import import_training_stack
+from tff_pipeline.worker import LocalService, local_services
+from tff_pipeline.worker_address import WorkerAddress
 
 
 @dataclasses.dataclass

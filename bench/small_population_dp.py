@@ -36,7 +36,7 @@ SETTINGS: dict[str, list[str]] = {
 
 def run(flags: list[str], seed: int, out: Path) -> dict:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", "simulate", *flags, "--seed", str(seed),
+    done = subprocess.run([sys.executable, "-m", "fedrec_cli", "simulate", *flags, "--seed", str(seed),
                            "--quiet", "--out", str(out)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise SystemExit(f"fedrec simulate {' '.join(flags)} --seed {seed} failed: {done.stderr[-2000:]}")

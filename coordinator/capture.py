@@ -21,7 +21,7 @@ class RequestCapture:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the coordinator's life
+        self._file = open(self.path, "a", encoding="utf-8")
 
     def request(self, method: str, request: Any) -> None:
         self._write({"kind": "request", "method": method,

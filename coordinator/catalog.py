@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import CoordinatorError
 from protocol.files import atomic_write, read_bounded
 
 MAX_CATALOG_BYTES = 64 * 1024 * 1024
 
 
-class CatalogError(ValueError):
+class CatalogError(CoordinatorError, ValueError):
     pass
 
 
@@ -53,7 +54,7 @@ class Catalog:
         atomic_write(path, json.dumps(self.to_dict(), allow_nan=False))
 
     @classmethod
-    def read(cls, path: Path) -> "Catalog":
+    def read(cls, path: Path) -> Catalog:
         try:
             data = json.loads(read_bounded(path, max_bytes=MAX_CATALOG_BYTES, what="catalog"))
             titles = data["item_titles"]
@@ -64,7 +65,7 @@ class Catalog:
             raise CatalogError(f"{path}: not a catalog ({error})") from None
 
     @classmethod
-    def from_split(cls, split: Any) -> "Catalog":
+    def from_split(cls, split: Any) -> Catalog:
         """The catalog of a loaded `tff_pipeline.data.DatasetSplit`."""
         vocab = split.vocab
         return cls(split.name, tuple(int(i) for i in vocab.item_raw_ids), vocab.item_titles,

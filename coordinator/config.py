@@ -254,6 +254,7 @@ def resolve(config: CoordinatorConfig, *, given_rounds: int | None, given_cohort
             deployment = dataclasses.replace(deployment, population=SYNTHETIC_POPULATION)
         except ConfigError as error:  # min_reporters beyond the synthetic population
             raise ConfigError(f"[rounds] {error.field}", error.message) from None
+    assert deployment.population is not None  # set above, or refused
     population = int(deployment.population)
     training = config.training
     if given_cohort is not None and training.clients_per_round > population:
@@ -268,9 +269,10 @@ def resolve(config: CoordinatorConfig, *, given_rounds: int | None, given_cohort
 
 def planned(config: CoordinatorConfig) -> CoordinatorConfig:
     """`config` after the privacy planner, as `fedrec simulate` plans for its users, done for the
-    devices expected to enroll: the cohort and rounds not given, and the noise for the budget
-    (seconds of accounting, so the CLI runs it after the quick checks and the state folder's
-    lock). Idempotent."""
+    devices expected to enroll: the cohort and rounds not given, and the noise for the budget,
+    recorded in `training` (`planned_noise_multiplier`: `training.sampling_setting` runs it, and a
+    coordinator.toml that `fedrec up` writes carries it, so it is calibrated once). Seconds of
+    accounting, so the CLI runs it after the quick checks and the state folder's lock. Idempotent."""
     if config.planned:
         return config
     training, plan = config.training, None
@@ -280,7 +282,7 @@ def planned(config: CoordinatorConfig) -> CoordinatorConfig:
         try:
             training, plan = planner.plan_run(training, config.population, rounds=config.given_rounds,
                                               clients_per_round=config.given_cohort)
-            planner.plan_privacy(training, config.population)  # the (z, q, T) the coordinator will run
+            planner.plan_privacy(training, config.population)  # the (z, q, T) it will run: the recorded z, checked
         except ValueError as error:
             raise ConfigError("[training] dp", str(error)) from None
     config = dataclasses.replace(config, training=training, plan=plan, planned=True)

@@ -7,35 +7,17 @@ running). The database is opened read-only; nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from pathlib import Path
 
 from coordinator.errors import StateError
-from coordinator.privacy_ledger import LedgerError, PrivacyLedger
 from coordinator.state_store import DB_FILE, TRAINING_CONFIG_META, StateStore
+from coordinator.status import CoordinatorStatus
+from tff_pipeline.privacy.ledger import LedgerError, PrivacyLedger
 
 
-@dataclasses.dataclass(frozen=True)
-class DurableStatus:
-    rounds_completed: int
-    rounds_planned: int | None
-    rounds_abandoned: int  # abandoned or interrupted attempts
-    devices_enrolled: int
-    epsilon: float | None  # None: not a DP run
-    delta: float | None
-    model_version: str | None
-
-    def lines(self) -> list[str]:
-        planned = "?" if self.rounds_planned is None else str(self.rounds_planned)
-        spent = "no DP" if self.epsilon is None else f"ε {self.epsilon:.3f} spent at δ {self.delta:g}"
-        return [f"rounds {self.rounds_completed}/{planned} completed, {self.rounds_abandoned} abandoned  "
-                f"devices {self.devices_enrolled}  {spent}",
-                f"model {self.model_version or 'none published'}"]
-
-
-def read_durable_status(state_dir: Path) -> DurableStatus:
+def read_durable_status(state_dir: Path) -> CoordinatorStatus:
     store = StateStore.read_only(state_dir)
     try:
         return _read(store)
@@ -45,7 +27,7 @@ def read_durable_status(state_dir: Path) -> DurableStatus:
         store.close()
 
 
-def _read(store: StateStore) -> DurableStatus:
+def _read(store: StateStore) -> CoordinatorStatus:
     summaries = store.checkpoint_summaries()
     counts = store.round_counts()
     setting = json.loads(store.get_meta("privacy_setting") or "{}")
@@ -58,6 +40,8 @@ def _read(store: StateStore) -> DurableStatus:
         epsilon = float(ledger.epsilon(delta).rdp) if ledger.events() else 0.0
     # Read offline, a round still marked running ended with its coordinator: it counts as abandoned.
     abandoned = counts["abandoned"] + counts["interrupted"] + counts["running"]
-    return DurableStatus(rounds_completed=summaries[-1][0] if summaries else 0, rounds_planned=setting.get("rounds"),
-                         rounds_abandoned=abandoned, devices_enrolled=store.num_devices(), epsilon=epsilon,
-                         delta=delta, model_version=packages[-1][0] if packages else None)
+    completed = summaries[-1][0] if summaries else 0
+    return CoordinatorStatus(rounds_completed=completed, rounds_planned=setting.get("rounds"),
+                             rounds_abandoned=abandoned, round_counts=counts, devices_enrolled=store.num_devices(),
+                             epsilon=epsilon, delta=delta, model_version=packages[-1][0] if packages else None,
+                             params_version=completed)

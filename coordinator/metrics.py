@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 from wsgiref.simple_server import make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -30,13 +31,14 @@ class _IPv6Server(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-def _plain(start_response, status: str, body: bytes) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _plain(start_response: Any, status: str, body: bytes) -> list[bytes]:
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
     return [body]
 
 
 class CoordinatorMetrics:
     def __init__(self) -> None:
+        self._http: ThreadingWSGIServer | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.rounds_started = Counter("fedrec_rounds_started", "Rounds started (cohort selected)", registry=r)
@@ -63,7 +65,7 @@ class CoordinatorMetrics:
         """Serve /metrics, /healthz and /readyz on `host:port` (0: any free port); returns the port."""
         metrics_app = make_wsgi_app(self.registry)
 
-        def app(environ, start_response):  # type: ignore[no-untyped-def]
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             path = environ.get("PATH_INFO", "")
             if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
                 return _plain(start_response, "405 Method Not Allowed", b"only GET\n")
@@ -85,11 +87,11 @@ class CoordinatorMetrics:
     @property
     def port(self) -> int | None:
         """Where /metrics is served, once `serve` ran."""
-        server = getattr(self, "_http", None)
+        server = self._http
         return None if server is None else int(server.server_port)
 
     def close(self) -> None:
-        server = getattr(self, "_http", None)
+        server = self._http
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -2,7 +2,8 @@
 
 The model is the coordinator's last checkpoint; it is evaluated by the harness (which holds the
 held-out ratings the devices never uploaded) exactly as `fedrec simulate` evaluates its model.
-ε is the coordinator's ledger of the DP events it applied, not a recomputation from the plan.
+ε is the coordinator's ledger of the DP events it applied, composed by the function that composes
+the simulation's events (`simulation.assemble_report`), not a recomputation from the plan.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coordinator.privacy_ledger import PrivacyLedger
 from coordinator.state_store import StateError, StateStore
 from coordinator.up import deployment_figures
+from tff_pipeline.privacy.ledger import PrivacyLedger
 from tff_pipeline.privacy.planner import PrivacyPlan
 
 
@@ -35,8 +36,7 @@ def deployment_report(*, config: Any, split: Any, identity: Any, state_dir: Path
             raise StateError(f"{state_dir}: the coordinator saved no model")
         summaries = store.checkpoint_summaries()
         setting = json.loads(store.get_meta("privacy_setting") or "{}")
-        ledger = PrivacyLedger(store.connection)
-        spent = ledger.epsilon(config.delta) if config.private and ledger.events() else None
+        events = [entry.event for entry in PrivacyLedger(store.connection).events()]
     finally:
         store.close()
     params = model.GlobalParams(*checkpoint.arrays["params"])
@@ -53,11 +53,9 @@ def deployment_report(*, config: Any, split: Any, identity: Any, state_dir: Path
     figures = deployment_figures(state_dir, final_status, shard_dirs)
     round_seconds = figures.pop("round_seconds", [])
     report = simulation.assemble_report(config, split, plan, final, history, float(sum(round_seconds)), population,
-                                        model_config)
+                                        model_config, events=events)
     report["privacy"]["rounds"] = checkpoint.params_version
     if config.private:
-        report["privacy"]["epsilon_rdp"] = None if spent is None else float(spent[0])
-        report["privacy"]["epsilon_pld"] = None if spent is None else float(spent[1])
         report["privacy"]["sampling"] = "poisson over the devices checked in (selection window)"
     report["deployment"] = figures
     report["timing"]["wall_seconds"] = wall_seconds  # start-up (export, device installs) included

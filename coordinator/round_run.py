@@ -10,6 +10,9 @@ the goal count is reached, so a few stragglers cannot hold a round (the key phas
 devices than the goal abandons the round: every waiting call learns it, the model stays as it
 was. The gRPC servicer (`service.py`) only translates messages into these calls.
 
+The stages, what each waits for, its deadline and whether it closes early at the goal are one
+table, `secagg.phases.ROUND_PHASES`; `collect` walks it.
+
 A message that does not belong (an unknown device, a second message for the same phase, a phase
 that is not the current one, a malformed value) raises `Refused` with a reason label for the
 metrics and leaves the round unchanged.
@@ -19,36 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import time
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from coordinator.secure_aggregation import SecAggServer
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.params import SecAggParams
+from coordinator.errors import CoordinatorError, Refused
+from secagg.errors import SecAggError
+from secagg.params import SecAggParams
+from secagg.phases import ROUND_PHASES, Deadline, RoundPhase, Waits
+from secagg.server import SecAggServer
+from secagg.stages import Stage
 
 
-class Phase(str, enum.Enum):
-    ADVERTISE_KEYS = "advertise_keys"
-    SHARE_KEYS = "share_keys"
-    MASKED_INPUT = "masked_input"
-    UNMASK = "unmask"
-    AGGREGATING = "aggregating"
-    DONE = "done"
-    ABANDONED = "abandoned"
-
-
-class Refused(ValueError):
-    """A message the round does not accept; `reason` is a short label (metrics), str() the detail."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-class RoundAbandoned(RuntimeError):
+class RoundAbandoned(CoordinatorError, RuntimeError):
     """The round ended without a result; the caller's message was not used."""
 
 
@@ -81,17 +68,19 @@ class RoundRun:
         self.params = params
         self.index = {device: position for position, device in enumerate(participants)}
         self.server = SecAggServer(params)
-        self.phase = Phase.ADVERTISE_KEYS
         self.started = time.monotonic()
         self.report_deadline = self.started + timing.report_window_s
         self.abandon_reason: str | None = None
-        self._arrived: dict[Phase, set[int]] = {phase: set() for phase in Phase}
-        self._expected: dict[Phase, set[int]] = {Phase.ADVERTISE_KEYS: set(range(len(participants)))}
-        self._closed: dict[Phase, asyncio.Event] = {phase: asyncio.Event() for phase in Phase}
+        self._arrived: dict[Stage, set[int]] = {stage: set() for stage in Stage}
+        self._expected: dict[Stage, set[int]] = {}
+        self._closed: dict[Stage, asyncio.Event] = {stage: asyncio.Event() for stage in Stage}
         self._progress = asyncio.Event()  # set whenever a message arrives
         self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
         self.phase_seconds: dict[str, float] = {}  # how long each phase took (benchmarks, logs)
         self._result: SecureSum | None = None
+        # The first stage is open from the start (its phase timeout runs from `started`).
+        self.phase, self._opened = ROUND_PHASES[0].stage, self.started  # the current stage, when it opened
+        self._open(ROUND_PHASES[0].stage, self._waited_for(ROUND_PHASES[0]), at=self.started)
 
     # what the driver sees
 
@@ -99,49 +88,53 @@ class RoundRun:
     def num_selected(self) -> int:
         return len(self.participants)
 
-    def arrived(self, phase: Phase) -> frozenset[int]:
+    def arrived(self, phase: Stage) -> frozenset[int]:
         return frozenset(self._arrived[phase])
 
     @property
     def dropouts(self) -> int:
         """Selected devices that did not report (by the end of the reporting phase)."""
-        if self.phase in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT) and self.abandon_reason is None:
+        if self.phase in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT) and self.abandon_reason is None:
             return 0
-        return self.num_selected - len(self._arrived[Phase.MASKED_INPUT])
+        return self.num_selected - len(self._arrived[Stage.MASKED_INPUT])
 
     # device calls (each waits until its phase closes)
 
     async def advertise_keys(self, device_id: str, channel_key: bytes, mask_key: bytes) -> dict[int, tuple[bytes, bytes]]:
-        index = self._accept(device_id, Phase.ADVERTISE_KEYS)
-        self._apply(Phase.ADVERTISE_KEYS, index, lambda: self.server.receive_keys(index, channel_key, mask_key))
-        await self._wait(Phase.ADVERTISE_KEYS)
+        index = self._accept(device_id, Stage.ADVERTISE_KEYS)
+        self._apply(Stage.ADVERTISE_KEYS, index, lambda: self.server.receive_keys(index, channel_key, mask_key))
+        await self._wait(Stage.ADVERTISE_KEYS)
         return self.server.keys_for(index)
 
     async def share_keys(self, device_id: str, ciphertexts: Mapping[int, bytes]) -> dict[int, bytes]:
-        index = self._accept(device_id, Phase.SHARE_KEYS)
-        self._apply(Phase.SHARE_KEYS, index, lambda: self.server.receive_shares(index, dict(ciphertexts)))
-        await self._wait(Phase.SHARE_KEYS)
+        index = self._accept(device_id, Stage.SHARE_KEYS)
+        self._apply(Stage.SHARE_KEYS, index, lambda: self.server.receive_shares(index, dict(ciphertexts)))
+        await self._wait(Stage.SHARE_KEYS)
         return self.server.shares_for(index)
 
     async def submit_masked_input(self, device_id: str, masked: np.ndarray) -> tuple[list[int], list[int]]:
         """Returns (survivors, dropped) among the device's neighbourhood: whose shares to reveal."""
-        index = self._accept(device_id, Phase.MASKED_INPUT)
-        self._apply(Phase.MASKED_INPUT, index, lambda: self.server.receive_masked(index, masked))
-        await self._wait(Phase.MASKED_INPUT)
+        index = self._accept(device_id, Stage.MASKED_INPUT)
+        self._apply(Stage.MASKED_INPUT, index, lambda: self.server.receive_masked(index, masked))
+        await self._wait(Stage.MASKED_INPUT)
         assert self._unmask_request is not None
         survivors, dropped = self._unmask_request
         neighbourhood = set(self.params.neighbourhood(index))
         return sorted(survivors & neighbourhood), sorted(dropped & neighbourhood)
 
     async def unmask(self, device_id: str, shares: Mapping[int, bytes]) -> None:
-        index = self._accept(device_id, Phase.UNMASK)
-        self._apply(Phase.UNMASK, index, lambda: self.server.receive_unmask(index, dict(shares)))
-        await self._wait(Phase.DONE)
+        index = self._accept(device_id, Stage.UNMASK)
+        self._apply(Stage.UNMASK, index, lambda: self.server.receive_unmask(index, dict(shares)))
+        await self._wait(Stage.DONE)
 
     # the driver
 
     async def collect(self) -> SecureSum:
-        """Run the phases to the secure sum, or raise RoundAbandoned (every waiting call learns it)."""
+        """Walk `ROUND_PHASES` to the secure sum, or raise RoundAbandoned (every waiting call learns it).
+
+        Each stage but the first opens (for the devices it waits for) and only then wakes the calls
+        waiting in the previous one, so what they return is ready and late messages for the previous
+        stage are refused."""
         mark = time.monotonic()
 
         def lap(name: str) -> None:
@@ -151,28 +144,20 @@ class RoundRun:
             mark = now
 
         try:
-            grace = self.timing.straggler_grace_s
-            await self._close(Phase.ADVERTISE_KEYS, deadline=self.started + self.timing.phase_timeout_s, grace=grace)
-            lap(Phase.ADVERTISE_KEYS.value)
-            self._require(Phase.ADVERTISE_KEYS, "advertised keys")
-            self._open(Phase.SHARE_KEYS, self._arrived[Phase.ADVERTISE_KEYS])
-            self._release(Phase.ADVERTISE_KEYS)
-            await self._close(Phase.SHARE_KEYS, deadline=time.monotonic() + self.timing.phase_timeout_s, grace=grace)
-            lap(Phase.SHARE_KEYS.value)
-            self._require(Phase.SHARE_KEYS, "shared keys")
-            self._open(Phase.MASKED_INPUT, self._arrived[Phase.SHARE_KEYS])
-            self._release(Phase.SHARE_KEYS)
-            await self._close(Phase.MASKED_INPUT, deadline=self.report_deadline, grace=grace)
-            lap(Phase.MASKED_INPUT.value)
-            self._require(Phase.MASKED_INPUT, "reported")
-            survivors, dropped = self.server.unmask_request()
-            self._unmask_request = (frozenset(survivors), frozenset(dropped))
-            self._open(Phase.UNMASK, set(survivors))
-            self._release(Phase.MASKED_INPUT)
-            await self._close(Phase.UNMASK, deadline=time.monotonic() + self.timing.phase_timeout_s)
-            lap(Phase.UNMASK.value)
-            self.phase = Phase.AGGREGATING
-            self._release(Phase.UNMASK)
+            previous: RoundPhase | None = None
+            for entry in ROUND_PHASES:
+                if previous is not None:  # the first stage opened with the round
+                    self._open(entry.stage, self._waited_for(entry, previous))
+                    self._release(previous.stage)
+                grace = self.timing.straggler_grace_s if entry.closes_at_goal else None
+                await self._close(entry.stage, deadline=self._deadline(entry), grace=grace)
+                lap(entry.stage.value)
+                if entry.abandon_below_goal is not None:
+                    self._require(entry.stage, entry.abandon_below_goal)
+                previous = entry
+            assert previous is not None
+            self.phase = Stage.AGGREGATING
+            self._release(previous.stage)
             try:
                 total, reporters = await asyncio.to_thread(self.server.result)
             except SecAggError as error:
@@ -186,14 +171,14 @@ class RoundRun:
 
     def finish(self) -> None:
         """The round's result was used: release the devices waiting in Unmask."""
-        self.phase = Phase.DONE
-        self._closed[Phase.DONE].set()
+        self.phase = Stage.DONE
+        self._closed[Stage.DONE].set()
 
     def abandon(self, reason: str) -> None:
-        if self.phase in (Phase.DONE, Phase.ABANDONED):
+        if self.phase in (Stage.DONE, Stage.ABANDONED):
             return
         self.abandon_reason = reason
-        self.phase = Phase.ABANDONED
+        self.phase = Stage.ABANDONED
         for event in self._closed.values():
             event.set()
 
@@ -212,11 +197,11 @@ class RoundRun:
 
     # internals
 
-    def _accept(self, device_id: str, phase: Phase) -> int:
+    def _accept(self, device_id: str, phase: Stage) -> int:
         index = self.index.get(device_id)
         if index is None:
             raise Refused("not_in_round", f"device {device_id} is not in round {self.round_number}")
-        if self.phase is Phase.ABANDONED:
+        if self.phase is Stage.ABANDONED:
             raise Refused("round_abandoned", f"round {self.round_number} was abandoned: {self.abandon_reason}")
         if self.phase is not phase:
             raise Refused("wrong_phase", f"round {self.round_number} is in phase {self.phase.value}, not {phase.value}")
@@ -226,7 +211,7 @@ class RoundRun:
             raise Refused("duplicate", f"device {device_id} already sent its {phase.value} message")
         return index
 
-    def _apply(self, phase: Phase, index: int, action) -> None:
+    def _apply(self, phase: Stage, index: int, action) -> None:
         try:
             action()
         except SecAggError as error:
@@ -234,22 +219,40 @@ class RoundRun:
         self._arrived[phase].add(index)
         self._progress.set()
 
-    async def _wait(self, phase: Phase) -> None:
+    async def _wait(self, phase: Stage) -> None:
         await self._closed[phase].wait()
-        if self.phase is Phase.ABANDONED:
+        if self.phase is Stage.ABANDONED:
             raise RoundAbandoned(self.abandon_reason or "abandoned")
 
-    def _open(self, phase: Phase, expected: Collection[int]) -> None:
+    def _waited_for(self, entry: RoundPhase, previous: RoundPhase | None = None) -> set[int]:
+        """The devices `entry` waits for. For the survivors, this makes the server's unmask request
+        (which closes masked-input collection for good)."""
+        if entry.waits_for is Waits.SELECTED:
+            return set(range(len(self.participants)))
+        if entry.waits_for is Waits.PREVIOUS:
+            assert previous is not None
+            return set(self._arrived[previous.stage])
+        survivors, dropped = self.server.unmask_request()
+        self._unmask_request = (frozenset(survivors), frozenset(dropped))
+        return set(survivors)
+
+    def _deadline(self, entry: RoundPhase) -> float:
+        if entry.deadline is Deadline.REPORT_WINDOW:
+            return self.report_deadline
+        return self._opened + self.timing.phase_timeout_s
+
+    def _open(self, phase: Stage, expected: Collection[int], *, at: float | None = None) -> None:
         self._expected[phase] = set(expected)
         self.phase = phase
+        self._opened = time.monotonic() if at is None else at
 
-    async def _close(self, phase: Phase, *, deadline: float, grace: float | None = None) -> None:
+    async def _close(self, phase: Stage, *, deadline: float, grace: float | None = None) -> None:
         """Wait until everyone expected arrived, the deadline passed, or (with `grace`) the goal
         was reached `grace` seconds ago. Late messages are refused from here on (the driver moves
         the phase on before it yields again); the waiting calls wake at `_release`."""
         goal_reached_at: float | None = None
         while True:
-            if self.phase is Phase.ABANDONED:
+            if self.phase is Stage.ABANDONED:
                 raise RoundAbandoned(self.abandon_reason or "abandoned")
             arrived, expected = self._arrived[phase], self._expected[phase]
             if expected <= arrived:
@@ -265,14 +268,14 @@ class RoundRun:
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), timeout=until - now)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    def _release(self, phase: Phase) -> None:
+    def _release(self, phase: Stage) -> None:
         """Wake the calls waiting in `phase`: what they return is ready."""
         self._closed[phase].set()
 
-    def _require(self, phase: Phase, what: str) -> None:
+    def _require(self, phase: Stage, what: str) -> None:
         count = len(self._arrived[phase])
         if count < self.goal:
             raise RoundAbandoned(f"only {count} of {self.num_selected} selected devices {what}; the goal is {self.goal}")

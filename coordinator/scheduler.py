@@ -19,7 +19,7 @@ import math
 import os
 import sqlite3
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from coordinator.capture import RequestCapture
 from coordinator.config import CoordinatorConfig
 from coordinator.hosts import HostDirectory
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.round_run import Phase, RoundAbandoned, RoundRun
+from coordinator.round_run import RoundAbandoned, RoundRun
 from coordinator.selection import (
     CheckInPool,
     PoissonSelection,
@@ -37,9 +37,10 @@ from coordinator.selection import (
 )
 from coordinator.state_store import StateStore
 from coordinator.training import BudgetExhausted, RoundSettings, ServerTraining
-from protocol.secagg.graph import DEFAULT_CORRUPT_FRACTION, privacy_bits_achieved
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.quantize import fixed_point_for
+from secagg.graph import DEFAULT_CORRUPT_FRACTION, privacy_bits_achieved
+from secagg.params import SecAggParams
+from secagg.quantize import fixed_point_for
+from secagg.stages import Stage
 
 log = logging.getLogger("fedrec.coordinator")
 
@@ -219,7 +220,7 @@ class Scheduler:
         except RoundAbandoned as error:
             self._record_abandoned(active, str(error))
             return False
-        except Exception as error:  # noqa: BLE001 - a failed apply must not kill the coordinator silently
+        except Exception as error:
             log.exception("round %d failed while applying its result", round_number)
             run.abandon(f"the coordinator could not apply the result: {error}")
             self._record_abandoned(active, f"apply failed: {error}")
@@ -252,7 +253,7 @@ class Scheduler:
 
     def _record_abandoned(self, active: ActiveRound, reason: str) -> None:
         run = active.run
-        reporters = len(run.arrived(Phase.MASKED_INPUT))
+        reporters = len(run.arrived(Stage.MASKED_INPUT))
         dropouts = run.num_selected - reporters
         try:
             self.store.abandon_round(active.attempt, reason=reason, reporters=reporters, dropouts=dropouts,
@@ -295,5 +296,5 @@ class Scheduler:
         try:
             self.latest_model_version = await asyncio.to_thread(self.publish, version, params)
             log.info("published model %s (params version %d)", self.latest_model_version, version)
-        except Exception:  # noqa: BLE001 - devices keep the previous package
+        except Exception:
             log.exception("publishing params version %d failed; devices keep %s", version, self.latest_model_version)

@@ -143,7 +143,7 @@ class CheckInPool:
         self._arrival.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=self.hold_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not future.done():
                 future.set_result(self.come_back("held too long; the window is still open"))
             return future.result()
@@ -173,7 +173,7 @@ class CheckInPool:
                 self._arrival.clear()
                 try:
                     await asyncio.wait_for(self._arrival.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             cohort = policy.pick(waiting, labels, round_number=round_number, rng=rng)
         finally:

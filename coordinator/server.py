@@ -14,20 +14,20 @@ import dataclasses
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
 from coordinator.capture import RequestCapture
 from coordinator.catalog import Catalog, synthetic_catalog
 from coordinator.config import CoordinatorConfig, planned
+from coordinator.errors import ListenError
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import publish
 from coordinator.scheduler import Scheduler
 from coordinator.service import CoordinatorService, add_service, new_enroll_token
 from coordinator.state_lock import StateLock
-from coordinator.errors import ListenError
 from coordinator.state_store import (
     ADDRESS_FILE,
     CATALOG_FILE,
@@ -90,6 +90,7 @@ def _build(config: CoordinatorConfig, *, capture_path: Path | None, metrics: Coo
         if training.private:
             epsilon_rdp, epsilon_pld = training.ledger.epsilon(config.training.delta) if training.ledger.events() \
                 else (0.0, 0.0)
+            assert epsilon_pld is not None  # ledger.epsilon composes PLD unless told not to
             privacy_fields = {"epsilon_rdp": float(epsilon_rdp), "epsilon_pld": float(epsilon_pld),
                               "delta": config.training.delta, "noise_multiplier": privacy.noise_multiplier,
                               "rounds": version,
@@ -151,12 +152,12 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
             rounds.cancel()
             try:
                 await rounds
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+            except (asyncio.CancelledError, Exception):
                 pass
         if on_stopped is not None and rounds is not None:
             try:
                 on_stopped()
-            except Exception:  # noqa: BLE001 - the state must still be closed
+            except Exception:
                 log.exception("the stop hook failed")
         coordinator.metrics.close()
         coordinator.store.close()
@@ -205,7 +206,7 @@ def run(config: CoordinatorConfig, *, capture_path: Path | None = None, lock: St
 async def _linger(stop: asyncio.Event, *, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 

@@ -7,14 +7,17 @@
 The server only ever sees the sum over the surviving devices, so everything here is a function
 of that sum, and it applies the simulation's own maths rather than a re-derivation:
 - Without DP, the sum holds count-weighted parts 0..2 and their total weight, and the per-device
-  part 3: the same mean as `ExampleWeightedMeanFactory(per_device_parts=(3,))`.
-- Under DP, the tensorflow_privacy query that TFF's `DifferentiallyPrivateFactory` builds for the
-  same `AggregatorConfig`. Its queries are linear in their sample state, so `get_noised_result` on
-  the sum of preprocessed records equals accumulating them one by one; the devices did the
-  preprocessing (clipping to `device_clip`, and the adaptive clip's indicator, which the server
-  centres as the query's record `indicator - 0.5` does: `sum - 0.5 * num_reporters`).
-- The server optimizer is `ServerOptimizerConfig.build()`, stepped eagerly on the pseudo-gradient
-  exactly as `build_delta_finalizer` does.
+  part 3: the mean is `weighted_mean.mean_of_sums`, the report step of the simulation's
+  `ExampleWeightedMeanFactory(per_device_parts=upload.PER_DEVICE_PARTS)`.
+- Under DP, the tensorflow_privacy query of the simulation's DP factory for the same
+  `AggregatorConfig` (`aggregation.dp_query`). Its queries are linear in their sample state, so
+  `get_noised_result` on the sum of preprocessed records equals accumulating them one by one; the
+  devices did the preprocessing (clipping to `device_clip`, and the adaptive clip's indicator,
+  which the server centres as the query's record `indicator - 0.5` does: `sum - 0.5 *
+  num_reporters`). The ranking step comes back to its scale by `aggregation.unscale_parts`, as
+  in the simulation's `PartScaledFactory`.
+- The server optimizer is `ServerOptimizerConfig.build()`, stepped eagerly on
+  `process.pseudo_gradient`, the function of the simulation's `build_delta_finalizer`.
 States are serialisable to lists of numpy arrays (checkpoints, `coordinator.state_store`).
 """
 
@@ -27,10 +30,10 @@ from typing import Any, NamedTuple
 import dp_accounting
 import numpy as np
 import tensorflow as tf
-import tensorflow_privacy as tfp
 
-from protocol import updates, upload
-from tff_pipeline.federated import aggregation, process
+from protocol import upload
+from tff_pipeline.federated import aggregation, process, weighted_mean
+from tff_pipeline.privacy.events import concrete_event
 
 # The query's global state (a nest of float32 scalar tensors); `()` without DP.
 AggregatorState = Any
@@ -39,23 +42,6 @@ OptimizerState = Any
 
 MeanDelta = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 GlobalParams = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def dp_query(config: aggregation.AggregatorConfig) -> tfp.SumAggregationDPQuery:
-    """The tensorflow_privacy query that the simulation's DP aggregator applies for `config`.
-
-    Built by the simulation's own `aggregation.build_dp_factory`, so both sides run one query.
-    TFF 0.87 keeps it in the factory's private `_query` and has no public getter; this is the one
-    place that reads it, and tests/coordinator/test_dp_aggregation.py fails if TFF moves it.
-    """
-    factory = aggregation.build_dp_factory(config)
-    query = getattr(factory, "_query", None)
-    if not isinstance(query, tfp.SumAggregationDPQuery):
-        raise RuntimeError(
-            "tff.aggregators.DifferentiallyPrivateFactory no longer keeps its DP query in `_query` "
-            f"(found {type(query).__name__}); update coordinator.server_aggregation.dp_query"
-        )
-    return query
 
 
 class AggregateResult(NamedTuple):
@@ -76,7 +62,7 @@ class SummedUpdateAggregator:
             raise ValueError(f"the part scale must be > 0, got {config.part_scale}")
         self._config = config
         self._layout = layout
-        self._query = dp_query(config) if config.is_private else None
+        self._query = aggregation.dp_query(config) if config.is_private else None
         self._record_specs = tuple(tf.TensorSpec(shape, tf.float64) for shape in layout.part_shapes)
 
     @property
@@ -118,15 +104,13 @@ class SummedUpdateAggregator:
 
     def _mean(self, parts: tuple[np.ndarray, ...], weight: float, num_reporters: int) -> MeanDelta:
         """Parts 0..2 per example (divided by the summed weight), part 3 per device; zeros for an
-        empty denominator, as `ExampleWeightedMeanFactory`'s divide_no_nan."""
+        empty denominator (`weighted_mean.mean_of_sums`, in float64)."""
         if weight < 0:
             raise ValueError(f"the summed weight is negative ({weight})")
-        mean = []
-        for index, part in enumerate(parts):
-            denominator = num_reporters if index in upload.PER_DEVICE_PARTS else weight
-            value = part / denominator if denominator > 0 else np.zeros_like(part)
-            mean.append(np.asarray(value, np.float32))
-        return tuple(mean)  # type: ignore[return-value]
+        mean = weighted_mean.mean_of_sums([tf.constant(part, tf.float64) for part in parts],
+                                          tf.constant(weight, tf.float64), tf.constant(num_reporters, tf.float64),
+                                          upload.PER_DEVICE_PARTS)
+        return tuple(np.asarray(value.numpy(), np.float32) for value in mean)  # type: ignore[return-value]  # one per part
 
     def _noised_mean(
         self, state: AggregatorState, parts: tuple[np.ndarray, ...], weight: float, unclipped: float, num_reporters: int
@@ -147,13 +131,10 @@ class SummedUpdateAggregator:
         else:
             sample_state = sum_state
         result, new_state, event = self._query.get_noised_result(sample_state, state)
-        mean = []
-        for index, part in enumerate(result):
-            value = part.numpy()
-            if index in upload.PER_DEVICE_PARTS:
-                value = value / self._config.part_scale  # post-processing, as PartScaledFactory
-            mean.append(np.asarray(value, np.float32))
-        return AggregateResult(tuple(mean), new_state, _concrete_event(event))  # type: ignore[arg-type]
+        result = aggregation.unscale_parts([part.numpy() for part in result], self._config.part_scale,
+                                           upload.PER_DEVICE_PARTS)  # post-processing, as PartScaledFactory
+        mean = tuple(np.asarray(value, np.float32) for value in result)
+        return AggregateResult(mean, new_state, concrete_event(event))  # type: ignore[arg-type]  # one per part
 
     def state_to_arrays(self, state: AggregatorState) -> list[np.ndarray]:
         return [np.array(leaf) for leaf in tf.nest.flatten(state)]
@@ -171,16 +152,6 @@ class SummedUpdateAggregator:
                 raise ValueError(f"aggregator state array {index}: shape {array.shape} or values do not fit")
             restored.append(tf.constant(array, leaf.dtype))
         return tf.nest.pack_sequence_as(template, restored)
-
-
-def _concrete_event(event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
-    """The event with its tensors (noise multipliers computed in TF) as Python floats: what the
-    accountants and the ledger's serialisation need."""
-
-    def concrete(leaf: Any) -> Any:
-        return float(leaf) if tf.is_tensor(leaf) or isinstance(leaf, np.generic) else leaf
-
-    return dp_accounting.DpEvent.from_named_tuple(tf.nest.map_structure(concrete, event.to_named_tuple()))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -238,8 +209,7 @@ class ServerModel:
             if not np.all(np.isfinite(array)):
                 raise ValueError(f"mean delta part {index} holds non-finite values")
             deltas.append(tf.constant(array))
-        embeddings = deltas[0] + deltas[3] if len(deltas) == 4 else deltas[0]
-        gradients = tuple(updates.pseudo_gradient(t) for t in (embeddings, deltas[1], deltas[2]))
+        gradients = process.pseudo_gradient(deltas)
         weights = tuple(tf.constant(p) for p in self.params)
         state, new_weights = self.optimizer.build().next(self.optimizer_state, weights, gradients)
         return ServerModel(_checked_params([w.numpy() for w in new_weights]), self.optimizer, state)

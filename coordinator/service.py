@@ -29,34 +29,30 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from coordinator.capture import RequestCapture
+from coordinator.errors import Refused
 from coordinator.metrics import REFUSAL_REASONS, CoordinatorMetrics
 from coordinator.rate_limit import FailureLimiter, LogLimiter, peer_host
-from coordinator.round_run import Refused, RoundAbandoned
+from coordinator.round_run import RoundAbandoned
 from coordinator.scheduler import ActiveRound, Scheduler
 from coordinator.selection import Selected
 from coordinator.state_store import StateStore
+from coordinator.status import live_status
 from coordinator.tls import ServerTls, TlsError
-from google.protobuf.message import DecodeError
-from protocol import rounds_pb2, rounds_pb2_grpc
 from protocol.files import read_bounded
+from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MODEL_FILE
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.quantize import unpack
 from protocol.signing import SIGNATURE_METADATA, SignatureError, verify_request
 from protocol.tensors import to_wire
+from secagg.errors import SecAggError
+from secagg.quantize import unpack
 
 log = logging.getLogger("fedrec.coordinator")
 Message = TypeVar("Message")
 _NONCE_BYTES = 16
 _NONCES_KEPT = 512  # per device: far more calls than one device makes per round
-
-
-class _Refusal(Exception):
-    def __init__(self, reason: str, detail: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION):
-        super().__init__(detail)
-        self.reason, self.code = reason, code
 
 
 class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
@@ -80,11 +76,11 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
             peer = peer_host(context.peer() or "unknown")
             wait = self.enroll_limiter.retry_after(peer)
             if wait > 0:
-                raise _Refusal("rate_limited", f"too many failed enrollments from {peer}; try again in {wait:.0f} s",
-                               grpc.StatusCode.RESOURCE_EXHAUSTED)
+                raise Refused("rate_limited", f"too many failed enrollments from {peer}; try again in {wait:.0f} s",
+                               "RESOURCE_EXHAUSTED")
             try:
                 return self._enroll(request)
-            except _Refusal as refusal:
+            except Refused as refusal:
                 if refusal.reason != "enrollment_full":
                     self.enroll_limiter.failed(peer)
                 raise
@@ -95,25 +91,25 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         """Check the token, then admit the CSR's key as a new identity, as the identity it already
         has, or as the replacement of the active device with the same label."""
         if not hmac.compare_digest(request.token.encode(), self.enroll_token.encode()):
-            raise _Refusal("bad_token", "the enrollment token is wrong", grpc.StatusCode.PERMISSION_DENIED)
+            raise Refused("bad_token", "the enrollment token is wrong", "PERMISSION_DENIED")
         try:
             public_key = self.tls.csr_public_key(request.certificate_request)
         except TlsError as error:
-            raise _Refusal("invalid", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
+            raise Refused("invalid", str(error), "INVALID_ARGUMENT") from None
         label = request.label[:128]
         known = self.store.device_with_key(public_key)
         if known is not None:
             if known.revoked or (label and label != known.label):
-                raise _Refusal("key_reused", "this public key is already enrolled as another device; every device "
-                                             "needs a key of its own", grpc.StatusCode.ALREADY_EXISTS)
+                raise Refused("key_reused", "this public key is already enrolled as another device; every device "
+                                             "needs a key of its own", "ALREADY_EXISTS")
             certificate = self.tls.sign_device(request.certificate_request, known.device_id)
             self.store.renew_certificate(known.device_id, hashlib.sha256(certificate).hexdigest())
             return rounds_pb2.EnrollResponse(device_id=known.device_id, certificate=certificate)
         replaced = self.store.active_device_with_label(label) if label else None
         if replaced is None and self.store.num_devices() >= self.max_devices:
-            raise _Refusal("enrollment_full", f"this coordinator admits at most {self.max_devices} devices (its "
+            raise Refused("enrollment_full", f"this coordinator admits at most {self.max_devices} devices (its "
                                               "population plus the enrollment margin), and all are enrolled",
-                           grpc.StatusCode.RESOURCE_EXHAUSTED)
+                           "RESOURCE_EXHAUSTED")
         device_id = "d-" + secrets.token_hex(8)
         certificate = self.tls.sign_device(request.certificate_request, device_id)
         self.store.add_device(device_id, label=label or device_id,
@@ -136,22 +132,16 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         return await self._serve("Status", request, context, handle, authenticate=False)
 
     def status(self) -> rounds_pb2.StatusResponse:
-        counts = self.store.round_counts()
-        scheduler, training = self.scheduler, self.scheduler.training
-        active = scheduler.current
-        epsilon = training.epsilon()
+        refused = {reason: int(self.metrics.value("fedrec_messages_refused_total", reason=reason))
+                   for reason in REFUSAL_REASONS}
+        status = live_status(self.scheduler, self.store, devices_enrolled=len(self._known), refused=refused)
         return rounds_pb2.StatusResponse(
-            rounds_completed=training.params_version, rounds_abandoned=counts["abandoned"] + counts["interrupted"],
-            round_in_progress=0 if active is None else active.run.round_number,
-            phase=scheduler.status.phase if active is None else active.run.phase.value,
-            cohort=0 if active is None else active.run.num_selected,
-            devices_enrolled=len(self._known), devices_checked_in=len(scheduler.pool.waiting),
-            dropouts=scheduler.status.dropouts_total, epsilon=epsilon or 0.0,
-            delta=training.config.training.delta if training.private else 0.0,
-            model_version=scheduler.latest_model_version, params_version=training.params_version,
-            rounds_planned=scheduler.rounds_planned,
-            refused={reason: int(self.metrics.value("fedrec_messages_refused_total", reason=reason))
-                     for reason in REFUSAL_REASONS},
+            rounds_completed=status.rounds_completed, rounds_abandoned=status.rounds_abandoned,
+            round_in_progress=status.round_in_progress, phase=status.phase, cohort=status.cohort,
+            devices_enrolled=status.devices_enrolled, devices_checked_in=status.devices_checked_in,
+            dropouts=status.dropouts, epsilon=status.epsilon or 0.0, delta=status.delta or 0.0,
+            model_version=status.model_version or "", params_version=status.params_version,
+            rounds_planned=status.rounds_planned or 0, refused=status.refused,
         )
 
     # devices
@@ -163,7 +153,7 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
             try:
                 self.scheduler.hosts.saw(device_id, request.host)
             except ValueError as error:
-                raise _Refusal("malformed", str(error), grpc.StatusCode.INVALID_ARGUMENT) from None
+                raise Refused("malformed", str(error), "INVALID_ARGUMENT") from None
             latest = self.scheduler.latest_model_version
             published = {version for version, _, _ in self.store.packages()}
             if self.scheduler.status.finished:
@@ -188,8 +178,8 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
             folders = {version: folder for version, _, folder in self.store.packages()}
             folder = folders.get(request.model_version)
             if folder is None:
-                raise _Refusal("stale_model", f"no published model {request.model_version!r}",
-                               grpc.StatusCode.NOT_FOUND)
+                raise Refused("stale_model", f"no published model {request.model_version!r}",
+                               "NOT_FOUND")
             manifest = read_bounded(folder / MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
             model = read_bounded(folder / MODEL_FILE, max_bytes=MAX_MODEL_BYTES, what="model")
             return rounds_pb2.ModelPackage(model_version=request.model_version, manifest_json=manifest,
@@ -197,7 +187,8 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
 
         return await self._serve("GetModel", request, context, handle)
 
-    async def AdvertiseKeys(self, request: rounds_pb2.AdvertiseKeysRequest, context: Any) -> rounds_pb2.AdvertiseKeysResponse:
+    async def AdvertiseKeys(self, request: rounds_pb2.AdvertiseKeysRequest,
+                            context: Any) -> rounds_pb2.AdvertiseKeysResponse:
         async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.AdvertiseKeysResponse:
             keys = await active.run.advertise_keys(device_id, request.channel_public_key, request.mask_public_key)
             return rounds_pb2.AdvertiseKeysResponse(neighbours=[
@@ -215,13 +206,14 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
 
         return await self._round_phase("ShareKeys", request, context, phase, rounds_pb2.ShareKeysResponse)
 
-    async def SubmitMaskedInput(self, request: rounds_pb2.MaskedInputRequest, context: Any) -> rounds_pb2.MaskedInputResponse:
+    async def SubmitMaskedInput(self, request: rounds_pb2.MaskedInputRequest,
+                                context: Any) -> rounds_pb2.MaskedInputResponse:
         async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.MaskedInputResponse:
             params = active.run.params
             try:
                 masked = unpack(request.masked_vector, params.fixed_point.bit_width, params.vector_length)
             except SecAggError as error:
-                raise _Refusal("invalid", f"masked vector: {error}", grpc.StatusCode.INVALID_ARGUMENT) from None
+                raise Refused("invalid", f"masked vector: {error}", "INVALID_ARGUMENT") from None
             survivors, dropped = await active.run.submit_masked_input(device_id, masked)
             return rounds_pb2.MaskedInputResponse(survivors=survivors, dropped=dropped)
 
@@ -263,21 +255,21 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         active = self.scheduler.current
         try:
             response = await handle()
-        except (_Refusal, Refused) as refusal:
+        except Refused as refusal:
             reason = refusal.reason
             self.metrics.refused.labels(reason=reason).inc()
-            code = refusal.code if isinstance(refusal, _Refusal) else grpc.StatusCode.FAILED_PRECONDITION
+            code = getattr(grpc.StatusCode, refusal.status)
             self._log_refusal(method, reason, str(refusal))
             await context.abort(code, f"{reason}: {refusal}")
-            raise AssertionError("unreachable")  # context.abort raises
-        size_out = response.ByteSize()
+            raise AssertionError("unreachable") from None  # context.abort raises
+        size_out = response.ByteSize()  # type: ignore[attr-defined]  # every response is a generated message
         self.metrics.bytes_out.labels(method=method).inc(size_out)
         if active is not None and method not in ("Status", "Enroll", "GetModel"):
             active.bytes_in += size_in
             active.bytes_out += size_out
         return response
 
-    async def refuse_malformed(self, method: str, request: "Malformed", context: Any) -> Any:
+    async def refuse_malformed(self, method: str, request: Malformed, context: Any) -> Any:
         """A request that is not a valid message of its method's type: refused and counted."""
         self.metrics.bytes_in.labels(method=method).inc(request.size)
         self.metrics.refused.labels(reason="malformed").inc()
@@ -298,20 +290,20 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         device_id = header.device_id
         public_key = self._keys.get(device_id)
         if public_key is None:
-            raise _Refusal("unknown_device", f"device {device_id[:40]!r} is not enrolled here; enroll first",
-                           grpc.StatusCode.UNAUTHENTICATED)
+            raise Refused("unknown_device", f"device {device_id[:40]!r} is not enrolled here; enroll first",
+                           "UNAUTHENTICATED")
         signatures = [value for key, value in (context.invocation_metadata() or ()) if key == SIGNATURE_METADATA]
         try:
             if len(signatures) != 1 or not isinstance(signatures[0], bytes):
                 raise SignatureError("the request must carry exactly one signature")
             verify_request(public_key, signatures[0], method, request)
         except SignatureError as error:
-            raise _Refusal("identity_mismatch", f"device {device_id}: {error}", grpc.StatusCode.UNAUTHENTICATED) from None
+            raise Refused("identity_mismatch", f"device {device_id}: {error}", "UNAUTHENTICATED") from None
         if len(header.nonce) != _NONCE_BYTES:
-            raise _Refusal("malformed", f"the nonce must be {_NONCE_BYTES} bytes", grpc.StatusCode.INVALID_ARGUMENT)
+            raise Refused("malformed", f"the nonce must be {_NONCE_BYTES} bytes", "INVALID_ARGUMENT")
         seen = self._nonces.setdefault(device_id, collections.OrderedDict())
         if header.nonce in seen:
-            raise _Refusal("replay", "this nonce was used before (a replayed message)", grpc.StatusCode.PERMISSION_DENIED)
+            raise Refused("replay", "this nonce was used before (a replayed message)", "PERMISSION_DENIED")
         seen[header.nonce] = None
         while len(seen) > _NONCES_KEPT:
             seen.popitem(last=False)
@@ -321,7 +313,7 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
         device_id = self._authenticate(method, request, context)
         active = self.scheduler.current
         if active is None or request.header.round_id != active.run.round_id:
-            raise _Refusal("stale_round", "no round with this id is in progress")
+            raise Refused("stale_round", "no round with this id is in progress")
         return device_id, active
 
     def _task(self, active: ActiveRound, device_id: str) -> rounds_pb2.RoundTask:
@@ -350,7 +342,7 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
 
 def _unique(mapping: dict[int, bytes], count: int, what: str) -> dict[int, bytes]:
     if len(mapping) != count:
-        raise _Refusal("invalid", f"a {what} index appears twice", grpc.StatusCode.INVALID_ARGUMENT)
+        raise Refused("invalid", f"a {what} index appears twice", "INVALID_ARGUMENT")
     return mapping
 
 

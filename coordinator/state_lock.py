@@ -29,7 +29,7 @@ class StateLock:
     def held(self) -> bool:
         return self._lock.held
 
-    def acquire(self) -> "StateLock":
+    def acquire(self) -> StateLock:
         """Take the folder (created if missing) or raise `StateFolderBusy` naming the holder."""
         if self.state_dir.exists() and not self.state_dir.is_dir():
             raise StateError(f"{self.state_dir}: the state folder is a file, not a folder")
@@ -45,7 +45,7 @@ class StateLock:
     def release(self) -> None:
         self._lock.release()
 
-    def __enter__(self) -> "StateLock":
+    def __enter__(self) -> StateLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -131,7 +131,7 @@ class StateStore:
         self._interrupt_running_rounds()
 
     @classmethod
-    def read_only(cls, state_dir: Path | str) -> "StateStore":
+    def read_only(cls, state_dir: Path | str) -> StateStore:
         """The state as it is, opened without writing anything (`fedrec status` beside, or after, a
         coordinator): no folder or table is created, no migration runs, no round is marked."""
         store = cls.__new__(cls)
@@ -163,10 +163,6 @@ class StateStore:
     def get_meta(self, key: str) -> str | None:
         row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.connection.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
-                                "excluded.value", (key, value))
 
     def claim_meta(self, key: str, value: str) -> str:
         """Store `value` under `key` unless a value is stored already; returns the stored one."""
@@ -223,7 +219,8 @@ class StateStore:
         cursor = self.connection.execute(
             "INSERT INTO rounds (round_id, round_number, status, started_at, selected) VALUES (?, ?, 'running', ?, ?)",
             (round_id, round_number, time.time(), selected))
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None  # an INSERT always sets it
+        return cursor.lastrowid
 
     def abandon_round(self, attempt: int, *, reason: str, reporters: int, dropouts: int, bytes_in: int,
                       bytes_out: int) -> None:
@@ -309,7 +306,7 @@ class StateStore:
 
     # internals
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self.connection)
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from coordinator.errors import CoordinatorError
 from protocol.files import atomic_write
 from protocol.signing import public_key_der
 
@@ -29,7 +30,7 @@ _VALIDITY = datetime.timedelta(days=3650)
 _DEVICE_VALIDITY = datetime.timedelta(days=365)
 
 
-class TlsError(ValueError):
+class TlsError(CoordinatorError, ValueError):
     pass
 
 
@@ -44,7 +45,7 @@ class ServerTls:
     def csr_public_key(self, csr_pem: bytes) -> bytes:
         """The DER public key of a valid P-256 certificate request (its signature proves that the
         sender holds the private key)."""
-        return public_key_der(_checked_csr(csr_pem).public_key())
+        return public_key_der(_csr_key(_checked_csr(csr_pem)))
 
     def sign_device(self, csr_pem: bytes, device_id: str) -> bytes:
         """A client certificate for the key in `csr_pem`, with `device_id` as its common name."""
@@ -72,10 +73,15 @@ def _checked_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         raise TlsError(f"the certificate request is not a PEM CSR ({error})") from None
     if not csr.is_signature_valid:
         raise TlsError("the certificate request's signature does not verify")
+    _csr_key(csr)
+    return csr
+
+
+def _csr_key(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise TlsError("the certificate request must hold a P-256 public key")
-    return csr
+    return key
 
 
 def load_or_create(state_dir: Path, *, hostnames: Sequence[str] = ()) -> ServerTls:
@@ -97,15 +103,15 @@ def load_or_create(state_dir: Path, *, hostnames: Sequence[str] = ()) -> ServerT
     try:
         ca_pem = paths["ca.pem"].read_bytes()
         ca_cert = x509.load_pem_x509_certificate(ca_pem)
-        ca_key = serialization.load_pem_private_key(paths["ca.key"].read_bytes(), password=None)
+        loaded_key = serialization.load_pem_private_key(paths["ca.key"].read_bytes(), password=None)
         server_cert_pem, server_key_pem = paths["server.pem"].read_bytes(), paths["server.key"].read_bytes()
         x509.load_pem_x509_certificate(server_cert_pem)
     except (OSError, ValueError) as error:
         raise TlsError(f"{folder}: the coordinator's TLS files cannot be used ({error}); move the folder away to "
                        "make new ones (enrolled devices must then enroll again)") from None
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+    if not isinstance(loaded_key, ec.EllipticCurvePrivateKey):
         raise TlsError(f"{paths['ca.key']}: not an EC private key")
-    return ServerTls(ca_pem, server_cert_pem, server_key_pem, ca_key, ca_cert)
+    return ServerTls(ca_pem, server_cert_pem, server_key_pem, loaded_key, ca_cert)
 
 
 def _new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

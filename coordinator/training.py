@@ -18,13 +18,14 @@ import numpy as np
 
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
-from coordinator.privacy_ledger import PrivacyLedger
+from coordinator.errors import CoordinatorError
 from coordinator.server_aggregation import ServerModel, SummedUpdateAggregator
 from coordinator.state_store import Checkpoint, StateError, StateStore
 from protocol.upload import UploadLayout
+from tff_pipeline.privacy.ledger import PrivacyLedger
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(CoordinatorError, RuntimeError):
     """The next round would spend more ε than the target."""
 
 
@@ -90,12 +91,14 @@ class ServerTraining:
 
     @property
     def params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(self.model.params)  # type: ignore[return-value]
+        return tuple(self.model.params)  # type: ignore[return-value]  # the model holds exactly these three
 
     def settings(self) -> RoundSettings:
         deployment = self.config.deployment
         if self.private:
-            clip = float(self.aggregator.device_clip(self.aggregator_state))
+            device_clip = self.aggregator.device_clip(self.aggregator_state)
+            assert device_clip is not None  # a private aggregator always has a clip
+            clip = float(device_clip)
             return RoundSettings(clip, True, float(self.config.training.dp_ranking_scale), 1, max(clip, 1.0))
         clip = deployment.plain_clip
         return RoundSettings(clip, False, 1.0, deployment.max_weight, max(clip, 1.0))

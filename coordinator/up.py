@@ -31,8 +31,7 @@ import numpy as np
 
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig, DeploymentConfig, planned, resolve
-from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
-from coordinator.state_store import StateStore
+from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE, StateStore
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import STATS_FILE
 from edge_client.simulated_users import device_label, prepare_devices  # noqa: F401 - re-exported for harnesses
@@ -116,7 +115,7 @@ def free_port() -> int:
 
 def spawn(module: str, *args: str, log_path: Path) -> subprocess.Popen:
     """`python -m module args` that dies with this process; output to `log_path`."""
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen([sys.executable, "-c", _WITH_PDEATHSIG, str(os.getpid()), module, *args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -151,18 +150,10 @@ def stop_processes(processes: list[subprocess.Popen], *, grace_s: float = 20.0) 
 async def read_status(address: str, ca_pem: bytes):
     """The coordinator's Status (no client certificate needed)."""
     from edge_client.round_client import open_channel
-    from protocol import rounds_pb2, rounds_pb2_grpc
+    from protocol.generated import rounds_pb2, rounds_pb2_grpc
 
     async with open_channel(address, ca_pem) as channel:
         return await rounds_pb2_grpc.CoordinatorStub(channel).Status(rounds_pb2.StatusRequest(), timeout=10)
-
-
-def status_line(status: Any) -> str:
-    epsilon = f"  ε {status.epsilon:.3f}" if status.delta else ""
-    current = f"  round {status.round_in_progress} ({status.phase}, cohort {status.cohort})" \
-        if status.round_in_progress else f"  {status.phase}"
-    return (f"rounds {status.rounds_completed}/{status.rounds_planned} completed, {status.rounds_abandoned} "
-            f"abandoned{current}  devices {status.devices_enrolled}  dropouts {status.dropouts}{epsilon}")
 
 
 def deployment_figures(state_dir: Path, final_status: Any, shard_dirs: list[Path]) -> dict[str, Any]:
@@ -215,7 +206,7 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
         (state_dir / stale).unlink(missing_ok=True)
     processes: list[subprocess.Popen] = []
     try:
-        coordinator = spawn("tff_pipeline.cli", "serve", "--config", str(config_path), "--parent-pid", str(os.getpid()),
+        coordinator = spawn("fedrec_cli", "serve", "--config", str(config_path), "--parent-pid", str(os.getpid()),
                             log_path=out / "coordinator.log")
         processes.append(coordinator)
         address = wait_for_file(state_dir / ADDRESS_FILE, coordinator, timeout_s=600, what="the coordinator")

@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
                 package = BUNDLED_PACKAGE
             print("\n".join(device.install(package).lines()))
         elif args.command == "import-ratings":
-            report = device.import_ratings(args.file)
-            print(f"imported {report.rows} ratings from {report.path} ({report.added} new, {report.replaced} replaced)")
+            imported = device.import_ratings(args.file)
+            print(f"imported {imported.rows} ratings from {imported.path} ({imported.added} new, "
+                  f"{imported.replaced} replaced)")
         elif args.command == "rate":
             before = device.rate(args.item_id, args.stars)
             suffix = "" if before is None else f" (was {before:g})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class ClientUpdate:
         return global_norm(self.deltas)
 
 
-def global_norm(arrays: tuple[np.ndarray, ...]) -> float:
+def global_norm(arrays: Sequence[np.ndarray]) -> float:
     """L2 norm of the concatenation of all arrays (accumulated in float64)."""
     return math.sqrt(sum(float(np.sum(np.square(np.asarray(a, np.float64)))) for a in arrays))
 
@@ -79,10 +80,10 @@ def compute_client_update(
     clipped = norm > clip_norm
     if clipped:
         scale = clip_norm / norm
-        scaled = tuple((d.astype(np.float64) * scale).astype(np.float32) for d in deltas)
+        scaled = [(d.astype(np.float64) * scale).astype(np.float32) for d in deltas]
         while global_norm(scaled) > clip_norm:
             scale *= _SHRINK
-            scaled = tuple((d.astype(np.float64) * scale).astype(np.float32) for d in deltas)
-        deltas = scaled
+            scaled = [(d.astype(np.float64) * scale).astype(np.float32) for d in deltas]
+        deltas = (scaled[0], scaled[1], scaled[2], scaled[3])
     embeddings, bias, mean, implicit = (np.array(d, dtype=np.float32) for d in deltas)
     return ClientUpdate(embeddings, bias, mean, implicit, raw.num_examples, norm, clipped)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import numpy as np
 
@@ -25,8 +25,6 @@ from edge_client.client_update import ClientUpdate, compute_client_update
 from edge_client.device_lock import DeviceLock
 from edge_client.errors import DeviceError
 from edge_client.litert_model import GlobalWeights, LiteModel, UserParams
-from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
-from protocol.package import read_verified_model, write_package
 from edge_client.ratings_file import (
     check_known,
     parse_item_id,
@@ -41,6 +39,8 @@ from edge_client.reports import (
     Recommendation,
 )
 from edge_client.store import DB_FILE, RatingsWrite, Store, StoredUserParams, StoreError
+from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
+from protocol.package import read_verified_model, write_package
 
 MODELS_DIR = "models"
 DEFAULT_DEVICE_DIR = Path("~/.fedrec/device")
@@ -124,6 +124,7 @@ class Device:
             if model.model_version != version:
                 raise DeviceError(f"{self.models_dir / version}: holds model {model.model_version}, not {version}")
             self._set_model(model)
+            return model
         return self._model
 
     # installing
@@ -307,7 +308,7 @@ class Device:
         params = self.store.user_params()
         if params is not None and params.dim == model.dim:
             implicit = params.implicit if params.implicit is not None else np.zeros(model.dim, np.float32)
-            model.set_user(UserParams(params.embedding, np.float32(params.bias), implicit))
+            model.set_user(UserParams(params.embedding, np.asarray(params.bias, np.float32), implicit))
             return True
         model.set_user(UserParams.zeros(model.dim))
         return False

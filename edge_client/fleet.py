@@ -126,7 +126,7 @@ async def _participate(device: Device, options: FleetOptions, profile: DevicePro
                        stop: asyncio.Event, on_joined: Callable[[Path, str], None]) -> tuple[Path, dict] | None:
     """One device: its identity, then its rounds until `stop`; (folder, stats), or None if stopped first."""
     from edge_client.round_client import RoundClient, open_channel
-    from protocol import rounds_pb2_grpc
+    from protocol.generated import rounds_pb2_grpc
 
     identity = await _stoppable(stop, _identity(device.device_dir, options, notice, stop))
     if identity is None:
@@ -153,7 +153,7 @@ async def _reach(options: FleetOptions, notice: WaitNotice, stop: asyncio.Event)
     import grpc
 
     from edge_client.round_client import open_channel
-    from protocol import rounds_pb2, rounds_pb2_grpc
+    from protocol.generated import rounds_pb2, rounds_pb2_grpc
 
     delay = FIRST_RETRY_S
     while not stop.is_set():

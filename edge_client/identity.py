@@ -63,7 +63,9 @@ class IdentityStore:
     def save(self, *, device_id: str, certificate_pem: bytes, ca_pem: bytes) -> DeviceIdentity:
         key_pem = (self.folder / "device.key").read_bytes()
         certificate = x509.load_pem_x509_certificate(certificate_pem)
-        if certificate.public_key().public_numbers() != self._key().public_key().public_numbers():
+        received = certificate.public_key()
+        if (not isinstance(received, ec.EllipticCurvePublicKey)
+                or received.public_numbers() != self._key().public_key().public_numbers()):
             raise DeviceError("the coordinator returned a certificate for another key; enrollment refused")
         atomic_write(self.folder / "ca.pem", ca_pem)
         atomic_write(self.folder / "device.pem", certificate_pem)
@@ -74,8 +76,8 @@ class IdentityStore:
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
             os.chmod(self.folder, 0o700)
-            key = ec.generate_private_key(ec.SECP256R1())
-            atomic_write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            new_key = ec.generate_private_key(ec.SECP256R1())
+            atomic_write(path, new_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption()))
             os.chmod(path, 0o600)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)

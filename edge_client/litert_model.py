@@ -18,17 +18,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from edge_client.errors import EdgeError
 from edge_client.native_log import LITERT_NOISE, filtered_stderr
 from protocol.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError
 from protocol.messages import one_line
 from protocol.package import read_verified_model
 from protocol.signatures import SIGNATURE_IO, SIGNATURES
 
-
 _delegate_announced = False
 
 
-class ModelError(ManifestError):
+class ModelError(EdgeError, ManifestError):
     """A model file that cannot be used (not a model, wrong signatures or shapes, a failed call)."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_client import process
+from edge_client.errors import EdgeError
 from edge_client.fleet import STATS_FILE, FleetOptions, run_devices
 from protocol.files import atomic_write
 from protocol.logs import configure as configure_logs
@@ -35,7 +36,7 @@ TOKEN_FILE = "enroll-token"
 _ORDINAL = re.compile(r"^(?P<set>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<ordinal>[0-9]+)$")
 
 
-class PodError(ValueError):
+class PodError(EdgeError, ValueError):
     """A misconfigured edge pod (bad name, no users): says what is wrong."""
 
 

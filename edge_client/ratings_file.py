@@ -130,7 +130,7 @@ def _parse(path: Path, lines: Iterator[tuple[int, list[str]]], manifest: Manifes
             users.add(fields[user_col].strip())
         seen[raw_id] = line
         rows.append((raw_id, rating))
-    if len(users) > 1:
+    if len(users) > 1 and user_col is not None:
         errors.append(f"the file holds ratings of {len(users)} users (column {header[user_col]!r}); "
                       "a device holds one user's ratings")
     if errors:

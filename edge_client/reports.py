@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from protocol.manifest import Manifest
 from edge_client.store import StoredUserParams
+from protocol.manifest import Manifest
 
 
 @dataclasses.dataclass(frozen=True)

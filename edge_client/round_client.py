@@ -9,7 +9,7 @@ when it is eligible, and when selected runs one round:
 
 The update is computed from the device's own stored ratings through `Device.compute_update`,
 which leaves the installed model and the user's parameters as they were; it leaves the device
-only as a vector masked by secure aggregation (`protocol.secagg`). When the coordinator
+only as a vector masked by secure aggregation (`secagg`). When the coordinator
 publishes a newer package the device installs it (`Device.install`: verified, and the user's
 personalization kept or refit). Errors of one round never end the loop: a refused or abandoned
 round is logged and the device checks in again when told to.
@@ -35,22 +35,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_client.device import Device, usable_ratings
-from edge_client.errors import DeviceError
+from edge_client.errors import DeviceError, EdgeError
 from edge_client.identity import DeviceIdentity, IdentityStore
 from edge_client.litert_model import GlobalWeights
 from edge_client.process import sleep_or_stop
 from edge_client.profiles import DeviceProfile
-from edge_client.secure_aggregation import SecAggParticipant
-from protocol import rounds_pb2, rounds_pb2_grpc
 from protocol.files import read_bounded
+from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.manifest import MANIFEST_FILE, MODEL_FILE
 from protocol.messages import one_line
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.quantize import FixedPoint, fixed_point_for, pack
 from protocol.signing import SIGNATURE_METADATA, sign_request
 from protocol.tensors import MAX_MESSAGE_BYTES, WireError, from_wire
 from protocol.upload import UploadLayout
+from secagg.errors import SecAggError
+from secagg.params import SecAggParams
+from secagg.participant import SecAggParticipant
+from secagg.quantize import FixedPoint, fixed_point_for, pack
 
 log = logging.getLogger("fedrec.device")
 SERVER_NAME = "fedrec-coordinator"  # the name in the coordinator's certificate (coordinator.tls)
@@ -183,7 +183,7 @@ class ClientStats:
     errors: int = 0
 
 
-class RoundEnded(Exception):
+class RoundEnded(EdgeError):
     """The round ended for this device (abandoned, refused, or the device dropped out on purpose)."""
 
     def __init__(self, message: str, retry_after_ms: int = 1000) -> None:
@@ -242,7 +242,7 @@ class RoundClient:
                 self.stats.errors += 1
                 log.warning("%s: %s", self.identity.device_id, error)
                 retry_ms = 2000
-            except Exception:  # noqa: BLE001 - one failed check-in must not end the device's loop
+            except Exception:
                 self.stats.errors += 1
                 log.exception("%s: unexpected error; checking in again later", self.identity.device_id)
                 retry_ms = 5000

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
-import functools
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
+
+from edge_client.errors import EdgeError
 
 DB_FILE = "device.db"
 SCHEMA_VERSION = 2  # 2: the ranking head's implicit vector beside the rating head's parameters
@@ -55,7 +57,7 @@ CREATE TABLE active_model (
 """
 
 
-class StoreError(ValueError):
+class StoreError(EdgeError, ValueError):
     """A write refused (bad rows) or a store that cannot be used; nothing was written."""
 
 
@@ -190,22 +192,17 @@ class Store:
         if row is None:
             return None
         blob, bias, dim, version, count, fitted_at, implicit_blob = row
-        vectors = [_read_vector(b, dim) for b in (blob, implicit_blob) if b is not None]
-        if any(v is None for v in vectors):
+        embedding = _read_vector(blob, dim)
+        implicit = None if implicit_blob is None else _read_vector(implicit_blob, dim)
+        if embedding is None or (implicit_blob is not None and implicit is None):
             raise StoreError(f"{self.path}: the stored personal parameters are damaged")
-        implicit = vectors[1] if implicit_blob is not None else None
-        return StoredUserParams(vectors[0], float(bias), version, int(count), fitted_at, implicit)
+        return StoredUserParams(embedding, float(bias), version, int(count), fitted_at, implicit)
 
     @_sqlite_errors
     def put_user_params(self, params: StoredUserParams) -> None:
         row = _user_row(params)
         with self._transaction():
             self._write_user_row(row)
-
-    @_sqlite_errors
-    def delete_user_params(self) -> None:
-        with self._transaction():
-            self._db.execute("DELETE FROM user_params")
 
     # models
 

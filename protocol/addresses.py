@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from protocol.errors import ProtocolError
+
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-class AddressError(ValueError):
+class AddressError(ProtocolError, ValueError):
     """Not a host or HOST:PORT; the message says what is wrong (without naming the flag or key)."""
 
 

@@ -12,12 +12,14 @@ import os
 import re
 import stat
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
+from protocol.errors import ProtocolError
 
-class FileRefused(ValueError):
+
+class FileRefused(ProtocolError, ValueError):
     """A file that cannot be read as asked; the message names it and says why."""
 
 

@@ -18,10 +18,12 @@ import socket
 import time
 from pathlib import Path
 
+from protocol.errors import ProtocolError
+
 _MAX_HOLDER_BYTES = 4096
 
 
-class HeldElsewhere(Exception):
+class HeldElsewhere(ProtocolError):
     """Another process holds the lock; `holder` is what it wrote (None if unreadable)."""
 
     def __init__(self, holder: dict[str, object] | None) -> None:
@@ -100,7 +102,7 @@ def describe_holder(info: dict[str, object] | None) -> str:
 
 
 def _write_holder(fd: int) -> None:
-    since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, text + b"\n", 0)

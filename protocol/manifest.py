@@ -23,6 +23,7 @@ import math
 import re
 from typing import Any
 
+from protocol.errors import ProtocolError
 from protocol.files import FileRefused, read_bounded
 from protocol.signatures import SIGNATURES
 
@@ -45,7 +46,7 @@ _VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class ManifestError(ValueError):
+class ManifestError(ProtocolError, ValueError):
     """A model package that must not be used, with the reason and the file it is in."""
 
     def __init__(self, message: str, path: Any = None) -> None:

@@ -15,11 +15,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocol.errors import ProtocolError
+
 SIGNATURE_METADATA = "fedrec-signature-bin"  # binary metadata keys end in -bin
 MAX_SIGNATURE_BYTES = 80  # DER ECDSA P-256 signatures are at most 72 bytes
 
 
-class SignatureError(ValueError):
+class SignatureError(ProtocolError, ValueError):
     pass
 
 
@@ -28,7 +30,7 @@ def signed_payload(method: str, request_bytes: bytes) -> bytes:
 
 
 def sign_request(key: ec.EllipticCurvePrivateKey, method: str, request: object) -> bytes:
-    payload = signed_payload(method, request.SerializeToString(deterministic=True))  # type: ignore[attr-defined]
+    payload = signed_payload(method, request.SerializeToString(deterministic=True))  # type: ignore[attr-defined]  # a generated message
     return key.sign(payload, ec.ECDSA(hashes.SHA256()))
 
 
@@ -39,7 +41,7 @@ def verify_request(public_key_der: bytes, signature: bytes, method: str, request
     key = serialization.load_der_public_key(public_key_der)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureError("the enrolled key is not an EC key")
-    payload = signed_payload(method, request.SerializeToString(deterministic=True))  # type: ignore[attr-defined]
+    payload = signed_payload(method, request.SerializeToString(deterministic=True))  # type: ignore[attr-defined]  # a generated message
     try:
         key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:

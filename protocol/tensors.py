@@ -7,14 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from protocol import rounds_pb2
+from protocol.errors import ProtocolError
+from protocol.generated import rounds_pb2
 
 # gRPC message size limit on both sides: a round task of the largest supported model
 # (100,000 items x 32 dims x 4 bytes) plus headroom; larger messages are refused by gRPC itself.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
-class WireError(ValueError):
+class WireError(ProtocolError, ValueError):
     """A message whose content does not fit what was announced (shape, size, finiteness)."""
 
 

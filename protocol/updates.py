@@ -17,9 +17,9 @@ T = TypeVar("T")
 
 def model_delta(old: T, new: T) -> T:
     """The update of one tensor: `new - old` (numpy arrays or TF tensors)."""
-    return new - old  # type: ignore[operator]
+    return new - old  # type: ignore[operator]  # T is an array or a tensor: both subtract
 
 
 def pseudo_gradient(mean_delta: T) -> T:
     """What a server optimizer steps against: the negated mean update."""
-    return -mean_delta  # type: ignore[operator]
+    return -mean_delta  # type: ignore[operator]  # T is an array or a tensor: both negate

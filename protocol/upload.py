@@ -1,6 +1,6 @@
 """The one vector a device uploads in a round, before secure aggregation masks it.
 
-Layout (float64 before fixed-point encoding, `protocol.secagg.quantize`):
+Layout (float64 before fixed-point encoding, `secagg.quantize`):
 
     [ part 0 | part 1 | part 2 | part 3 | weight | unclipped ]
 
@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 
+from protocol.errors import ProtocolError
+
 UPDATE_PARTS: tuple[str, ...] = (
     "item_embeddings_delta", "item_bias_delta", "global_mean_delta", "implicit_embeddings_delta",
 )
@@ -38,7 +40,7 @@ PER_DEVICE_PARTS: tuple[int, ...] = (3,)
 TRAILER: tuple[str, ...] = ("weight", "unclipped")
 
 
-class UploadError(ValueError):
+class UploadError(ProtocolError, ValueError):
     """An upload vector that does not fit the round's layout."""
 
 

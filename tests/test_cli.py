@@ -17,7 +17,7 @@ def _worker_binaries() -> set[int]:
 
 def _fedrec(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tff_pipeline.cli", *args],
+        [sys.executable, "-m", "fedrec_cli", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 

@@ -16,10 +16,12 @@ import sys
 import grpc
 import pytest
 
+pytestmark = pytest.mark.e2e  # a real `fedrec simulate` process
+
 
 def test_a_huge_server_lr_stops_with_one_line_naming_the_round(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "tff_pipeline.cli", "simulate", "--server-lr", "1e30", "--rounds", "3",
+        [sys.executable, "-m", "fedrec_cli", "simulate", "--server-lr", "1e30", "--rounds", "3",
          "--clients-per-round", "4", "--dim", "4", "--no-baselines", "--eval-every", "1000", "--quiet",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # real `fedrec simulate` processes, interrupted
+
 
 def _children_workers(parent: int) -> list[int]:
     """PIDs of TFF worker_binary processes whose parent is `parent`."""
@@ -43,7 +45,7 @@ def _alive(pid: int) -> bool:
 def _start_training(out: Path) -> tuple[subprocess.Popen, int]:
     """A long run, started as a user would; returns it and its worker's PID once round 2 is saved."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tff_pipeline.cli", "simulate", "--rounds", "2000", "--eval-every", "1000",
+        [sys.executable, "-m", "fedrec_cli", "simulate", "--rounds", "2000", "--eval-every", "1000",
          "--no-baselines", "--quiet", "--out", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -60,7 +62,7 @@ def _start_training(out: Path) -> tuple[subprocess.Popen, int]:
 
 def _resume_to_the_end(out: Path) -> dict:
     """Shorten the run (a test only) and let `--resume` finish it; returns the report."""
-    done = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", "simulate", "--resume", str(out), "--quiet"],
+    done = subprocess.run([sys.executable, "-m", "fedrec_cli", "simulate", "--resume", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "report.json").read_text())

@@ -48,7 +48,8 @@ def test_given_values_are_kept_and_only_the_rest_is_planned():
     plan = planner.plan_budget(target_epsilon=8.0, delta=1e-4, population=ML100K_USERS, rounds=40)
     assert (plan.clients_per_round, plan.rounds, plan.planned) == (314, 40, ("clients_per_round",))
     # Fewer rounds for the same budget: less noise per round.
-    assert plan.noise_multiplier < planner.plan_budget(target_epsilon=8.0, delta=1e-4, population=ML100K_USERS).noise_multiplier
+    fewer_rounds = planner.plan_budget(target_epsilon=8.0, delta=1e-4, population=ML100K_USERS)
+    assert plan.noise_multiplier < fewer_rounds.noise_multiplier
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -62,12 +63,13 @@ def test_impossible_budgets_are_refused(kwargs, words):
         planner.plan_budget(**kwargs)
 
 
+@pytest.mark.e2e
 def test_the_plain_dp_command_prints_and_records_its_plan(tmp_path: Path, png_size):
     """`fedrec simulate --dp adaptive --target-epsilon E` with no cohort flags plans them, says so,
     and config.json holds the planned values (so --resume continues the same plan)."""
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "tff_pipeline.cli", "simulate", "--dp", "adaptive", "--target-epsilon", "0.5",
+        [sys.executable, "-m", "fedrec_cli", "simulate", "--dp", "adaptive", "--target-epsilon", "0.5",
          "--no-baselines", "--eval-every", "100", "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )

@@ -28,7 +28,6 @@ import tensorflow as tf
 from tff_pipeline import model
 from tff_pipeline.data import DatasetSplit
 
-
 # Weight of the ranking loss in the joint objective, chosen on ML-100K loo-val (d=16, implicit
 # l2 3): HR@10 0.638 at 1, 0.660 at 3, 0.702 at 10, 0.700 at 30, 0.700 at 100 (0.444 at 0, the
 # rating head alone); u1-style RMSE on loo-val improved with it too (0.980 at 0, 0.969 at 10).

@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tff_pipeline.errors import PipelineError
+
 if TYPE_CHECKING:  # the config is read before TensorFlow is imported (the CLI checks flags first)
     from tff_pipeline import model
     from tff_pipeline.federated.aggregation import AggregatorConfig
@@ -26,6 +28,9 @@ MAX_LOCAL_STEPS = 1000
 # "no bracketing interval" at epsilon 1e4 over one round), and far beyond any useful one.
 MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4
 MIN_TARGET_EPSILON, MAX_TARGET_EPSILON = 0.01, 1e4
+# The planner's calibration starts at z = 0.1 and the config's budgets need at most ~4e6 (epsilon
+# 0.01 over 10^6 full-cohort rounds at delta 1e-300); a recorded z beyond these bounds was not planned.
+MAX_PLANNED_NOISE_MULTIPLIER = 1e8
 
 # What our ML-100K sweeps found best (closing notes of issues 2 and 8); the CLI fills any of these
 # flags the user leaves unset from the preset of the run's privacy mode.
@@ -50,11 +55,11 @@ PRIVATE_PRESET = {
 }
 
 
-def preset(dp: str) -> dict[str, float | int | str]:
+def preset(dp: str) -> dict[str, object]:
     return dict(NON_PRIVATE_PRESET if dp == "none" else PRIVATE_PRESET)
 
 
-def training_config(given: Mapping[str, Any]) -> "SimulationConfig":
+def training_config(given: Mapping[str, Any]) -> SimulationConfig:
     """The one path from the values a user gave (flags of `fedrec simulate` / `fedrec up`, or the
     [training] table of coordinator.toml) to a checked config: the defaults, then the preset of
     the run's privacy mode for every key not given, then validation. Unknown keys are refused."""
@@ -69,7 +74,7 @@ def training_config(given: Mapping[str, Any]) -> "SimulationConfig":
     return SimulationConfig(**values)
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A configuration value that cannot be used; `field` names it (the CLI maps it to its flag)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -112,6 +117,11 @@ class SimulationConfig:
     dp: str = "none"  # none | fixed | adaptive
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
+    # Set by the privacy planner, never given: the noise multiplier it calibrated for target_epsilon
+    # over `rounds` rounds of `clients_per_round` expected clients (`planner.plan_run`), recorded
+    # with the cohort and rounds it planned so that the run, a resumed run and the coordinator use
+    # it instead of calibrating again. Absent from `to_dict` until planned.
+    planned_noise_multiplier: float | None = None
     delta: float = DEFAULT_DELTA
     clip: float = 0.5
     target_unclipped_quantile: float = 0.5
@@ -152,6 +162,11 @@ class SimulationConfig:
             check_number(self, "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER)
         if self.target_epsilon is not None:
             check_number(self, "target_epsilon", low=MIN_TARGET_EPSILON, high=MAX_TARGET_EPSILON)
+        if self.planned_noise_multiplier is not None:
+            check_number(self, "planned_noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_PLANNED_NOISE_MULTIPLIER)
+            if self.target_epsilon is None or self.noise_multiplier is not None:
+                raise ConfigError("planned_noise_multiplier", "is the privacy planner's noise for a target epsilon "
+                                                              "alone (no noise multiplier given)")
         check_number(self, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
         check_number(self, "clip", low=0.0, low_open=True)
         check_number(self, "target_unclipped_quantile", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -214,10 +229,13 @@ class SimulationConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["planned_noise_multiplier"] is None:  # so configurations from before it existed keep their digest
+            del values["planned_noise_multiplier"]
+        return values
 
     @classmethod
-    def from_dict(cls, values: Any) -> "SimulationConfig":
+    def from_dict(cls, values: Any) -> SimulationConfig:
         if not isinstance(values, dict):
             raise ValueError("a configuration must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}

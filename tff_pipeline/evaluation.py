@@ -11,7 +11,7 @@ leave-one-out protocol or not) is the split's `ranking.protocol`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

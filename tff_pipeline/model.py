@@ -17,7 +17,8 @@ error, builtin ops only), in TF by one direct solve (faster; `ModelConfig.solver
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf

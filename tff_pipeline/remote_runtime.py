@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from tff_pipeline.errors import PipelineError
 from tff_pipeline.runtime import GRPC_OPTIONS
 from tff_pipeline.worker_address import WorkerAddress
 
@@ -40,7 +41,7 @@ COMPILE_NOISE = (
 )
 
 
-class WorkerUnreachable(ConnectionError):
+class WorkerUnreachable(PipelineError, ConnectionError):
     """A TFF worker service did not answer within the connect timeout (never retried by TFF)."""
 
     def __init__(self, address: WorkerAddress, timeout: float) -> None:

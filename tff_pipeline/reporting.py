@@ -20,9 +20,9 @@ from tff_pipeline.evaluation import METRIC_KEYS
 from tff_pipeline.run_folder import (
     FINAL_MODEL_FILE,
     METRICS_FILE,
+    PRIVACY_PLOT_FILE,
     REPORT_FILE,
     REPORT_MARKDOWN_FILE,
-    PRIVACY_PLOT_FILE,
     TRAINING_PLOT_FILE,
     VOCABULARY_FILE,
     RunFolder,
@@ -94,7 +94,8 @@ def markdown(report: dict[str, Any], *, figures: tuple[str, ...] = ()) -> str:
             f"- devices: {deployment['devices']}; selected {deployment['selected']} times, dropped out "
             f"{deployment['dropouts']} times",
             f"- bytes received by the coordinator {deployment['bytes_in']}, sent {deployment['bytes_out']}; per device "
-            f"up {_fmt(deployment['bytes_up_per_device_mean'], 0)}, down {_fmt(deployment['bytes_down_per_device_mean'], 0)}",
+            f"up {_fmt(deployment['bytes_up_per_device_mean'], 0)}, "
+            f"down {_fmt(deployment['bytes_down_per_device_mean'], 0)}",
             f"- refused messages: {', '.join(f'{k} {v}' for k, v in sorted(refused.items())) or 'none'}",
             "",
         ]

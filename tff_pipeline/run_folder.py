@@ -26,6 +26,7 @@ from typing import Any
 
 from protocol.files import FileRefused, atomic_write, read_bounded
 from tff_pipeline.config import SimulationConfig
+from tff_pipeline.errors import PipelineError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -43,7 +44,7 @@ CHECKPOINT_INDEX = "checkpoint.json"
 MAX_JSON_BYTES = 256 * 2**20  # report.json holds one row per round: ~1 KB each
 
 
-class RunFolderError(ValueError):
+class RunFolderError(PipelineError, ValueError):
     """A run folder that cannot be used as asked; the message names it and says what to do."""
 
 

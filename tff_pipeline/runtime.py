@@ -24,8 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Re-entrant: the SIGTERM handler runs on the main thread, which may be inside `stub()` holding it.
 _lock = threading.RLock()
@@ -48,6 +49,16 @@ if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
     os._exit(1)
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+def import_training_stack() -> None:
+    """Import TensorFlow and TFF once, dropping only their harmless CPU start-up lines. Commands
+    call it after every check that needs no TensorFlow, so a refusal stays fast."""
+    from edge_client.native_log import TENSORFLOW_CPU_NOISE, filtered_stderr
+
+    with filtered_stderr(TENSORFLOW_CPU_NOISE):
+        import tensorflow  # noqa: F401 - imported for its one-time start-up, under the filter
+        import tensorflow_federated  # noqa: F401 - likewise
 
 
 def worker_binary_path() -> Path:
@@ -80,7 +91,7 @@ class _Keeper:
             fn, reply = self._requests.get()
             try:
                 reply.put((True, fn()))
-            except BaseException as error:  # handed back to the caller
+            except BaseException as error:  # noqa: BLE001 - handed back to the caller, who raises it
                 reply.put((False, error))
             del fn, reply
 
@@ -126,14 +137,14 @@ class _LocalWorker:
 
         port = portpicker.pick_unused_port()
         argv = pdeathsig_argv(self._binary, f"--port={port}", "--max_concurrent_computation_calls=-1")
-        self._process = self._keeper.run(lambda: subprocess.Popen(
+        process = self._process = self._keeper.run(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         channel = grpc.insecure_channel(f"localhost:{port}", GRPC_OPTIONS)
         stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while not stub.is_ready:
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the TFF worker {self._binary} did not start (exit code {self._process.poll()})")
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the TFF worker {self._binary} did not start (exit code {process.poll()})")
             time.sleep(_READY_POLL_SECONDS)
         return stub
 

@@ -1,5 +1,12 @@
 """The federated training run: sample cohorts, run TFF rounds, account privacy, evaluate,
-checkpoint every round, and assemble the report (with baselines computed on the same split)."""
+checkpoint every round, and assemble the report (with baselines computed on the same split).
+
+Privacy is accounted from what was applied: after every round the DP event that TFF's
+`DifferentiallyPrivateFactory` keeps in its state (the event its query returned when it noised
+the round) is recorded, as the coordinator's ledger records its rounds
+(`PoissonSampledDpEvent(q, event)`), kept in the checkpoints, and composed by
+`accounting.epsilon`, the function the deployment's report uses for its ledger.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +14,26 @@ import contextlib
 import dataclasses
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from typing import Any
 
+import dp_accounting
 import numpy as np
-
 import tensorflow as tf
 
 from tff_pipeline import baselines, centralized, checkpoint, model, personalized_eval
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, group_by_user
+from tff_pipeline.errors import PipelineError
 from tff_pipeline.federated import client_work, process, sampling
 from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy.events import concrete_event, decode_event, encode_event, sampled_round
 from tff_pipeline.privacy.planner import PrivacyPlan, plan_privacy
 from tff_pipeline.run_folder import RunFolder, RunFolderError, RunIdentity
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(PipelineError, ValueError):
     """The global parameters became non-finite, or so large that TensorFlow's computation with them
     failed (a ValueError: the CLI prints it as one line); the round was not saved."""
 
@@ -118,6 +127,19 @@ def _adaptive_clip(metrics: Any) -> float | None:
     return query.get("clip") if isinstance(query, Mapping) else None
 
 
+def _applied_event(state: Any) -> dp_accounting.DpEvent:
+    """The DP event of the aggregator's last round: `DifferentiallyPrivateFactory` keeps the event
+    its query returned in its state (`DPAggregatorState.dp_event`, a named tuple, as TFF's
+    `extract_dp_event_from_state` reads it); a state that has seen no round yet holds the event
+    its first round would apply."""
+
+    def plain(leaf: Any) -> Any:  # a state read from a checkpoint holds the event's names as numpy bytes
+        return leaf.item() if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "S" else leaf
+
+    named = tf.nest.map_structure(plain, state.aggregator.dp_event)
+    return concrete_event(dp_accounting.DpEvent.from_named_tuple(named))
+
+
 def run(
     config: SimulationConfig,
     split: DatasetSplit,
@@ -156,11 +178,14 @@ def run(
     )
     state = learning_process.initialize()
     start_round, history, train_seconds = 0, [], 0.0
+    dp_events: list[dp_accounting.DpEvent] = []  # one a round, as applied (private runs)
     if folder is not None and resume:
+        assert identity is not None  # read or started above whenever there is a folder
         loaded = checkpoint.load(folder.checkpoints, structure=state, identity=identity)
         if loaded is not None:
             start_round, state, meta = loaded
             history, train_seconds = meta["history"], meta["train_seconds"]
+            dp_events = _saved_events(meta, start_round, config.private, folder.checkpoints)
         if start_round > plan.rounds:
             raise checkpoint.CheckpointError(
                 f"{folder.checkpoints}: holds round {start_round}, but this run plans {plan.rounds} rounds")
@@ -192,25 +217,42 @@ def run(
         clip = _adaptive_clip(metrics)
         row["clip"] = float(clip) if clip is not None else None
         if config.private:
-            row["epsilon_rdp"] = accounting.epsilon_rdp(plan.noise_multiplier, plan.sampling_rate, round_num, config.delta)
+            # An empty cohort is charged too: the event the aggregator's state holds (its last).
+            dp_events.append(sampled_round(_applied_event(state), plan.sampling_rate))
+            row["epsilon_rdp"] = accounting.epsilon(dp_events, config.delta, with_pld=False).rdp
         if round_num % config.eval_every == 0 or round_num == plan.rounds:
             with _stop_if_non_finite(round_num, "evaluating the model"):
                 evaluated = _evaluate(learning_process, state, split, model_config)
             row.update(evaluated)
         history.append(row)
         if folder is not None:
+            assert identity is not None
             checkpoint.save(
                 folder.checkpoints, round_num=round_num, state=state, identity=identity,
-                meta={"history": history, "train_seconds": train_seconds},
+                meta={"history": history, "train_seconds": train_seconds,
+                      "dp_events": [encode_event(event) for event in dp_events]},
             )
         if on_round:
             on_round(row)
 
     with _stop_if_non_finite(len(history) and history[-1]["round"], "evaluating the final model"):
         final = _evaluate(learning_process, state, split, model_config)
-    report = assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config)
+    report = assemble_report(config, split, plan, final, history, train_seconds, len(population), model_config,
+                             events=dp_events)
     report["run_id"] = None if identity is None else identity.run_id
     return RunResult(report=report, params=_global_params(learning_process, state))
+
+
+def _saved_events(meta: dict[str, Any], rounds: int, private: bool, where: Path) -> list[dp_accounting.DpEvent]:
+    """The DP events of the `rounds` rounds a checkpoint holds (none without DP)."""
+    texts = meta.get("dp_events", [] if not private else None)
+    try:
+        if not isinstance(texts, list) or len(texts) != (rounds if private else 0):
+            raise ValueError(f"{rounds} rounds, {'no' if texts is None else len(texts)} DP events")
+        return [decode_event(text) for text in texts]
+    except (TypeError, ValueError) as error:
+        raise checkpoint.CheckpointError(f"{where}: the checkpoint does not hold the DP events of its rounds ({error}; "
+                                         "written by an older fedrec?); start a new run") from None
 
 
 def _refuse_divergence(state: Any, metrics: Any, round_num: int) -> None:
@@ -248,7 +290,11 @@ def assemble_report(
     train_seconds: float,
     num_clients: int,
     model_config: model.ModelConfig,
+    *,
+    events: Sequence[dp_accounting.DpEvent],
 ) -> dict[str, Any]:
+    """The report of a run. Under DP its ε is `events` composed (`accounting.epsilon`): the events
+    the simulation's aggregator applied, or the coordinator's ledger (`coordinator.report`)."""
     rounds_done = len(history) and history[-1]["round"]
     seconds_per_round = train_seconds / max(1, len(history))
     report: dict[str, Any] = {
@@ -276,12 +322,9 @@ def assemble_report(
         "history": history,
     }
     if config.private:
-        spent = accounting.privacy_spent(
-            noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate,
-            rounds=rounds_done, delta=config.delta,
-        )
-        report["privacy"]["epsilon_rdp"] = spent.epsilon_rdp
-        report["privacy"]["epsilon_pld"] = spent.epsilon_pld
+        spent = accounting.epsilon(events, config.delta)
+        report["privacy"]["epsilon_rdp"] = spent.rdp
+        report["privacy"]["epsilon_pld"] = spent.pld
     if config.baselines:
         report["baselines"].update(baselines.all_simple_baselines(split))
         reference = centralized.train_centralized(

@@ -29,12 +29,13 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 
 from tff_pipeline import runtime
+from tff_pipeline.errors import PipelineError
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
-class WorkerError(OSError):
+class WorkerError(PipelineError, OSError):
     """The worker service could not start (the CLI prints it as one `fedrec: error:` line)."""
 
 

@@ -11,11 +11,12 @@ from kubernetes.client.rest import ApiException
 
 from coordinator.cluster.api import ClusterSettings
 from coordinator.cluster.publication import STATUS_KEY
+from coordinator.errors import CoordinatorError
 
 EDGE_STATEFULSET = "fedrec-edge"
 
 
-class ClusterCommandError(RuntimeError):
+class ClusterCommandError(CoordinatorError, RuntimeError):
     """A `fedrec k8s` failure with a message for the user."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
@@ -93,5 +93,5 @@ class EdgePodWatcher:
         log.info("edge pod %s is gone", name)
         try:
             self.on_gone(name)
-        except Exception:  # noqa: BLE001 - a failing callback must not end the watch
+        except Exception:
             log.exception("handling the loss of edge pod %s failed", name)

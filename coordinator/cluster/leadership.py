@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.leaderelection import electionconfig, leaderelection

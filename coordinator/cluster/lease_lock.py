@@ -90,7 +90,7 @@ def _time(text: str | None) -> datetime.datetime | None:
     """The elector's times are `str(datetime.fromtimestamp(t))`: local and naive."""
     if not text:
         return None
-    return datetime.datetime.fromisoformat(text).astimezone(datetime.timezone.utc)
+    return datetime.datetime.fromisoformat(text).astimezone(datetime.UTC)
 
 
 def _text(moment: datetime.datetime | None) -> str | None:

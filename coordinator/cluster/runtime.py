@@ -27,6 +27,7 @@ from coordinator.cluster.leadership import Leadership
 from coordinator.cluster.publication import ClusterPublication
 from coordinator.config import CoordinatorConfig
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.status import live_status
 
 log = logging.getLogger("fedrec.coordinator.cluster")
 EXIT_LEASE_LOST = 1
@@ -64,10 +65,10 @@ async def _main(config: CoordinatorConfig, settings: ClusterSettings, api: clien
         publication = ClusterPublication(settings, api)
         publication.publish_credentials(ca_pem=coordinator.tls.ca_pem, enroll_token=coordinator.enroll_token)
         scheduler = coordinator.scheduler
-        watcher = EdgePodWatcher(api, namespace=settings.namespace, selector=settings.edge_selector,
-                                 on_gone=lambda pod: loop.call_soon_threadsafe(scheduler.host_gone, pod))
-        watcher.start()
-        scheduler.hosts.expected_hosts = lambda: watcher.population  # ends the presence warm-up early
+        pods = watcher = EdgePodWatcher(api, namespace=settings.namespace, selector=settings.edge_selector,
+                                        on_gone=lambda pod: _call_soon(loop, scheduler.host_gone, pod))
+        pods.start()
+        scheduler.hosts.expected_hosts = lambda: pods.population  # ends the presence warm-up early
         reporter = asyncio.create_task(_report_status(coordinator, watcher, publication, settings))
 
         def last_status() -> None:  # rounds have stopped, the state is still open
@@ -97,21 +98,26 @@ async def _report_status(coordinator: Any, watcher: EdgePodWatcher, publication:
 
 def status_of(coordinator: Any, watcher: EdgePodWatcher, settings: ClusterSettings) -> dict[str, Any]:
     """What `fedrec k8s status` shows (kept in the status ConfigMap)."""
-    scheduler, store = coordinator.scheduler, coordinator.store
-    counts = store.round_counts()
+    scheduler = coordinator.scheduler
+    status = live_status(scheduler, coordinator.store)
     return {
         "leader": settings.identity,
-        "phase": scheduler.status.phase,
-        "finished": scheduler.status.finished,
-        "stop_reason": scheduler.status.stop_reason,
-        "params_version": coordinator.training.params_version,
-        "rounds_planned": scheduler.rounds_planned,
-        "rounds": counts,
-        "epsilon": coordinator.training.epsilon(),
-        "delta": coordinator.config.training.delta if coordinator.training.private else None,
-        "enrolled_devices": store.num_devices(),
+        "phase": scheduler.status.phase,  # the scheduler's, not the round's: the ConfigMap is read rarely
+        "finished": status.finished,
+        "stop_reason": status.stop_reason,
+        "params_version": status.params_version,
+        "rounds_planned": status.rounds_planned,
+        "rounds": dict(status.round_counts),
+        "epsilon": status.epsilon,
+        "delta": status.delta,
+        "enrolled_devices": status.devices_enrolled,
         "edge_pods": watcher.population,
         "devices_per_pod": scheduler.hosts.devices_per_host(),
-        "model_version": scheduler.latest_model_version,
+        "model_version": status.model_version,
         "updated_unix": round(time.time(), 1),
     }
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """Hand `callback(*args)` to the event loop from the watcher's thread."""
+    loop.call_soon_threadsafe(callback, *args)

@@ -15,14 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from coordinator import up
+from coordinator.catalog import Catalog
 from coordinator.config import DeploymentConfig
 from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE
-from coordinator.catalog import Catalog
 from coordinator.tls import TLS_DIR
-from coordinator import up
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("tensorflow", "tensorflow_federated", "tensorflow_privacy", "tff_pipeline", "coordinator")
@@ -74,7 +75,7 @@ class Deployment:
 
     # processes
 
-    def start(self) -> "Deployment":
+    def start(self) -> Deployment:
         self.start_coordinator()
         for fleet in self.fleets:
             self.start_fleet(fleet)
@@ -85,7 +86,7 @@ class Deployment:
         args = ["serve", "--config", str(self.config_path), "--parent-pid", str(os.getpid())]
         if self.capture_path is not None:
             args += ["--capture-requests", str(self.capture_path)]
-        self.coordinator = up.spawn("tff_pipeline.cli", *args, log_path=self.root / "coordinator.log")
+        self.coordinator = up.spawn("fedrec_cli", *args, log_path=self.root / "coordinator.log")
         self.address = up.wait_for_file(self.state_dir / ADDRESS_FILE, self.coordinator, timeout_s=300,
                                         what="the coordinator")
 
@@ -97,7 +98,7 @@ class Deployment:
                 "--parent-pid", str(os.getpid()), "--log-level", "INFO"]
         if self.record_uploads:
             args.append("--record-uploads")
-        log = open(self.root / f"{fleet.root.parent.name}.log", "ab")  # noqa: SIM115
+        log = open(self.root / f"{fleet.root.parent.name}.log", "ab")
         fleet.process = subprocess.Popen(args, env=self.device_env, cwd=self.root, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

@@ -19,7 +19,7 @@ import pytest
 from coordinator import up
 from coordinator.config import ConfigError, DeploymentConfig, config_from_dict, load_config, planned
 from coordinator.training import sampling_setting
-from tff_pipeline import cli
+from fedrec_cli import training_flags as cli
 from tff_pipeline.config import PRIVATE_PRESET, training_config
 
 BAD_VALUES = [
@@ -88,7 +88,7 @@ def test_fedrec_serve_refuses_at_once_and_creates_nothing(tmp_path, text, key):
     path = tmp_path / "coordinator.toml"
     path.write_text('state_dir = "state"\n' + text + "\n")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", "serve", "--config", str(path)],
+    done = subprocess.run([sys.executable, "-m", "fedrec_cli", "serve", "--config", str(path)],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and f"{path}: {key}:" in done.stderr

@@ -24,11 +24,13 @@ from coordinator.config import DeploymentConfig
 from coordinator.state_store import StateStore
 from edge_client.identity import IdentityStore
 from edge_client.round_client import enroll, open_channel
-from protocol import rounds_pb2, rounds_pb2_grpc
-from protocol.secagg.quantize import FixedPoint, unpack
+from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.signing import SIGNATURE_METADATA, sign_request
 from protocol.tensors import MAX_MESSAGE_BYTES
+from secagg.quantize import FixedPoint, unpack
 from tests.coordinator.deployment import Deployment
+
+pytestmark = pytest.mark.e2e  # a real coordinator and device fleets, five rounds
 
 ROUNDS = 5
 COHORT = 6
@@ -115,7 +117,6 @@ def test_the_coordinator_cannot_decode_any_individual_update(finished):
     masked vector equals it or correlates with it, and no request holds its bytes."""
     run, _, _, _ = finished
     records = read_capture(run.capture_path)
-    rounds = {r["round_id"]: (r["participants"]) for r in records if r["kind"] == "round"}
     bit_widths = {r["round_id"]: r["bit_width"] for r in records if r["kind"] == "revealed"}
     labels = _labels(run)
     requests = [(r["method"], base64.b64decode(r["bytes"])) for r in records if r["kind"] == "request"]

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from coordinator.config import DeploymentConfig
-from coordinator.privacy_ledger import PrivacyLedger
 from coordinator.state_store import StateStore
 from tests.coordinator.deployment import Deployment
+from tff_pipeline.privacy.ledger import PrivacyLedger
 
 NUM_USERS, NUM_ITEMS = 24, 150
 SECURE_AGGREGATION_PHASES = ("advertise_keys", "share_keys", "masked_input", "unmask")
@@ -65,12 +65,13 @@ def _final_params(run: Deployment) -> list[np.ndarray]:
         store.close()
 
 
+@pytest.mark.e2e
 def test_a_deployment_without_dp_reaches_the_simulations_model(tmp_path, small_movielens):
     from tff_pipeline.config import SimulationConfig
 
     sim_out = tmp_path / "simulate"
     done = subprocess.run(
-        [sys.executable, "-m", "tff_pipeline.cli", "simulate", "--dataset", "movielens-csv", "--data-dir",
+        [sys.executable, "-m", "fedrec_cli", "simulate", "--dataset", "movielens-csv", "--data-dir",
          str(small_movielens), "--rounds", "4", "--clients-per-round", "6", "--no-baselines", "--quiet",
          "--out", str(sim_out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -100,6 +101,7 @@ def test_a_deployment_without_dp_reaches_the_simulations_model(tmp_path, small_m
     assert initial_distance > 1e-3  # the model did move: equality is not trivial
 
 
+@pytest.mark.e2e
 def test_kill_9_of_the_coordinator_and_a_device_process_loses_no_completed_round(tmp_path, small_movielens):
     from tff_pipeline.config import SimulationConfig
 

@@ -17,7 +17,6 @@ import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 from tensorflow_federated.python.aggregators import differential_privacy
 
-from coordinator import server_aggregation
 from coordinator.server_aggregation import ServerModel, SummedUpdateAggregator
 from protocol import upload
 from tff_pipeline import model
@@ -61,7 +60,7 @@ def _dp_config(kind, *, clip: float, part_scale: float = 1.0, clients: float = 3
 
 
 def _tff_process(config: aggregation.AggregatorConfig):
-    return aggregation.build_aggregator(config, per_device_parts=(3,)).create(VALUE_TYPE, WEIGHT_TYPE)
+    return aggregation.build_aggregator(config, per_device_parts=upload.PER_DEVICE_PARTS).create(VALUE_TYPE, WEIGHT_TYPE)
 
 
 def _assert_parts_close(ours, theirs, rtol=1e-5, atol=1e-6):
@@ -89,20 +88,53 @@ def no_count_noise(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [FIXED, ADAPTIVE])
-def test_the_query_is_the_one_tffs_factory_wraps(kind):
-    """Fails if TFF stops keeping its query in `DifferentiallyPrivateFactory._query`."""
-    marker = tfp.NormalizedQuery(tfp.GaussianSumQuery(l2_norm_clip=1.0, stddev=0.0), denominator=2.0)
-    assert tff.aggregators.DifferentiallyPrivateFactory(marker)._query is marker
+def _tff_preset(config: aggregation.AggregatorConfig) -> tff.aggregators.DifferentiallyPrivateFactory:
+    """TFF's own preset for `config` (what the simulation used before it built its query itself)."""
+    clients = config.expected_clients_per_round
+    if config.kind is FIXED:
+        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=config.noise_multiplier, clients_per_round=clients, clip=config.clip)
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        noise_multiplier=config.noise_multiplier, clients_per_round=clients, initial_l2_norm_clip=config.clip,
+        target_unclipped_quantile=config.target_unclipped_quantile, learning_rate=config.clip_learning_rate,
+        clipped_count_stddev=aggregation.adaptive_clipped_count_stddev(config))
 
+
+@pytest.mark.parametrize("kind", [FIXED, ADAPTIVE])
+def test_the_query_is_the_one_tffs_presets_build(tff_runtime, kind):
+    """`aggregation.dp_query` (the simulation's and the coordinator's) builds the query that TFF's
+    `gaussian_fixed` / `gaussian_adaptive` build: the same initial state (clip, stddev, the split
+    of z, the quantile estimator's parameters, the denominator) and the same DP event."""
     config = _dp_config(kind, clip=0.3, z=0.7, clients=20.0)
-    query = server_aggregation.dp_query(config)
+    query = aggregation.dp_query(config)
     assert isinstance(query, tfp.NormalizedQuery)
-    numerator = {FIXED: tfp.GaussianSumQuery, ADAPTIVE: tfp.QuantileAdaptiveClipSumQuery}[kind]
-    assert isinstance(query._numerator, numerator)
-    expected = aggregation.build_dp_factory(config)._query.initial_global_state()
-    np.testing.assert_allclose([float(x) for x in tf.nest.flatten(query.initial_global_state())],
-                               [float(x) for x in tf.nest.flatten(expected)])
+    ours = aggregation.build_dp_factory(config).create(VALUE_TYPE).initialize()
+    theirs = _tff_preset(config).create(VALUE_TYPE).initialize()
+    assert tf.nest.map_structure(lambda _: 0, ours.query_state) == tf.nest.map_structure(lambda _: 0, theirs.query_state)
+    np.testing.assert_array_equal([float(x) for x in tf.nest.flatten(ours.query_state)],
+                                  [float(x) for x in tf.nest.flatten(theirs.query_state)])
+    np.testing.assert_array_equal([float(x) for x in tf.nest.flatten(query.initial_global_state())],
+                                  [float(x) for x in tf.nest.flatten(theirs.query_state)])
+    assert differential_privacy.extract_dp_event_from_state(ours._replace(is_init_state=False)) == \
+        differential_privacy.extract_dp_event_from_state(theirs._replace(is_init_state=False))
+
+
+@pytest.mark.parametrize("kind", [FIXED, ADAPTIVE])
+def test_the_query_adapts_and_sums_as_tffs_presets_do(tff_runtime, kind, no_count_noise):
+    """Rounds through both factories at noise 0: the same means and the same next states (the
+    adaptive clip's geometric update included)."""
+    rng = np.random.default_rng(9)
+    config = _dp_config(kind, clip=1.0, clients=4.0)
+    ours, theirs = (factory.create(VALUE_TYPE) for factory in (aggregation.build_dp_factory(config), _tff_preset(config)))
+    our_state, their_state = ours.initialize(), theirs.initialize()
+    for _ in range(3):
+        records = _records(rng, 5)
+        our_output, their_output = ours.next(our_state, records), theirs.next(their_state, records)
+        for a, b in zip(our_output.result, their_output.result):
+            np.testing.assert_array_equal(a, b)
+        our_state, their_state = our_output.state, their_output.state
+        np.testing.assert_array_equal([float(x) for x in tf.nest.flatten(our_state.query_state)],
+                                      [float(x) for x in tf.nest.flatten(their_state.query_state)])
 
 
 def test_without_dp_the_state_is_empty_and_there_is_no_clip():

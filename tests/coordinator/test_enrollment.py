@@ -19,7 +19,7 @@ from coordinator.rate_limit import FailureLimiter, LogLimiter, peer_host
 from coordinator.service import CoordinatorService
 from coordinator.state_store import StateStore
 from coordinator.tls import load_or_create
-from protocol import rounds_pb2
+from protocol.generated import rounds_pb2
 
 TOKEN = "the-fleet-enrollment-token"
 

@@ -26,8 +26,10 @@ from coordinator import up
 from coordinator.state_store import ADDRESS_FILE, METRICS_ADDRESS_FILE
 from coordinator.tls import TLS_DIR
 from edge_client.round_client import open_channel
-from protocol import rounds_pb2, rounds_pb2_grpc
+from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from tests.coordinator.commands import fedrec, one_error_line
+
+pytestmark = pytest.mark.e2e  # a real `fedrec serve`
 
 TOKEN = "hostile-test-token-0123456789"
 POPULATION = 20
@@ -46,7 +48,7 @@ class Coordinator:
                                f'metrics_host = "{METRICS_HOST}"\nmetrics_port = 0\nenroll_token = "{TOKEN}"\n'
                                f"[rounds]\npopulation = {POPULATION}\n")
         self.log = root / "coordinator.log"
-        self.process = up.spawn("tff_pipeline.cli", "serve", "--config", str(self.config), log_path=self.log)
+        self.process = up.spawn("fedrec_cli", "serve", "--config", str(self.config), log_path=self.log)
         self.address = up.wait_for_file(self.state / ADDRESS_FILE, self.process, timeout_s=300,
                                         what="the coordinator")
         self.ca_pem = (self.state / TLS_DIR / "ca.pem").read_bytes()
@@ -161,7 +163,7 @@ def test_one_token_mints_a_bounded_number_of_identities(coordinator):
         ids, refusals = set(), []
         async with open_channel(coordinator.address, coordinator.ca_pem) as channel:
             stub = rounds_pb2_grpc.CoordinatorStub(channel)
-            for k in range(500):
+            for _ in range(500):
                 request = rounds_pb2.EnrollRequest(token=TOKEN, certificate_request=reused, label="sybil")
                 ids.add((await stub.Enroll(request, timeout=30)).device_id)
             for k in range(POPULATION + 10):  # fresh keys: the population plus 10% and no more

@@ -8,9 +8,9 @@ import sqlite3
 import dp_accounting
 import pytest
 
-from coordinator import privacy_ledger
-from coordinator.privacy_ledger import LedgerError, PrivacyLedger
-from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy import accounting, events
+from tff_pipeline.privacy import ledger as privacy_ledger
+from tff_pipeline.privacy.ledger import LedgerError, PrivacyLedger
 
 DELTA = 1e-5
 Q = 0.02
@@ -146,6 +146,6 @@ def test_empty_and_non_private_ledgers(tmp_path):
         dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(1.1), dp_accounting.NoOpDpEvent()]), 7),
 ])
 def test_events_round_trip_through_json(event):
-    text = privacy_ledger.encode_event(event)
-    assert privacy_ledger.decode_event(text) == event
-    assert privacy_ledger.encode_event(privacy_ledger.decode_event(text)) == text
+    text = events.encode_event(event)
+    assert events.decode_event(text) == event
+    assert events.encode_event(events.decode_event(text)) == text

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from coordinator.config import ConfigError, DeploymentConfig, config_from_dict
-from coordinator.round_run import Phase, Refused, RoundAbandoned, RoundRun, RoundTiming
+from coordinator.errors import Refused
+from coordinator.round_run import RoundAbandoned, RoundRun, RoundTiming
 from coordinator.selection import CheckInPool, ComeBack, SeededSelection, Selected, UniformSelection
 from coordinator.state_store import Checkpoint, StateError, StateStore
-from edge_client.secure_aggregation import SecAggParticipant
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.quantize import fixed_point_for
+from secagg.params import SecAggParams
+from secagg.participant import SecAggParticipant
+from secagg.quantize import fixed_point_for
+from secagg.stages import Stage
 
 LENGTH = 40
 
@@ -89,7 +91,7 @@ def test_a_round_below_its_goal_is_abandoned_and_every_waiting_device_learns_it(
     stops = ["advertise"] * 2 + [None] * 2 + ["share"] * 2  # only 2 would report
     total, outcomes, error = asyncio.run(_play(run, [np.zeros(LENGTH)] * n, stops))
     assert total is None and "goal is 5" in error
-    assert outcomes[2:4] == ["abandoned", "abandoned"] and run.phase is Phase.ABANDONED
+    assert outcomes[2:4] == ["abandoned", "abandoned"] and run.phase is Stage.ABANDONED
 
 
 def test_messages_that_do_not_belong_are_refused_without_changing_the_round():
@@ -105,7 +107,7 @@ def test_messages_that_do_not_belong_are_refused_without_changing_the_round():
         assert early.value.reason == "wrong_phase"
         with pytest.raises(Refused) as garbage:
             await run.advertise_keys("d0", b"short", b"keys")
-        assert garbage.value.reason == "invalid" and run.arrived(Phase.ADVERTISE_KEYS) == frozenset()
+        assert garbage.value.reason == "invalid" and run.arrived(Stage.ADVERTISE_KEYS) == frozenset()
         first = asyncio.create_task(run.advertise_keys("d0", *keys))
         await asyncio.sleep(0)
         with pytest.raises(Refused) as twice:

@@ -21,13 +21,11 @@ import numpy as np
 import pytest
 
 from coordinator.errors import StateError, StateFolderBusy
-from coordinator.privacy_ledger import PrivacyLedger
 from coordinator.state_lock import LOCK_FILE, StateLock, holder
 from coordinator.state_store import ADDRESS_FILE, TRAINING_CONFIG_META, Checkpoint, StateStore
 from coordinator.tls import load_or_create
 from tests.coordinator.commands import fedrec, one_error_line
-
-
+from tff_pipeline.privacy.ledger import PrivacyLedger
 
 
 def fill(path: Path) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.coordinator.commands import fedrec, one_error_line
 
 SIMULATE_REPORT_KEYS = {"config", "data", "final", "baselines", "privacy", "timing", "history", "run_id"}
@@ -20,6 +22,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 
+@pytest.mark.e2e
 def test_fedrec_up_trains_over_real_processes_and_writes_the_simulate_report(tmp_path):
     """With no privacy flag a deployment runs user-level DP (ε = 8), planned for its own fleet:
     the plan printed is the one the coordinator stores and runs (issue 16, items 3 and 6)."""
@@ -47,7 +50,7 @@ def test_fedrec_up_trains_over_real_processes_and_writes_the_simulate_report(tmp
     assert "- no baselines were computed (--no-baselines)" in (out / "report.md").read_text()
     assert _processes_mentioning(str(out)) == []  # coordinator and device processes ended with it
 
-    again = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", "up", "--out", str(out)],
+    again = subprocess.run([sys.executable, "-m", "fedrec_cli", "up", "--out", str(out)],
                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
@@ -69,6 +72,7 @@ def test_fedrec_up_refuses_what_it_cannot_run_before_starting_anything(tmp_path)
         assert time.monotonic() - started < 30 and not out.exists(), flags  # nothing was started or written
 
 
+@pytest.mark.e2e
 def test_fedrec_up_sizes_a_default_cohort_to_a_small_fleet_and_says_so(tmp_path):
     """Item 6: `fedrec up --devices 20 --rounds 2` selected forever ("only 20 devices selected, goal
     50; selecting again" every 30 s)."""

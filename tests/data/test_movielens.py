@@ -15,7 +15,6 @@ from tff_pipeline.data import (
     load_movielens_csv,
 )
 
-
 # ---------------------------------------------------------------- helpers
 
 

@@ -17,14 +17,14 @@ REPO_ROOT = PACKAGE_ROOT.parent
 # The device's dependencies: numpy and LiteRT to run the model; gRPC and protobuf to talk to the
 # coordinator; cryptography and pycryptodome (Crypto) for TLS identity and secure aggregation.
 ALLOWED_TOP_LEVEL = {"numpy", "ai_edge_litert", "grpc", "google", "cryptography", "Crypto", "edge_client", "protocol",
-                     "tflite_models", "prometheus_client"}
+                     "secagg", "tflite_models", "prometheus_client"}
 # A simulated edge pod makes its users' ratings from the data set's numpy-only loaders
 # (tff_pipeline/data, which the slim edge image carries; checked below).
 SIMULATED_USERS = {Path("edge_client/pod.py"): {"tff_pipeline"}}
 # Run when the wire code is regenerated (grpcio-tools, a dev dependency), never on a device.
 BUILD_TOOLS = {Path("protocol/codegen.py")}
-# Everything a device runs: its own package, the shared schema, the bundled models.
-DEVICE_PACKAGES = ("edge_client", "protocol", "tflite_models")
+# Everything a device runs: its own package, the shared schema, secure aggregation, the bundled models.
+DEVICE_PACKAGES = ("edge_client", "protocol", "secagg", "tflite_models")
 BLOCKED = ("tensorflow", "tensorflow_federated", "tensorflow_privacy", "tff_pipeline")
 
 
@@ -113,7 +113,7 @@ def test_device_code_imports_only_the_standard_library_and_the_device_dependenci
     assert {p.name for p in modules} >= {"__init__.py", "cli.py", "device.py", "store.py", "litert_model.py",
                                          "client_update.py", "manifest.py", "package.py", "signatures.py",
                                          "device_lock.py", "native_log.py", "round_client.py", "fleet.py",
-                                         "identity.py", "profiles.py", "secure_aggregation.py", "rounds_pb2.py",
+                                         "identity.py", "profiles.py", "participant.py", "rounds_pb2.py",
                                          "rounds_pb2_grpc.py", "upload.py", "tensors.py", "quantize.py", "shamir.py",
                                          "keys.py", "graph.py", "prg.py"}
     offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in _imports(p)

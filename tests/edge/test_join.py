@@ -34,6 +34,8 @@ from tests.edge.processes import (
     pod,
 )
 
+pytestmark = pytest.mark.e2e  # a real `fedrec serve` that the device processes join
+
 TOKEN = "a-test-token-of-at-least-16-chars"
 CONFIG = """state_dir = "state"
 [server]
@@ -63,7 +65,7 @@ def coordinator(tmp_path_factory):
     folder = tmp_path_factory.mktemp("coordinator")
     config = folder / "coordinator.toml"
     config.write_text(CONFIG.format(port=free_port(), token=TOKEN))
-    process = up.spawn("tff_pipeline.cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
+    process = up.spawn("fedrec_cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
                        log_path=folder / "coordinator.log")
     try:
         try:

@@ -37,7 +37,7 @@ def test_the_shipped_package_is_what_the_default_run_exports(tmp_path):
     run, package = tmp_path / "run", tmp_path / "package"
     for args in (["simulate", "--no-baselines", "--quiet", "--out", str(run)],
                  ["export", "--run", str(run), "--out", str(package)]):
-        done = subprocess.run([sys.executable, "-m", "tff_pipeline.cli", *args], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "fedrec_cli", *args], capture_output=True, text=True,
                               timeout=900, stdin=subprocess.DEVNULL)
         assert done.returncode == 0, done.stderr[-3000:]
     shipped = Manifest.read(DEFAULT_PACKAGE / MANIFEST_FILE)

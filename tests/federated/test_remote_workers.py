@@ -20,6 +20,8 @@ from tff_pipeline.config import ConfigError
 from tff_pipeline.worker import LocalService, local_services
 from tff_pipeline.worker_address import WorkerAddress, parse_workers
 
+pytestmark = pytest.mark.e2e  # real TFF worker processes
+
 # The smallest run that still spreads a cohort: 12 clients over 2 workers, 3 rounds.
 RUN_FLAGS = ("--rounds", "3", "--clients-per-round", "12", "--dim", "4", "--local-steps", "2",
              "--eval-every", "1000", "--no-baselines", "--quiet")
@@ -35,7 +37,7 @@ def _alive(pid: int) -> bool:
 
 
 def _fedrec(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tff_pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fedrec_cli", *args], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from hypothesis import event, note, settings
-from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Line ends a valid file may use: "\n", "\r\n" and a lone "\r" (old Mac); the data loaders and the
@@ -35,7 +35,8 @@ HOSTILE_TOKENS = [
     "", " ", "  ", "0", "-0", "+0", "00", "1", "-1", "+1", "5", "3", "4.5", "0.5", "1.0", "5.0", "1e0", "5e-0",
     "1e3", "-1e3", "1e308", "1e309", "-1e309", "4.9e-324", "nan", "NaN", "-nan", "inf", "-inf", "+inf",
     "Infinity", "-Infinity", "infinity", str(INT64_MAX), str(INT64_MAX + 1), str(INT64_MIN), str(INT64_MIN - 1),
-    str(2**64), str(10**30), "9" * 400, "0" * 1000 + "1", "9" * (INT_DIGIT_LIMIT + 1), "0x10", "0b1", "0o7", "1_000", "1__0", "1,5", "1.5.5",
+    str(2**64), str(10**30), "9" * 400, "0" * 1000 + "1", "9" * (INT_DIGIT_LIMIT + 1), "0x10", "0b1", "0o7", "1_000",
+    "1__0", "1,5", "1.5.5",
     "١٢", "５", "²", "Ⅻ", "\x00", "\ufeff", "\ufeff1", "\t", "|", ",", '"', '""', "'", "\\", "\r", "\n", "\r\n",
     "\x85", "\u2028", "é", "\x7f", "true", "false", "None", "null", "[]", "{}", " 1 ", "1 2", "--", "-", "+",
     ".", "e", "1e", "e1", "∞", "\u00a0", "\u00a01", "1\u00a0", "=1+1", "%s%n", "${HOME}", "../..", "/", "~",

@@ -20,13 +20,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
-import tff_pipeline.cli as fedrec_cli
-import tff_pipeline.data as data_module
-from edge_client import cli as edge_cli
-from edge_client.device import Device
 from fuzzlib import (
     HOSTILE_TOKENS,
     PATH_KINDS,
@@ -43,7 +36,15 @@ from fuzzlib import (
     utf8_text,
     whole_file_garbage,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import fedrec_cli.main as fedrec_cli
+import tff_pipeline.data as data_module
+from edge_client import cli as edge_cli
+from edge_client.device import Device
 from protocol.manifest import Manifest
+from tff_pipeline import runtime as training_runtime
 from tff_pipeline.config import MAX_DIM, MAX_LOCAL_STEPS, MAX_ROUNDS, ConfigError, SimulationConfig
 from tflite_models import bundled_package
 
@@ -68,7 +69,7 @@ def never_train():
         raise WouldTrain()
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(fedrec_cli, "import_training_stack", refuse)
+    patch.setattr(training_runtime, "import_training_stack", refuse)
     patch.setattr(data_module, "synthetic_split", refuse)  # load_dataset's generator: valid synthetic runs stop here
     yield
     patch.undo()
@@ -274,7 +275,8 @@ def _write_fuzzed(path: Path, kind: str, draw) -> None:
         rows = [[str(u), str(i), "4", "0"] for u in (1, 2) for i in (1, 2, 3)]
         (path / "u.data").write_bytes(draw(mutated_table(rows, sep="\t", encoding="latin-1")))
     elif kind == "csv_fuzzed":
-        rows = [["userId", "movieId", "rating", "timestamp"]] + [[str(u), str(i), "4.5", "0"] for u in (1, 2) for i in (1, 2)]
+        rows = [["userId", "movieId", "rating", "timestamp"]]
+        rows += [[str(u), str(i), "4.5", "0"] for u in (1, 2) for i in (1, 2)]
         (path / "ratings.csv").write_bytes(draw(mutated_table(rows, sep=",", encoding="utf-8")))
     elif kind == "run_fuzzed":
         (path / "config.json").write_bytes(draw(fuzzed_config_json()))
@@ -297,7 +299,7 @@ def _write_fuzzed(path: Path, kind: str, draw) -> None:
 @example(case=(["simulate", "--resume", "@loop@", "--out", "@loop@"], {"--resume": "loop", "--out": "loop"}), data=None)
 def test_fedrec_simulate_refuses_bad_flags_with_one_line(case, data, arena):
     argv, paths_used = case
-    for flag, kind in paths_used.items():
+    for _flag, kind in paths_used.items():
         if kind.endswith("_fuzzed") and data is not None:
             _write_fuzzed(arena[kind], kind, data.draw)
     argv = [re.sub(r"@(\w+)@", lambda m: str(arena[m.group(1)]), arg) for arg in argv]

@@ -21,11 +21,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from fuzzlib import HOSTILE_TOKENS, PATH_KINDS, assert_one_line, budget, place, record, scratch_dir, utf8_text
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import coordinator.up as up_module
-import tff_pipeline.cli as fedrec_cli
+import fedrec_cli.main as fedrec_cli
 from coordinator import listen
 from coordinator.config import (
     ConfigError,
@@ -36,9 +37,8 @@ from coordinator.config import (
     planned,
 )
 from coordinator.state_store import StateStore
-from fuzzlib import HOSTILE_TOKENS, PATH_KINDS, assert_one_line, budget, place, record, scratch_dir, utf8_text
+from tff_pipeline import runtime as training_runtime
 from tff_pipeline.config import SimulationConfig, training_config
-
 
 pytestmark = pytest.mark.fuzz
 
@@ -73,7 +73,7 @@ def never_serve():
         raise WouldServe()
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(fedrec_cli, "import_training_stack", refuse)
+    patch.setattr(training_runtime, "import_training_stack", refuse)
     patch.setattr(up_module, "run_deployment", refuse)
     patch.setattr(listen.socket, "getaddrinfo", _loopback_only)
     yield

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
-
 from fuzzlib import (
+    FILE_KINDS,
     INT64_MAX,
     INT64_MIN,
-    FILE_KINDS,
     INT_DIGIT_LIMIT,
     PATH_KINDS,
     VALID_EOLS,
@@ -30,6 +27,9 @@ from fuzzlib import (
     utf8_text,
     whole_file_garbage,
 )
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
 from tff_pipeline.data import DataError, DatasetSplit, load_ml100k, load_movielens_csv
 
 pytestmark = pytest.mark.fuzz
@@ -186,7 +186,8 @@ def movielens_csv_folder(draw):
 
 @settings(max_examples=budget(2))
 @given(files=movielens_csv_folder(), split=st.sampled_from(["random", "loo"]), negatives=num_negatives)
-@example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4.5,0\n1,2,\"4\n.5\",0\n"}, split="random", negatives=0)
+@example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4.5,0\n1,2,\"4\n.5\",0\n"},
+         split="random", negatives=0)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,\"4.5,0\n"}, split="random", negatives=0)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4.5,0\x00\n"}, split="random", negatives=0)
 @example(files={"ratings.csv": b"\xef\xbb\xbfuserId,movieId,rating,timestamp\n1,1,4.25,0\n"}, split="random", negatives=0)
@@ -194,7 +195,8 @@ def movielens_csv_folder(draw):
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,inf,0\n"}, split="loo", negatives=0)
 @example(files={"ratings.csv": b"userId,movieId,rating,timestamp\r1,1,4,0\r1,2,4,-9223372036854775808\r"},
          split="loo", negatives=1)
-@example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4,0\n", "movies.csv": b"\xff"}, split="loo", negatives=0)
+@example(files={"ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4,0\n", "movies.csv": b"\xff"},
+         split="loo", negatives=0)
 def test_movielens_csv_any_content_loads_or_is_refused_naming_the_file(files, split, negatives):
     with scratch_dir() as folder:
         _load(load_movielens_csv, folder, files, split=split, num_negatives=negatives)

@@ -21,12 +21,6 @@ from pathlib import Path
 
 import grpc  # noqa: F401 - imported first, so the entry points leave GRPC_VERBOSITY alone in this process
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
-from edge_client import cli as edge_cli
-from edge_client import fleet as fleet_module
-from edge_client.join_lock import JoinLock
 from fuzzlib import (
     PATH_KINDS,
     assert_one_line,
@@ -40,6 +34,12 @@ from fuzzlib import (
     tokens,
     whole_file_garbage,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from edge_client import cli as edge_cli
+from edge_client import fleet as fleet_module
+from edge_client.join_lock import JoinLock
 
 pytestmark = pytest.mark.fuzz
 

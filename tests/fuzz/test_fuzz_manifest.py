@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
-
 from fuzzlib import (
     BOMS,
     PATH_KINDS,
@@ -23,6 +20,9 @@ from fuzzlib import (
     scratch_dir,
     utf8_text,
 )
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
 from protocol.manifest import _UNDIGESTED, Manifest, ManifestError
 from tflite_models import bundled_package
 

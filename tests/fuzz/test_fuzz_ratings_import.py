@@ -9,12 +9,6 @@ import io
 import math
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
-from edge_client.errors import DeviceError
-from edge_client import ratings_file
-from edge_client.ratings_file import max_file_bytes, read_ratings_csv
 from fuzzlib import (
     PATH_KINDS,
     VALID_EOLS,
@@ -30,6 +24,12 @@ from fuzzlib import (
     utf8_text,
     whole_file_garbage,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from edge_client import ratings_file
+from edge_client.errors import DeviceError
+from edge_client.ratings_file import max_file_bytes, read_ratings_csv
 from protocol.manifest import Manifest
 from tflite_models import bundled_package
 
@@ -57,7 +57,8 @@ def _int_text(draw, value: int) -> str:
 def valid_ratings(draw, manifest: Manifest):
     """(file bytes, expected rows): a subset of the model's items rated within its range, in any
     accepted layout (column names and order, extra columns, quoting, BOM, line ends, blank lines)."""
-    chosen = draw(st.lists(st.sampled_from(manifest.item_ids), unique=True, min_size=1, max_size=min(30, manifest.num_items)))
+    chosen = draw(st.lists(st.sampled_from(manifest.item_ids), unique=True, min_size=1,
+                           max_size=min(30, manifest.num_items)))
     stars = st.floats(manifest.rating_min, manifest.rating_max, allow_nan=False, allow_infinity=False)
     expected = [(item, draw(stars)) for item in chosen]
     columns = {"item": draw(st.sampled_from(["item_id", "movieId", "ITEM_ID", " MovieID ", "movieid"])),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -44,7 +45,7 @@ class SimulatedCluster:
         self.control_plane = ControlPlane(root / "control-plane")
         self.kubelet: KubeletSimulator | None = None
 
-    def start(self) -> "SimulatedCluster":
+    def start(self) -> SimulatedCluster:
         (self.root / "control-plane").mkdir(parents=True, exist_ok=True)
         self.control_plane.start()
         self.api = self.control_plane.api_client()

@@ -58,7 +58,7 @@ def free_port() -> int:
 def spawn(argv: list[str], *, log_path: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
     """Start argv in its own session; the kernel kills it if this process dies."""
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen([sys.executable, "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -88,7 +88,7 @@ class ControlPlane:
 
     def _write_pki(self) -> None:
         self.pki.mkdir(parents=True, exist_ok=True)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedrec-test-cluster-ca")])
         ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -128,7 +128,7 @@ class ControlPlane:
 
     # processes
 
-    def start(self, *, timeout_s: float = 60.0) -> "ControlPlane":
+    def start(self, *, timeout_s: float = 60.0) -> ControlPlane:
         self._write_pki()
         etcd_client, etcd_peer = free_port(), free_port()
         self.processes.append(spawn([

@@ -45,7 +45,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
@@ -137,7 +137,7 @@ class KubeletSimulator:
 
     # lifecycle
 
-    def start(self) -> "KubeletSimulator":
+    def start(self) -> KubeletSimulator:
         self.root.mkdir(parents=True, exist_ok=True)
         self._ensure_node()
         for target, name in ((self._loop.run_forever, "kubelet-sim-proxy"), (self._watch_pods, "kubelet-sim-watch"),
@@ -225,7 +225,7 @@ class KubeletSimulator:
                     version = None
                 else:
                     time.sleep(0.5)
-            except Exception:  # noqa: BLE001 - keep watching through API server hiccups
+            except Exception:
                 if self._stop.is_set():
                     return
                 log.exception("pod watch failed")
@@ -252,11 +252,11 @@ class KubeletSimulator:
         elif pod.metadata.deletion_timestamp is not None:
             runner.terminate(pod.metadata.deletion_grace_period_seconds or 0)
 
-    def forget(self, runner: "_PodRunner") -> None:
+    def forget(self, runner: _PodRunner) -> None:
         with self._lock:
             self.pods.pop(runner.uid, None)
 
-    def ready_backends(self, namespace: str, selector: dict[str, str]) -> list["_PodRunner"]:
+    def ready_backends(self, namespace: str, selector: dict[str, str]) -> list[_PodRunner]:
         with self._lock:
             return [r for r in self.pods.values() if r.namespace == namespace and r.ready and not r.terminating
                     and all(r.labels.get(k) == v for k, v in selector.items())]
@@ -267,7 +267,7 @@ class KubeletSimulator:
         while not self._stop.is_set():
             try:
                 self.sync_services()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("service sync failed")
             self._stop.wait(1.0)
 
@@ -398,7 +398,7 @@ class _PodRunner:
             self._patch_status(running=True)
             self._launch(argv, env)
             self._supervise(container, argv, env)
-        except Exception:  # noqa: BLE001
+        except Exception:
             if not self.kubelet._stop.is_set():
                 log.exception("pod %s failed", self.name)
         finally:

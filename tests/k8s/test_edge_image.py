@@ -75,7 +75,7 @@ def test_the_edge_set_installs_alone_without_tensorflow(edge_image):
     probe = subprocess.run([python, "-c", "import tensorflow"], env=image_env(edge_image), capture_output=True,
                            text=True)
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
-    assert {source for source, _ in copied_sources()} >= {"edge_client", "protocol"}
+    assert {source for source, _ in copied_sources()} >= {"edge_client", "protocol", "secagg"}
 
 
 def test_devices_in_the_edge_image_complete_rounds(edge_image, tmp_path):
@@ -89,7 +89,7 @@ def test_devices_in_the_edge_image_complete_rounds(edge_image, tmp_path):
         state_dir, SimulationConfig(rounds=2, clients_per_round=4, baselines=False).to_dict(),
         DeploymentConfig(selection="uniform", over_selection=0.0, min_reporters=3, selection_timeout_s=20,
                          phase_timeout_s=20, report_window_s=30, straggler_grace_s=1.0, population=6), port=port)
-    coordinator = up.spawn("tff_pipeline.cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
+    coordinator = up.spawn("fedrec_cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
                            log_path=tmp_path / "coordinator.log")
     pods: list[subprocess.Popen] = []
     try:
@@ -99,7 +99,7 @@ def test_devices_in_the_edge_image_complete_rounds(edge_image, tmp_path):
         shutil.copy(state_dir / TLS_DIR / "ca.pem", credentials / "ca.crt")
         shutil.copy(state_dir / TOKEN_FILE, credentials / "enroll-token")
         for ordinal in range(2):
-            log = open(tmp_path / f"pod-{ordinal}.log", "ab")  # noqa: SIM115
+            log = open(tmp_path / f"pod-{ordinal}.log", "ab")
             pods.append(subprocess.Popen(
                 [str(edge_image / "venv" / "bin" / "python"), "-m", "edge_client.pod",
                  "--pod-name", f"fedrec-edge-{ordinal}", "--devices-per-pod", "3",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import codegen, rounds_pb2
+from protocol import codegen
+from protocol.generated import rounds_pb2
 from protocol.tensors import WireError, from_wire, to_wire
 from protocol.upload import UploadError, UploadLayout
 

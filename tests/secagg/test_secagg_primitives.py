@@ -11,13 +11,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from protocol.secagg import keys
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.graph import choose_degree_and_threshold, neighbour_graph, privacy_bits_achieved
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.prg import expand
-from protocol.secagg.quantize import FixedPoint
-from protocol.secagg.shamir import combine_shares, split_secret
+from secagg import keys
+from secagg.errors import SecAggError
+from secagg.graph import choose_degree_and_threshold, neighbour_graph, privacy_bits_achieved
+from secagg.params import SecAggParams
+from secagg.prg import expand
+from secagg.quantize import FixedPoint
+from secagg.shamir import combine_shares, split_secret
 
 # A point of order 8 on Curve25519 (any scalar times it is the identity).
 LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
@@ -317,7 +317,8 @@ def test_params_accept_any_threshold_from_two_to_the_neighbourhood():
 
 @pytest.mark.parametrize("changes", [dict(round_id=b""), dict(round_id="r"), dict(graph_seed=bytes(65)),
                                      dict(num_participants=1), dict(degree=7), dict(degree=20), dict(threshold=1),
-                                     dict(threshold=10), dict(threshold=True), dict(threshold=5.0), dict(vector_length=0), dict(fixed_point=(32, 16)),
+                                     dict(threshold=10), dict(threshold=True), dict(threshold=5.0), dict(vector_length=0),
+                                     dict(fixed_point=(32, 16)),
                                      dict(num_participants=True)])
 def test_params_validate(changes):
     with pytest.raises(SecAggError):

@@ -10,14 +10,15 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from coordinator.secure_aggregation import Phase as ServerPhase
-from coordinator.secure_aggregation import SecAggServer
-from edge_client.secure_aggregation import Phase, SecAggParticipant
-from protocol.secagg import keys
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.quantize import fixed_point_for
-from protocol.secagg.shamir import combine_shares
+from secagg import keys
+from secagg.errors import SecAggError
+from secagg.params import SecAggParams
+from secagg.participant import SecAggParticipant
+from secagg.phases import ROUND_PHASES, Waits
+from secagg.quantize import fixed_point_for
+from secagg.server import SecAggServer
+from secagg.shamir import combine_shares
+from secagg.stages import PROTOCOL_STAGES, Stage
 
 BOUND, FRACTION = 1.0, 20
 
@@ -106,8 +107,8 @@ def test_no_dropouts_sum_is_the_float_sum(n):
     fp = game.params.fixed_point
     assert np.array_equal(total, game.expected(range(n)))
     assert np.max(np.abs(fp.decode(total) - game.inputs.sum(axis=0))) <= n * 2.0**-FRACTION
-    assert all(device.phase is Phase.DONE for device in game.devices.values())
-    assert game.server.phase is ServerPhase.DONE
+    assert all(device.phase is Stage.DONE for device in game.devices.values())
+    assert game.server.phase is Stage.DONE
     again, _ = game.server.result()
     assert np.array_equal(again, total)
 
@@ -177,7 +178,7 @@ def test_too_many_dropouts_abandon_the_round():
     with pytest.raises(SecAggError, match="too few") as error:
         game.server.result()
     assert str(overloaded) in str(error.value)
-    assert game.server.phase is ServerPhase.UNMASK
+    assert game.server.phase is Stage.UNMASK
 
 
 def test_dropouts_at_every_stage_together():
@@ -210,7 +211,7 @@ def test_a_survivor_seed_needs_threshold_responders():
         short.server.result()
     with pytest.raises(SecAggError, match="too few"):  # nothing changed: still unrecoverable
         short.server.result()
-    assert short.server.phase is ServerPhase.UNMASK
+    assert short.server.phase is Stage.UNMASK
 
 
 def test_a_dropped_key_needs_threshold_responders():
@@ -234,7 +235,7 @@ def test_devices_refuse_when_too_few_neighbours_take_part():
     game.advertise(absent=absent)
     game.share()
     assert "too few neighbours advertised keys" in game.refused[owner]
-    assert game.devices[owner].phase is Phase.SHARE  # refused: unchanged
+    assert game.devices[owner].phase is Stage.SHARE_KEYS  # refused: unchanged
 
 
 def test_too_few_survivors_overall():
@@ -275,7 +276,7 @@ def test_a_server_asking_for_both_shares_of_one_neighbour_is_refused():
         device.unmask([w for w in near if w != u], [u])  # our own s_sk share is never revealed
     with pytest.raises(SecAggError, match="too few survivors"):
         device.unmask([u], [w for w in near if w != u])  # would hand out every neighbour's mask key
-    assert device.phase is Phase.UNMASK
+    assert device.phase is Stage.UNMASK
     shares = device.unmask(near, [])
     assert set(shares) == set(near) and all(len(s) == keys.B_SHARE_BYTES for s in shares.values())
     with pytest.raises(SecAggError, match="out of order"):
@@ -328,7 +329,7 @@ def test_device_refuses_bad_neighbour_keys(keyed):
     for bad in bad_maps:
         with pytest.raises(SecAggError):
             device.share_keys(bad)
-    assert device.phase is Phase.SHARE
+    assert device.phase is Stage.SHARE_KEYS
     assert len(device.share_keys(good)) == params.degree
 
 
@@ -401,7 +402,7 @@ def test_device_refuses_tampered_or_misrouted_shares(keyed):
                     keyed.encoded[0] | np.uint64(1 << 62)):
         with pytest.raises(SecAggError):
             device.masked_input(encoded, received)
-    assert device.phase is Phase.MASK
+    assert device.phase is Stage.MASKED_INPUT
     device.masked_input(keyed.encoded[0], received)  # the genuine messages still work
 
 
@@ -462,7 +463,7 @@ def test_inconsistent_mask_key_shares_are_detected():
         game.server.receive_unmask(i, shares)
     with pytest.raises(SecAggError, match="mask key of participant 4 does not match"):
         game.server.result()
-    assert game.server.phase is ServerPhase.UNMASK
+    assert game.server.phase is Stage.UNMASK
 
 
 def test_the_server_rebuilds_a_dropped_mask_key_from_its_seed_shares():
@@ -512,4 +513,17 @@ def test_result_with_an_executor_refuses_inconsistent_shares_and_changes_nothing
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         with pytest.raises(SecAggError, match="participant 4"):
             game.server.result(executor=pool)
-    assert game.server.phase is ServerPhase.UNMASK and game.server._key_shares
+    assert game.server.phase is Stage.UNMASK and game.server._key_shares
+
+
+# the one stage enum and the round's table
+
+
+def test_one_stage_enum_keeps_the_names_others_see_and_the_round_table_follows_the_protocol():
+    # Status, round logs (phase_seconds), refusals and deployment tests quote these values.
+    assert [stage.value for stage in Stage] == ["advertise_keys", "share_keys", "masked_input", "unmask",
+                                                 "aggregating", "done", "abandoned"]
+    assert Stage.MASKED_INPUT.label == "masked input"  # the server's refusals say it in words
+    assert [entry.stage for entry in ROUND_PHASES] == list(PROTOCOL_STAGES[:-1])
+    assert [entry.waits_for for entry in ROUND_PHASES] == [Waits.SELECTED, Waits.PREVIOUS, Waits.PREVIOUS,
+                                                           Waits.SURVIVORS]

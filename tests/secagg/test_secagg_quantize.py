@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from protocol.secagg.errors import QuantizationError, SecAggError
-from protocol.secagg.quantize import FixedPoint, fixed_point_for, pack, packed_size, unpack
+from secagg.errors import QuantizationError, SecAggError
+from secagg.quantize import FixedPoint, fixed_point_for, pack, packed_size, unpack
 
 
 def test_encode_decode_round_trip_within_half_a_step():

@@ -10,15 +10,13 @@ import random
 import numpy as np
 import pytest
 from Crypto.Protocol.SecretSharing import Shamir, _Element
+from test_secagg_protocol import Round, make_params
 
-import coordinator.secure_aggregation as server_module
-from protocol.secagg import shamir
-from protocol.secagg.errors import QuantizationError, SecAggError
-from protocol.secagg.quantize import pack, packed_size, unpack
-from protocol.secagg.shamir import ShamirCombiner, combine_shares, lagrange_coefficients, split_secret
-
-from test_secagg_protocol import Round, make_params  # noqa: I001 (the protocol tests' round driver)
-
+import secagg.server as server_module
+from secagg import shamir
+from secagg.errors import QuantizationError, SecAggError
+from secagg.quantize import pack, packed_size, unpack
+from secagg.shamir import ShamirCombiner, combine_shares, lagrange_coefficients, split_secret
 
 # --- batched Shamir ---
 
@@ -124,7 +122,7 @@ def test_a_table_that_disagrees_with_the_library_is_not_used(monkeypatch, caplog
     broken = shamir._Multiplier.times
     monkeypatch.setattr(shamir._Multiplier, "times",
                         lambda self, encoded, into: broken(self, encoded, into) + _Element(1))
-    with caplog.at_level(logging.ERROR, logger="protocol.secagg.shamir"):
+    with caplog.at_level(logging.ERROR, logger="secagg.shamir"):
         assert ShamirCombiner(2, min_batch=1).combine_many(jobs) == secrets
     assert "disagrees" in caplog.text
 

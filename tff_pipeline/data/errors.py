@@ -1,4 +1,7 @@
-"""Error type for bad input data.
+"""Error type for bad input data: the base of the data package's errors.
+
+It derives from `protocol.errors.FedrecError` directly, not from `PipelineError`: the loaders also
+run in edge pods, which carry `tff_pipeline/data` alone (numpy and protocol only).
 
 A single exception class lets callers (CLI, pipelines) catch every data problem
 in one place, and the formatted message always points at the offending file and
@@ -9,10 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protocol.errors import FedrecError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(FedrecError, ValueError):
     """Bad input data; ``str(err)`` reads ``"{path} line {line}: {message}"``."""
 
     def __init__(

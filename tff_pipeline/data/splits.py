@@ -6,6 +6,8 @@ an experiment sees exactly the same split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import DataError
@@ -39,7 +41,7 @@ class TooFewUnratedItems(DataError):
         super().__init__(f"user index {user_index} has only {unrated} unrated items, fewer than the {needed} "
                          "negatives the ranking evaluation samples")
 
-    def for_user(self, raw_user_id: object, path: object) -> DataError:
+    def for_user(self, raw_user_id: object, path: str | Path | None) -> DataError:
         """The same refusal, naming the user's own id and the data file."""
         return DataError(f"user {raw_user_id} has rated all but {self.unrated} items, fewer than the {self.needed} "
                          "unrated items the ranking evaluation samples as negatives; the catalog is too small "
@@ -189,7 +191,7 @@ def split_all_ratings(
     seed: int,
     num_negatives: int,
     rating_scale: tuple[float, float],
-    source: object = None,
+    source: str | Path | None = None,
 ) -> DatasetSplit:
     """Build a DatasetSplit from one full table using a generic split scheme (`source`: the data
     file, named in errors)."""

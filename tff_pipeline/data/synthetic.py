@@ -147,7 +147,7 @@ def synthetic_split(
     """
     if split not in GENERIC_SPLITS:
         raise DataError(f"unknown split {split!r} for synthetic; expected one of {GENERIC_SPLITS}")
-    ratings, vocab = generate_synthetic(seed=seed, **generator_kwargs)  # type: ignore[arg-type]
+    ratings, vocab = generate_synthetic(seed=seed, **generator_kwargs)  # type: ignore[arg-type]  # the generator's keywords, passed through
     return split_all_ratings(
         "synthetic",
         vocab,

@@ -17,7 +17,7 @@ __all__ = ["Ratings", "Vocabulary", "RankingTask", "DatasetSplit"]
 
 def _column(values: Any, dtype: type, name: str) -> np.ndarray:
     """Coerce one column to a 1-D array of the expected dtype."""
-    array = np.asarray(values, dtype=dtype)
+    array: np.ndarray = np.asarray(values, dtype=dtype)
     if array.ndim != 1:
         raise ValueError(f"Ratings.{name} must be 1-D, got shape {array.shape}")
     return array
@@ -116,12 +116,6 @@ class Vocabulary:
             return self._item_lookup[raw_id]
         except KeyError:
             raise KeyError(f"unknown item id {raw_id!r}") from None
-
-    def item_title(self, index: int) -> str:
-        """Human-readable title for a dense item index (falls back to the raw id)."""
-        if self.item_titles is None:
-            return f"item {self.item_raw_ids[index]}"
-        return self.item_titles[index]
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,9 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_client.litert_model import LiteModel
-from protocol.manifest import HYPERPARAMETER_KEYS, MODEL_FILE, SIGNATURES, Manifest, ManifestError
-from protocol.manifest import provisional_manifest, sha256_bytes
+from protocol.manifest import (
+    HYPERPARAMETER_KEYS,
+    MODEL_FILE,
+    SIGNATURES,
+    Manifest,
+    ManifestError,
+    provisional_manifest,
+    sha256_bytes,
+)
 from protocol.package import check_package_target, write_package
+from tff_pipeline.errors import PipelineError
 from tff_pipeline.privacy import accounting
 from tff_pipeline.run_folder import (
     FINAL_MODEL_FILE,
@@ -34,12 +42,11 @@ from tff_pipeline.run_folder import (
     read_json,
 )
 
-
 if TYPE_CHECKING:  # TensorFlow is imported only once an export really runs (the CLI checks --out first)
     from tff_pipeline import model
 
 
-class ExportError(ValueError):
+class ExportError(PipelineError, ValueError):
     """The run cannot be exported; the message names the file and what is wrong."""
 
 
@@ -143,7 +150,8 @@ def build_manifest_fields(run: FinishedRun, params: model.GlobalParams, round_nu
         )
         privacy = {"epsilon_rdp": spent.epsilon_rdp, "epsilon_pld": spent.epsilon_pld, "delta": config.delta,
                    "noise_multiplier": plan["noise_multiplier"], "rounds": round_num,
-                   "mechanism": f"user-level DP-FedAvg, {config.dp} clipping, Poisson sampling rate {plan['sampling_rate']:.4g}"}
+                   "mechanism": f"user-level DP-FedAvg, {config.dp} clipping, Poisson sampling rate "
+                                f"{plan['sampling_rate']:.4g}"}
     return dict(
         round=round_num, dataset=report["data"]["name"], num_items=int(num_items), dim=int(dim),
         item_ids=tuple(int(x) for x in vocabulary["item_raw_ids"]),

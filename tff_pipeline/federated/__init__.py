@@ -1,1 +1,2 @@
-"""Federated training as TFF computations: client work, aggregation, the learning process."""
+"""Federated training as TFF computations: client work, aggregation (the one DP query and the
+example-weighted mean), the learning process and its pseudo-gradient, cohort sampling."""

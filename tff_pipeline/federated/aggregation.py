@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
+from typing import Any
 
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 
 from tff_pipeline.federated.weighted_mean import ExampleWeightedMeanFactory
 
@@ -30,8 +33,8 @@ class AggregatorConfig:
     expected_clients_per_round: float = 10.0
     target_unclipped_quantile: float = 0.5
     clip_learning_rate: float = 0.2
-    # Under DP: the uploaded tensors at `scaled_parts` are multiplied by `part_scale` before
-    # clipping and divided by it after the noised sum (`PartScaledFactory`).
+    # Under DP: the per-device parts (the ranking head's step) are multiplied by `part_scale`
+    # before clipping and divided by it after the noised sum (`PartScaledFactory`).
     part_scale: float = 1.0
 
     @property
@@ -60,16 +63,13 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
         inner = self._inner.create(value_type)
         parts, scale = self._parts, self._scale
 
-        def rescale(value, factor):
-            return tuple(t * factor if index in parts else t for index, t in enumerate(value))
-
         @tff.tensorflow.computation(value_type)
         def shrink(value):
-            return rescale(value, scale)
+            return scale_parts(value, scale, parts)
 
         @tff.tensorflow.computation(value_type)
         def grow(value):
-            return rescale(value, 1.0 / scale)
+            return unscale_parts(value, scale, parts)
 
         state_type = inner.next.type_signature.parameter[0]
 
@@ -83,6 +83,19 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
         return tff.templates.AggregationProcess(inner.initialize, next_fn)
 
 
+def scale_parts(value: Sequence[Any], factor: float, parts: Sequence[int]) -> tuple[Any, ...]:
+    """`value` with its parts at the indices `parts` multiplied by `factor` (numpy arrays or TF
+    tensors, in a TF computation too): the devices' side of `PartScaledFactory`."""
+    return tuple(t * factor if index in parts else t for index, t in enumerate(value))
+
+
+def unscale_parts(value: Sequence[Any], scale: float, parts: Sequence[int]) -> tuple[Any, ...]:
+    """The server's side of `PartScaledFactory`: the noised aggregate of parts scaled by `scale`
+    back to their own scale (post-processing). Used by the simulation's factory and by the
+    coordinator on its noised sum (`coordinator.server_aggregation`)."""
+    return scale_parts(value, 1.0 / scale, parts)
+
+
 def adaptive_clipped_count_stddev(config: AggregatorConfig) -> float:
     """The stddev of the noise on the adaptive clip's clipped count (summed, before division).
 
@@ -94,30 +107,49 @@ def adaptive_clipped_count_stddev(config: AggregatorConfig) -> float:
     return max(0.05 * config.expected_clients_per_round, config.noise_multiplier)
 
 
-def build_dp_factory(config: AggregatorConfig) -> tff.aggregators.DifferentiallyPrivateFactory:
-    """TFF's DP preset for a private config, unweighted and without part scaling.
-
-    The one mapping from `AggregatorConfig` to TFF's presets, shared by the simulation
-    (`build_aggregator`) and the coordinator, which applies the same query to a secure sum
+def dp_query(config: AggregatorConfig) -> tfp.NormalizedQuery:
+    """The tensorflow_privacy query of a private config: the query the simulation's TFF factory
+    applies (`build_dp_factory`) and the coordinator applies to its secure sum
     (`coordinator.server_aggregation`).
+
+    Built as TFF 0.87's presets build theirs (`DifferentiallyPrivateFactory.gaussian_fixed` and
+    `gaussian_adaptive`, including `adaptive_clip_noise_params`' split of z between the update and
+    the clipped count), with the clipped count's stddev of `adaptive_clipped_count_stddev`;
+    tests/coordinator/test_dp_aggregation.py checks it against those presets.
     """
     if not config.is_private:
-        raise ValueError("a DP factory needs a private aggregator kind (fixed or adaptive)")
+        raise ValueError("a DP query needs a private aggregator kind (fixed or adaptive)")
     if config.noise_multiplier < 0 or config.clip <= 0:
         raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
-    clients = config.expected_clients_per_round
+    clients = float(config.expected_clients_per_round)
+    if not clients > 0:
+        raise ValueError(f"DP aggregation needs expected clients > 0, got {clients}")
+    z, clip = float(config.noise_multiplier), float(config.clip)
     if config.kind is AggregatorKind.DP_FIXED:
-        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=config.noise_multiplier, clients_per_round=clients, clip=config.clip
-        )
-    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-        noise_multiplier=config.noise_multiplier,
-        clients_per_round=clients,
-        initial_l2_norm_clip=config.clip,
-        target_unclipped_quantile=config.target_unclipped_quantile,
-        learning_rate=config.clip_learning_rate,
-        clipped_count_stddev=adaptive_clipped_count_stddev(config),
+        return tfp.NormalizedQuery(tfp.GaussianSumQuery(l2_norm_clip=clip, stddev=clip * z), denominator=clients)
+    count_stddev = float(adaptive_clipped_count_stddev(config))
+    if z > 0:
+        if z >= 2 * count_stddev:
+            raise ValueError(f"the clipped count's noise stddev {count_stddev} is too low for noise multiplier {z}")
+        update_noise_multiplier = (z**-2 - (2 * count_stddev) ** -2) ** -0.5
+    else:
+        update_noise_multiplier = 0.0
+    query = tfp.QuantileAdaptiveClipSumQuery(
+        initial_l2_norm_clip=clip,
+        noise_multiplier=update_noise_multiplier,
+        target_unclipped_quantile=float(config.target_unclipped_quantile),
+        learning_rate=float(config.clip_learning_rate),
+        clipped_count_stddev=count_stddev,
+        expected_num_records=clients,
+        geometric_update=True,
     )
+    return tfp.NormalizedQuery(query, denominator=clients)
+
+
+def build_dp_factory(config: AggregatorConfig) -> tff.aggregators.DifferentiallyPrivateFactory:
+    """TFF's DP factory over `dp_query(config)`, unweighted and without part scaling (the
+    simulation's `build_aggregator` adds those)."""
+    return tff.aggregators.DifferentiallyPrivateFactory(dp_query(config))
 
 
 def build_aggregator(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from protocol import updates
+from protocol import updates, upload
 from tff_pipeline import model
 from tff_pipeline.federated import aggregation, client_work
 
@@ -60,7 +62,7 @@ def build_fedrec_process(
         )
 
     uploaded = client_work.update_type(config)
-    factory = aggregation.build_aggregator(aggregator, per_device_parts=(3,) if config.implicit else ())
+    factory = aggregation.build_aggregator(aggregator, per_device_parts=upload.PER_DEVICE_PARTS if config.implicit else ())
     return compose_process(
         initial_weights=initial_weights,
         distributor=tff.learning.templates.build_broadcast_process(weights_type),
@@ -84,10 +86,7 @@ def build_delta_finalizer(
 
     @tff.tensorflow.computation(uploaded_type)
     def to_pseudo_gradient(mean_delta):
-        embeddings, bias, mean = mean_delta[0], mean_delta[1], mean_delta[2]
-        if len(mean_delta) == 4:
-            embeddings = embeddings + mean_delta[3]
-        return tuple(updates.pseudo_gradient(t) for t in (embeddings, bias, mean))
+        return pseudo_gradient(mean_delta)
 
     @tff.federated_computation(state_type, model_weights_type, tff.FederatedType(uploaded_type, tff.SERVER))
     def next_fn(state, weights, mean_delta):
@@ -96,6 +95,17 @@ def build_delta_finalizer(
     return tff.learning.templates.FinalizerProcess(
         inner.initialize, next_fn, get_hparams_fn=inner.get_hparams, set_hparams_fn=inner.set_hparams
     )
+
+
+def pseudo_gradient(mean_delta: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """What the server optimizer steps against, from the mean delta of the uploaded parts (TF
+    tensors, in a TF computation or eagerly): the ranking head's step of the item table (a fourth
+    part, when present) added to the rating head's, and the sum negated (`protocol.updates`). The
+    simulation's finalizer and the coordinator's `ServerModel.apply` both call it."""
+    embeddings, bias, mean = mean_delta[0], mean_delta[1], mean_delta[2]
+    if len(mean_delta) == 4:
+        embeddings = embeddings + mean_delta[3]
+    return updates.pseudo_gradient(embeddings), updates.pseudo_gradient(bias), updates.pseudo_gradient(mean)
 
 
 def compose_process(
@@ -109,7 +119,7 @@ def compose_process(
     """Compose the parts into a LearningProcess (as `compose_learning_process` does, but with
     a stateless client work over tensor client data; see `client_work.py` for why)."""
     client_data_type = client_work.type_signature.parameter[1]
-    empty_state = lambda: tff.federated_value((), tff.SERVER)  # noqa: E731
+    empty_state = lambda: tff.federated_value((), tff.SERVER)  # noqa: E731 - TFF traces a callable; a def reads worse
 
     @tff.federated_computation
     def init_fn():

@@ -12,8 +12,26 @@ it against MeanFactory). A round with zero total weight returns zeros instead of
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from typing import Any
+
 import tensorflow as tf
 import tensorflow_federated as tff
+
+
+def mean_of_sums(sums: Sequence[Any], total_weight: tf.Tensor, devices: tf.Tensor,
+                 per_device_parts: Collection[int]) -> list[Any]:
+    """The mean from its sums: part k of `sums` (a tensor or a nest of them) divided by `devices`
+    when k is in `per_device_parts`, else by `total_weight`; zeros where that is 0. TF ops, so one
+    implementation serves the simulation's `report` step (in a TF computation) and the
+    coordinator's mean of its secure sum (eagerly, `coordinator.server_aggregation`)."""
+    return [
+        tf.nest.map_structure(
+            lambda s, k=k: tf.math.divide_no_nan(s, tf.cast(devices if k in per_device_parts else total_weight, s.dtype)),
+            part,
+        )
+        for k, part in enumerate(sums)
+    ]
 
 
 class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
@@ -58,6 +76,7 @@ class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
         def accumulate(accumulator, value_and_weight):
             sums, total, devices = accumulator
             value, weight = value_and_weight
+            # A TF copy of the devices' numpy weighting, `upload.UploadLayout.pack` (test_dp_aggregation ties them).
             new_parts = [
                 tf.nest.map_structure(
                     lambda s, v, k=k: s + (v if k in per_device else tf.cast(weight, v.dtype) * v), part, v_part
@@ -74,14 +93,7 @@ class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
         @tff.tensorflow.computation(accumulator_type)
         def report(accumulator):
             sums, total, devices = accumulator
-            new_parts = [
-                tf.nest.map_structure(
-                    lambda s, k=k: tf.math.divide_no_nan(s, tf.cast(devices if k in per_device else total, s.dtype)),
-                    part,
-                )
-                for k, part in parts(sums)
-            ]
-            return rebuild(sums, new_parts)
+            return rebuild(sums, mean_of_sums([part for _, part in parts(sums)], total, devices, per_device))
 
         @tff.federated_computation
         def initialize():

@@ -17,7 +17,11 @@ is spent, not only on its size:
 - **Noise.** z is then calibrated with the RDP accountant so that epsilon after T rounds is at
   most the budget (`accounting.calibrate_noise_multiplier`).
 
-Flags the user gives are kept; only the unset ones are planned.
+Flags the user gives are kept; only the unset ones are planned. The plan is made once, by
+`plan_run` (every entry point) or `plan_config` (benchmarks), and recorded in the config: the
+cohort and rounds in their fields, z in `planned_noise_multiplier`. `plan_privacy`, which every
+run asks for its (z, q, T) (the simulation, the coordinator's config check and its stored
+setting), reads it there instead of calibrating again.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy.errors import PrivacyError
 
 if TYPE_CHECKING:
     from tff_pipeline.config import SimulationConfig
@@ -85,9 +90,9 @@ def plan_budget(
 ) -> BudgetPlan:
     """Fill in the unset cohort size and rounds for the budget and calibrate z (RDP)."""
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
-        raise ValueError(f"the privacy budget must be a positive finite epsilon, got {target_epsilon}")
+        raise PrivacyError(f"the privacy budget must be a positive finite epsilon, got {target_epsilon}")
     if population < 1:
-        raise ValueError("a privacy plan needs at least one user")
+        raise PrivacyError("a privacy plan needs at least one user")
     accounting.validate_delta(delta, population)
     planned = []
     if clients_per_round is None:
@@ -113,25 +118,34 @@ def plan_budget(
 
 def plan_config(config: SimulationConfig, train_users: np.ndarray, *, rounds: int | None = None,
                 clients_per_round: int | None = None) -> tuple[SimulationConfig, BudgetPlan]:
-    """`config` with the planned cohort and rounds (those not given here are planned) for its
-    budget over the users who have train ratings (the clients), and the plan."""
+    """`config` with the planned cohort, rounds (those not given here are planned) and noise for
+    its budget over the users who have train ratings (the clients), and the plan."""
+    if config.target_epsilon is None:
+        raise PrivacyError("a privacy plan needs a target epsilon")
     population = int(np.unique(train_users).size)
     plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
                        clients_per_round=clients_per_round, rounds=rounds)
-    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds), plan
+    return _recorded(config, plan), plan
 
 
 def plan_run(config: SimulationConfig, population: int, *, rounds: int | None,
              clients_per_round: int | None) -> tuple[SimulationConfig, BudgetPlan | None]:
     """The one planning step of every entry point (`fedrec simulate` for its users, `fedrec up`
     and `fedrec serve` for their devices): with a target ε and no noise multiplier, the cohort and
-    rounds not given (None) are planned for `population` and recorded in the config; otherwise the
-    config is returned as it is, with no plan."""
-    if not config.private or config.target_epsilon is None or config.noise_multiplier is not None:
+    rounds not given (None) are planned for `population` and recorded in the config with the
+    noise multiplier; otherwise (or when the config holds a plan already: a coordinator.toml that
+    `fedrec up` wrote) the config is returned as it is, with no plan."""
+    if (not config.private or config.target_epsilon is None or config.noise_multiplier is not None
+            or config.planned_noise_multiplier is not None):
         return config, None
     plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
                        clients_per_round=clients_per_round, rounds=rounds)
-    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds), plan
+    return _recorded(config, plan), plan
+
+
+def _recorded(config: SimulationConfig, plan: BudgetPlan) -> SimulationConfig:
+    return dataclasses.replace(config, clients_per_round=plan.clients_per_round, rounds=plan.rounds,
+                               planned_noise_multiplier=plan.noise_multiplier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,20 +160,27 @@ class PrivacyPlan:
 
 def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
     """Decide (z, q, T) for `num_clients` clients (users in a simulation, devices in a deployment).
-    --target-epsilon alone calibrates z up front for config.rounds rounds; with --noise-multiplier
-    too, training stops at the last round that stays within budget."""
+    --target-epsilon alone runs config.rounds rounds at the planner's z (recorded in the config by
+    `plan_run`; a config no planner saw is calibrated here); with --noise-multiplier too, training
+    stops at the last round that stays within budget."""
     q = min(1.0, config.clients_per_round / num_clients)
     if not config.private:
         return PrivacyPlan(0.0, q, config.rounds, "non-private")
     accounting.validate_delta(config.delta, num_clients)
     if config.noise_multiplier is None and config.target_epsilon is None:
-        raise ValueError("--dp needs --noise-multiplier or --target-epsilon (or both)")
+        raise PrivacyError("--dp needs --noise-multiplier or --target-epsilon (or both)")
     if config.noise_multiplier is None:
-        z = accounting.calibrate_noise_multiplier(
-            target_epsilon=config.target_epsilon, sampling_rate=q, rounds=config.rounds, delta=config.delta
-        )
-        return PrivacyPlan(z, q, config.rounds,
-                           f"noise calibrated (RDP) to epsilon {config.target_epsilon} over {config.rounds} rounds")
+        target, z = config.target_epsilon, config.planned_noise_multiplier
+        assert target is not None  # refused above otherwise
+        if z is None:
+            z = accounting.calibrate_noise_multiplier(
+                target_epsilon=target, sampling_rate=q, rounds=config.rounds, delta=config.delta
+            )
+        elif accounting.epsilon_rdp(z, q, config.rounds, config.delta) > target * (1 + 1e-9):
+            raise PrivacyError(f"the planned noise multiplier {z:g} spends more than epsilon {target} over "
+                             f"{config.rounds} rounds at sampling rate {q:.4g} ({num_clients} clients); it was "
+                             "planned for another population or cohort: plan again (leave planned_noise_multiplier out)")
+        return PrivacyPlan(z, q, config.rounds, f"noise calibrated (RDP) to epsilon {target} over {config.rounds} rounds")
     z = config.noise_multiplier
     if config.target_epsilon is None:
         return PrivacyPlan(z, q, config.rounds, "fixed noise multiplier, no budget")
@@ -168,6 +189,6 @@ def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
         delta=config.delta, limit=config.rounds,
     )
     if rounds == 0:
-        raise ValueError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
+        raise PrivacyError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
     return PrivacyPlan(z, q, rounds,
                        f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} (RDP)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from protocol.errors import FedrecError
 
-class SecAggError(ValueError):
+
+class SecAggError(FedrecError, ValueError):
     """A message, call or round that secure aggregation refuses; the message says what is wrong."""
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocol.secagg.errors import SecAggError
+from secagg.errors import SecAggError
 
 KEY_BYTES = 32
 SEED_BYTES = 16

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from protocol.secagg import graph
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.graph import MAX_PARTICIPANTS, choose_degree_and_threshold, neighbour_graph
-from protocol.secagg.quantize import FixedPoint
+from secagg import graph
+from secagg.errors import SecAggError
+from secagg.graph import MAX_PARTICIPANTS, choose_degree_and_threshold, neighbour_graph
+from secagg.quantize import FixedPoint
 
 MAX_ID_BYTES = 64
 MAX_VECTOR_LENGTH = 1 << 26

@@ -1,30 +1,22 @@
-"""`fedrec` command line: the only place that parses flags into a SimulationConfig.
-
-Every error the user can fix (a bad flag value, a malformed data file, a folder that holds
-another run, a corrupt checkpoint) is printed as one `fedrec: error: ...` line with exit status
-2; an interruption prints how to continue, with status 130.
-"""
+"""`fedrec simulate`, `fedrec export`, `fedrec worker`: the TFF side of the command line, and the
+only place that turns flags into a SimulationConfig for a simulation."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-# Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from fedrec_cli.errors import PROG
+from fedrec_cli.training_flags import add_training_flags, config_from_args, flag_of, given_training_values
+from tff_pipeline import runtime
+from tff_pipeline.config import ConfigError, SimulationConfig
+from tff_pipeline.worker_address import WorkerAddress
 
-from coordinator.errors import CoordinatorError  # noqa: E402
-from protocol.messages import one_line  # noqa: E402
-from tff_pipeline.config import ConfigError, SimulationConfig, training_config  # noqa: E402
-from tff_pipeline.worker_address import WorkerAddress  # noqa: E402
-
-PROG = "fedrec"
 # Flags that do not change what is trained, so they may accompany --resume.
 _RUN_FLAGS = {"out", "resume", "quiet", "overwrite", "command"}
 
@@ -91,68 +83,6 @@ def _tff_context(workers: tuple[WorkerAddress, ...] | None, timeout: float) -> I
         yield
 
 
-def add_training_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of a SimulationConfig (what is trained, and how), shared by `simulate` and `up`."""
-    d = SimulationConfig()
-    p.add_argument("--dataset", choices=["synthetic", "ml-100k", "movielens-csv"], help=f"default {d.dataset}")
-    p.add_argument("--data-dir", help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
-    p.add_argument("--split", help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--rounds", type=int,
-                   help=f"default {d.rounds}; with --target-epsilon alone, planned for the budget")
-    p.add_argument("--clients-per-round", type=int,
-                   help=f"cohort size (expected size under DP's Poisson sampling); default {d.clients_per_round}; "
-                        "with --target-epsilon alone, planned for the budget (a third of the users, at most 1000)")
-    p.add_argument("--dim", type=int, help="embedding dimension (default 16; 8 with --dp); 0 = biases only")
-    p.add_argument("--user-l2", type=float, help=f"default {d.user_l2}")
-    p.add_argument("--user-embedding-l2", type=float,
-                   help="ridge penalty of the user's rating embedding alone (default: --user-l2; 1e4 with --dp: "
-                        "the rating head is biases only)")
-    p.add_argument("--item-l2", type=float, help=f"default {d.item_l2}; 0 with --dp")
-    p.add_argument("--item-bias-l2", type=float, help=f"default {d.item_bias_l2}")
-    p.add_argument("--local-steps", type=int, help=f"default {d.local_steps}")
-    p.add_argument("--local-lr", dest="local_learning_rate", type=float, help=f"default {d.local_learning_rate}")
-    p.add_argument("--implicit-lr", dest="implicit_learning_rate", type=float,
-                   help=f"step of the ranking head on the item table; 0 turns it off (default "
-                        f"{d.implicit_learning_rate})")
-    p.add_argument("--implicit-weight", dest="implicit_unobserved_weight", type=float,
-                   help=f"weight of the items a user did not rate in the ranking loss (default "
-                        f"{d.implicit_unobserved_weight})")
-    p.add_argument("--implicit-l2", type=float, help=f"ridge penalty of the user's ranking vector (default {d.implicit_l2})")
-    p.add_argument("--dp-ranking-scale", type=float,
-                   help="with --dp: scale of the ranking head's step inside the clipped update, undone after "
-                        "the noise (its share of the clip norm and of the budget; default 0.5 with --dp)")
-    p.add_argument("--server-optimizer", choices=["sgdm", "adam"],
-                   help="default adam (FedAdam); sgdm (plain SGD, momentum 0) with --dp")
-    p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")
-    p.add_argument("--server-momentum", type=float, help="default 0.9; 0 with --dp")
-    p.add_argument("--server-adam-epsilon", type=float, help="default 1e-2 (damps rare items)")
-    p.add_argument("--dp", choices=["none", "fixed", "adaptive"],
-                   help="model aggregator: plain weighted mean (default), or DP with fixed / adaptive clipping")
-    p.add_argument("--noise-multiplier", type=float)
-    p.add_argument("--target-epsilon", type=float,
-                   help="alone: plan the cohort and rounds left unset and calibrate the noise for them; "
-                        "with --noise-multiplier: stop before exceeding it")
-    p.add_argument("--delta", type=float, help=f"default {d.delta}")
-    p.add_argument("--clip", type=float, help=f"L2 clip (initial clip when adaptive); default {d.clip}")
-    p.add_argument("--target-quantile", dest="target_unclipped_quantile", type=float,
-                   help=f"default {d.target_unclipped_quantile}")
-    p.add_argument("--eval-every", type=int, help=f"default {d.eval_every}")
-    p.add_argument("--centralized-epochs", type=int, help=f"default {d.centralized_epochs}")
-    p.add_argument("--no-baselines", dest="baselines", action="store_const", const=False)
-
-
-def config_from_args(args: argparse.Namespace) -> SimulationConfig:
-    """Flags -> config; flags left unset take the preset of the run's privacy mode."""
-    return training_config(given_training_values(args))
-
-
-def given_training_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The SimulationConfig fields the user gave as flags (None: not given)."""
-    fields = {f.name for f in dataclasses.fields(SimulationConfig)}
-    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
-
-
 def _given_training_flags(args: argparse.Namespace) -> list[str]:
     return sorted(given_training_values(args))
 
@@ -202,15 +132,6 @@ def _progress_callbacks(enabled: bool):
     return on_start, on_round, progress.stop
 
 
-def import_training_stack() -> None:
-    """Import TensorFlow and TFF once, dropping only their harmless CPU start-up lines."""
-    from edge_client.native_log import TENSORFLOW_CPU_NOISE, filtered_stderr
-
-    with filtered_stderr(TENSORFLOW_CPU_NOISE):
-        import tensorflow  # noqa: F401
-        import tensorflow_federated  # noqa: F401
-
-
 def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tff_pipeline.run_folder import RunFolder
 
@@ -224,9 +145,10 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise ConfigError("resume", "--out and --resume name different folders; --resume writes into its own")
         if args.overwrite:
             raise ConfigError("resume", "--overwrite starts a new run; it cannot be combined with --resume")
-        folder = RunFolder(args.resume)
-        identity = folder.read_identity()
+        resumed = RunFolder(args.resume)
+        identity = resumed.read_identity()
         config = identity.config
+        folder: RunFolder | None = resumed
     else:
         config = config_from_args(args)
         folder = None if args.out is None else RunFolder(args.out)
@@ -241,8 +163,8 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config.check_model_size(split.num_items)
     if identity is None:
         config = plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)
-    import_training_stack()
-    from tff_pipeline import reporting, runtime, simulation
+    runtime.import_training_stack()
+    from tff_pipeline import reporting, simulation
 
     if folder is not None and identity is None:
         identity = folder.start(config, overwrite=args.overwrite)
@@ -285,7 +207,7 @@ def _export(args: argparse.Namespace) -> int:
     from tff_pipeline.export.package import check_export_target, export_run
 
     check_export_target(args.run, args.out, overwrite=args.overwrite)
-    import_training_stack()
+    runtime.import_training_stack()
 
     manifest = export_run(args.run, args.out, round_num=args.round_num, overwrite=args.overwrite)
     privacy = manifest.privacy
@@ -296,44 +218,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def flag_of(parser: argparse.ArgumentParser, dest: str) -> str:
-    for action in parser._actions:  # noqa: SLF001 (argparse keeps no public map of dest -> flag)
-        if action.dest == dest and action.option_strings:
-            return action.option_strings[0]
-    return dest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parsers(sub: argparse._SubParsersAction) -> dict[str, tuple[argparse.ArgumentParser, Any]]:
+    """The TFF side's commands: name -> (its parser, its runner)."""
     simulate_parser = _simulate_parser(sub)
-    _export_parser(sub)
-    _worker_parser(sub)
-    from coordinator import cli as coordinator_cli
-
-    deployment_parsers = coordinator_cli.add_parsers(sub)
-    args = parser.parse_args(argv)
-    try:
-        if args.command in deployment_parsers:
-            return coordinator_cli.run(args)
-        if args.command == "worker":
-            return _worker(args)
-        return _export(args) if args.command == "export" else _simulate(args, simulate_parser)
-    except ConfigError as error:
-        command_parser = deployment_parsers.get(args.command, simulate_parser)
-        flag = "--resume" if error.field == "resume" else flag_of(command_parser, error.field)
-        print(f"{PROG}: error: {one_line(f'{flag}: {error.message}')}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as error:  # DataError, RunFolderError, ExportError, ... are ValueErrors
-        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
-        return 2
-    except CoordinatorError as error:  # the coordinator's own refusals (state folder, address)
-        print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {
+        "simulate": (simulate_parser, lambda args: _simulate(args, simulate_parser)),
+        "export": (_export_parser(sub), _export),
+        "worker": (_worker_parser(sub), _worker),
+    }

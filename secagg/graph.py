@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from protocol.secagg.errors import SecAggError
+from secagg.errors import SecAggError
 
 MAX_PARTICIPANTS = 1 << 20
 # The default threat model (Bell et al.'s delta, gamma, sigma, eta): see choose_degree_and_threshold.

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from protocol.secagg.errors import QuantizationError
+from secagg.errors import QuantizationError
 
 MAX_BIT_WIDTH = 64
 MAX_FRACTION_BITS = 52  # beyond the float64 mantissa, extra fraction bits carry no information
@@ -157,7 +157,7 @@ def pack(values: np.ndarray, bit_width: int) -> bytes:
     out = np.zeros(groups * bit_width + 8, np.uint8)
     for r in range(8):
         offset, shift = divmod(r * bit_width, 8)
-        windows = np.ndarray((groups,), "<u8", out, offset, (bit_width,))
+        windows: np.ndarray = np.ndarray((groups,), "<u8", out, offset, (bit_width,))
         windows |= grouped[r::8] << np.uint64(shift)
     return out[:packed_size(count, bit_width)].tobytes()
 
@@ -202,7 +202,7 @@ def unpack(data: bytes, bit_width: int, count: int) -> np.ndarray:
     mask = _mask(bit_width)
     for r in range(8):
         offset, shift = divmod(r * bit_width, 8)
-        windows = np.ndarray((groups,), "<u8", padded, offset, (bit_width,))
+        windows: np.ndarray = np.ndarray((groups,), "<u8", padded, offset, (bit_width,))
         out[r::8] = (windows >> np.uint64(shift)) & mask
     return out[:count]
 

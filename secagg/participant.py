@@ -1,12 +1,13 @@
-"""The device's side of SecAgg+ (`protocol.secagg`): one `SecAggParticipant` per device and round.
+"""The device's side of SecAgg+: one `SecAggParticipant` per device and round.
 
-A small state machine: advertise_keys -> share_keys -> masked_input -> unmask, each callable once and
-only in its turn. A refused call raises `SecAggError` and leaves the participant as it was. Secrets
-(the seed the mask private key s_sk is derived from, the self-mask seed b) never leave the device
-except as Shamir shares sealed to neighbours, and in `unmask` the device reveals, for each neighbour,
-either its share of b or its share of the mask key seed, never both (a participant listed in both
-sets is refused, and unmask runs once). This, not a majority threshold, is what keeps a device's two
-secrets from being rebuilt together (see `SecAggParams`).
+A small state machine over `stages.PROTOCOL_STAGES`: advertise_keys -> share_keys -> masked_input
+-> unmask, each callable once and only in its turn. A refused call raises `SecAggError` and leaves
+the participant as it was. Secrets (the seed the mask private key s_sk is derived from, the
+self-mask seed b) never leave the device except as Shamir shares sealed to neighbours, and in
+`unmask` the device reveals, for each neighbour, either its share of b or its share of the mask key
+seed, never both (a participant listed in both sets is refused, and unmask runs once). This, not a
+majority threshold, is what keeps a device's two secrets from being rebuilt together (see
+`SecAggParams`).
 
 Which pairwise masks exist: u masks with neighbour v iff u received v's share ciphertext in
 `masked_input` (v advertised keys to u and then sent its shares through the server). The server
@@ -18,24 +19,16 @@ then no masked input is kept (its mask key is rebuilt from the survivors' shares
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Collection, Mapping
 
 import numpy as np
 
-from protocol.secagg import keys, prg
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.shamir import split_secret
-
-
-class Phase(enum.Enum):
-    ADVERTISE = "advertise_keys"
-    SHARE = "share_keys"
-    MASK = "masked_input"
-    UNMASK = "unmask"
-    DONE = "done"
+from secagg import keys, prg
+from secagg.errors import SecAggError
+from secagg.params import SecAggParams
+from secagg.shamir import split_secret
+from secagg.stages import Stage
 
 
 class SecAggParticipant:
@@ -48,7 +41,7 @@ class SecAggParticipant:
         self.index = params.check_index(index)
         self._neighbours = frozenset(params.graph[index])
         self._positions = {w: p for p, w in enumerate(params.neighbourhood(index))}
-        self._phase = Phase.ADVERTISE
+        self._phase = Stage.ADVERTISE_KEYS
         self._channel: keys.KeyPair | None = None
         self._mask: keys.KeyPair | None = None
         self._mask_key_seed: bytes | None = None
@@ -58,10 +51,10 @@ class SecAggParticipant:
         self._held: dict[int, tuple[bytes, bytes]] = {}  # v -> (share of b_v, share of v's mask key seed)
 
     @property
-    def phase(self) -> Phase:
+    def phase(self) -> Stage:
         return self._phase
 
-    def _expect(self, phase: Phase) -> None:
+    def _expect(self, phase: Stage) -> None:
         if self._phase is not phase:
             raise SecAggError(f"{phase.value} called out of order: participant {self.index} is at {self._phase.value}")
 
@@ -70,11 +63,11 @@ class SecAggParticipant:
 
         The mask key is derived from a fresh 16-byte seed, which is what gets shared (one Shamir block).
         """
-        self._expect(Phase.ADVERTISE)
+        self._expect(Stage.ADVERTISE_KEYS)
         seed = os.urandom(keys.MASK_KEY_SEED_BYTES)
         mask = keys.KeyPair(keys.mask_key_from_seed(seed, round_id=self.params.round_id, index=self.index))
         self._channel, self._mask, self._mask_key_seed = keys.KeyPair.generate(), mask, seed
-        self._phase = Phase.SHARE
+        self._phase = Stage.SHARE_KEYS
         return self._channel.public_bytes(), self._mask.public_bytes()
 
     def share_keys(self, neighbour_keys: Mapping[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
@@ -84,7 +77,7 @@ class SecAggParticipant:
         twice and none of our own keys, and at least threshold - 1 neighbours (else no secret of ours
         could ever be rebuilt and the round cannot succeed for us).
         """
-        self._expect(Phase.SHARE)
+        self._expect(Stage.SHARE_KEYS)
         assert self._channel is not None and self._mask is not None and self._mask_key_seed is not None
         if not isinstance(neighbour_keys, Mapping):
             raise SecAggError("neighbour keys must be a mapping of index -> (c_pk, s_pk)")
@@ -121,7 +114,7 @@ class SecAggParticipant:
                                          b_share=b_shares[p], key_share=key_shares[p])
         self._peer_keys, self._self_seed, self._mask_key_seed = checked, seed, None
         self._own_b_share = b_shares[self._positions[u]]
-        self._phase = Phase.MASK
+        self._phase = Stage.MASKED_INPUT
         return sealed
 
     def masked_input(self, encoded: np.ndarray, received: Mapping[int, bytes]) -> np.ndarray:
@@ -130,7 +123,7 @@ class SecAggParticipant:
         `received` are the share messages the server routed to us; each must open with our channel key
         and name its sender, us and this round. We mask with exactly these senders (see module doc).
         """
-        self._expect(Phase.MASK)
+        self._expect(Stage.MASKED_INPUT)
         assert self._channel is not None and self._mask is not None and self._self_seed is not None
         fp, length = self.params.fixed_point, self.params.vector_length
         if not isinstance(encoded, np.ndarray) or encoded.dtype != np.uint64 or encoded.shape != (length,):
@@ -160,7 +153,7 @@ class SecAggParticipant:
                 masked -= pairwise
         masked &= fp.mask
         self._held, self._self_seed = held, None
-        self._phase = Phase.UNMASK
+        self._phase = Stage.UNMASK
         return masked
 
     def unmask(self, survivors: Collection[int], dropped: Collection[int]) -> dict[int, bytes]:
@@ -170,7 +163,7 @@ class SecAggParticipant:
         not send us shares, or if fewer than `threshold` of our neighbourhood survived (the server could
         then rebuild too much from too few). Runs once, so no participant's two shares ever both leave.
         """
-        self._expect(Phase.UNMASK)
+        self._expect(Stage.UNMASK)
         assert self._own_b_share is not None
         u = self.index
         lists = {}
@@ -200,5 +193,5 @@ class SecAggParticipant:
         out[u] = self._own_b_share
         out.update({v: self._held[v][1] for v in gone})
         self._held, self._own_b_share, self._channel, self._mask = {}, None, None, None
-        self._phase = Phase.DONE
+        self._phase = Stage.DONE
         return dict(sorted(out.items()))

@@ -1,7 +1,7 @@
 """`fedrec up`, `fedrec serve`, `fedrec status`: the deployment commands of the `fedrec` CLI.
 
-`tff_pipeline.cli` registers these parsers and hands parsed arguments here; like the rest of the
-CLI, a user error is a one-line `fedrec: error: ...` with status 2.
+Like the rest of the CLI, each checks what it can (flags, coordinator.toml, addresses, the state
+folder's lock) before importing TensorFlow, and a user error is one `fedrec: error: ...` line.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import shutil
 import sys
 import tempfile
@@ -16,17 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import logging
-
+from fedrec_cli.training_flags import add_training_flags, given_training_values
+from tff_pipeline import runtime
 from tff_pipeline.config import ConfigError
 
 UP_OUTPUTS = ("coordinator", "devices", "coordinator.log")
 log = logging.getLogger("fedrec.coordinator")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
-    from tff_pipeline.cli import add_training_flags
-
+def add_parsers(sub: argparse._SubParsersAction) -> dict[str, tuple[argparse.ArgumentParser, Any]]:
+    """The deployment's commands: name -> (its parser, its runner)."""
     up = sub.add_parser("up", help="coordinator + simulated devices on this machine (loopback), then a report")
     add_training_flags(up)
     up.add_argument("--devices", type=int, help="simulated devices, one user each (default: every user with "
@@ -62,68 +62,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentP
     serve.add_argument("--kubeconfig", type=Path, help="--in-cluster from outside a pod: reach the API with this")
     serve.add_argument("--edge-selector", help="--in-cluster: label selector of the edge pods")
 
-    k8s = sub.add_parser("k8s", help="the deployment in a Kubernetes cluster: status, scale")
-    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True)
-    for name, text in (("status", "rounds, devices per pod, ε spent (reads the cluster)"),
-                       ("scale", "set the number of edge pods")):
-        command = k8s_sub.add_parser(name, help=text)
-        command.add_argument("--namespace", "-n", default="fedrec")
-        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG or ~/.kube/config")
-        if name == "scale":
-            command.add_argument("replicas", type=int)
-        else:
-            command.add_argument("--json", action="store_true", help="the raw status")
-
     status = sub.add_parser("status", help="a coordinator's round, cohort, dropouts, ε spent, model version")
     status.add_argument("--coordinator", metavar="HOST:PORT", help="default: the address in --state-dir")
     status.add_argument("--ca-cert", type=Path, help="default: --state-dir's tls/ca.pem")
     status.add_argument("--state-dir", type=Path, default=Path("coordinator-state"))
-    return {"up": up, "serve": serve, "status": status, "k8s": k8s}
-
-
-def run(args: argparse.Namespace) -> int:
-    return {"up": _up, "serve": _serve, "status": _status, "k8s": _k8s}[args.command](args)
-
-
-def _k8s(args: argparse.Namespace) -> int:
-    import json
-
-    from coordinator.cluster import commands
-    from coordinator.cluster.api import connect
-
-    if args.k8s_command == "scale" and args.replicas < 0:
-        raise ConfigError("replicas", f"must be 0 or more, got {args.replicas}")
-    try:
-        api = connect(kubeconfig=args.kubeconfig)
-    except Exception as error:  # noqa: BLE001 - the client raises several kinds for a bad kubeconfig
-        raise ConfigError("kubeconfig", f"cannot load a kubeconfig: {error}") from None
-    try:
-        if args.k8s_command == "scale":
-            previous = commands.scale(api, namespace=args.namespace, replicas=args.replicas)
-            print(f"statefulset/{commands.EDGE_STATEFULSET} in {args.namespace}: {previous} -> {args.replicas} pods")
-            return 0
-        status = commands.read_status(api, namespace=args.namespace)
-        print(json.dumps(status, indent=2, sort_keys=True) if args.json else commands.render_status(status))
-        return 0
-    except commands.ClusterCommandError as error:
-        print(f"fedrec: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - urllib3's connection errors, after the client's retries
-        if not isinstance(error, (OSError,)) and type(error).__module__.split(".")[0] != "urllib3":
-            raise
-        host = api.configuration.host
-        print(f"fedrec: error: cannot reach the Kubernetes API server at {host}: {type(error).__name__}",
-              file=sys.stderr)
-        return 2
+    return {"up": (up, _up), "serve": (serve, _serve), "status": (status, _status)}
 
 
 def _serve(args: argparse.Namespace) -> int:
     """Check everything that can be checked before the slow start (the configuration, the
     addresses, the state folder's lock), then import TensorFlow and serve."""
+    from coordinator.config import planned
     from coordinator.state_lock import StateLock, refuse_if_held
     from protocol.logs import configure
-
-    from coordinator.config import planned
 
     configure(args.log_level, args.log_format)
     config = serve_config(args)
@@ -143,9 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.info("%s", note)
         if config.plan is not None:
             log.info("%s", config.plan.describe())
-        from tff_pipeline.cli import import_training_stack
-
-        import_training_stack()
+        runtime.import_training_stack()
         from coordinator import server
 
         if args.parent_pid:
@@ -206,13 +155,14 @@ def _status(args: argparse.Namespace) -> int:
 
         durable = read_durable_status(state_dir)
         print(f"coordinator not running (nothing holds {state_dir}); its state:")
-        print("\n".join(durable.lines()))
+        print("\n".join(durable.stopped_lines()))
         return 0
     address = _check_address(args.coordinator) if args.coordinator is not None else _read_address(state_dir)
     ca_pem = _read_ca(args.ca_cert or state_dir / TLS_DIR / "ca.pem")
     import grpc
 
-    from coordinator.up import read_status, status_line
+    from coordinator.status import progress_line
+    from coordinator.up import read_status
 
     try:
         status = asyncio.run(read_status(address, ca_pem))
@@ -224,9 +174,9 @@ def _status(args: argparse.Namespace) -> int:
 
         print(f"coordinator running ({describe_holder(running)}) but not answering at {address}: "
               f"{error.code().name}; its state:")
-        print("\n".join(read_durable_status(state_dir).lines()))
+        print("\n".join(read_durable_status(state_dir).stopped_lines()))
         return 0
-    print(status_line(status))
+    print(progress_line(status))
     print(f"model {status.model_version} (params version {status.params_version})")
     refused = {k: v for k, v in status.refused.items() if v}
     if refused:
@@ -283,8 +233,8 @@ def _up(args: argparse.Namespace) -> int:
     """Check every flag against the data and the fleet, print the plan, then run the deployment."""
     from coordinator import up
     from coordinator.config import deployment_training
-    from coordinator.up import UpOptions, status_line
-    from tff_pipeline.cli import given_training_values, import_training_stack
+    from coordinator.status import progress_line
+    from coordinator.up import UpOptions
     from tff_pipeline.data import load_dataset
     from tff_pipeline.run_folder import RunFolder
 
@@ -312,7 +262,7 @@ def _up(args: argparse.Namespace) -> int:
     last_line = [""]
 
     def on_status(status: Any) -> None:
-        line = status_line(status)
+        line = progress_line(status)
         if not args.quiet and line != last_line[0]:
             print(line, flush=True)
             last_line[0] = line
@@ -322,7 +272,7 @@ def _up(args: argparse.Namespace) -> int:
             out=out, split=split, config=coordinator_config, options=UpOptions(devices, args.device_processes,
                                                                                args.profile, args.quiet),
             on_status=on_status)
-        import_training_stack()
+        runtime.import_training_stack()
         from coordinator.report import deployment_report
         from tff_pipeline import reporting
 
@@ -382,7 +332,7 @@ def _device_count(args: argparse.Namespace, split: Any) -> int:
 def _claim_up_folder(folder: Any, *, overwrite: bool) -> None:
     """--out must be new, empty, or an earlier `fedrec up` folder with --overwrite (then only what
     `fedrec up` wrote there is removed)."""
-    from tff_pipeline.run_folder import RESULT_FILES, CONFIG_FILE
+    from tff_pipeline.run_folder import CONFIG_FILE, RESULT_FILES
 
     path = folder.path
     if not path.exists():

@@ -3,7 +3,16 @@
 The server learns the sum of the surviving devices' fixed-point vectors and nothing else about any
 one of them, while a configured fraction of the devices (a third by default) may drop out.
 
-Stages of a round (device: `edge_client.secure_aggregation`, server: `coordinator.secure_aggregation`):
+One package for the whole protocol: the math, both roles (`participant.SecAggParticipant` on a
+device, `server.SecAggServer` on the coordinator), the one `stages.Stage` enum both roles and the
+coordinator's round share, and the round's stage table (`phases.ROUND_PHASES`: what each stage
+waits for, its deadline, whether it closes early at the goal). No I/O, no network, no clock: the
+device (`edge_client.round_client`) and the coordinator (`coordinator.round_run`) are thin adapters;
+they carry these objects' messages over gRPC, and the coordinator walks the stage table with its
+clock. It imports only `protocol`, numpy, cryptography and pycryptodome (and the standard library;
+`tests/secagg/test_package_imports.py` checks), so it runs on devices without TensorFlow.
+
+Stages of a round (`stages.Stage`; device: `participant`, server: `server`):
 0. Setup: the server announces `SecAggParams` (participants 0..n-1, a seeded random k-regular
    neighbour graph with k = O(log n) (`graph`), the Shamir threshold t, the fixed-point encoding);
    k and t come from `graph.choose_degree_and_threshold` (dropout and collusion fractions).
@@ -35,6 +44,8 @@ smaller margin, which `graph.privacy_bits_achieved` reports for a round's actual
 
 Modules: `errors`, `quantize` (fixed point in Z_2^b, packing), `prg` (AES-CTR masks), `keys`
 (X25519, HKDF, AES-GCM, the sealed share message), `shamir` (multi-block Shamir over GF(2^128)),
-`graph` (the neighbour graph, degree and threshold), `params` (the round's parameters).
+`graph` (the neighbour graph, degree and threshold), `params` (the round's parameters), `stages`
+(the `Stage` enum), `phases` (the round's stage table), `participant` (the device's side), `server`
+(the server's side).
 No pickle: every message is raw bytes of a fixed layout. No TensorFlow: this runs on devices.
 """

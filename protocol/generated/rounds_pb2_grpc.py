@@ -2,7 +2,7 @@
 """Client and server classes corresponding to protobuf-defined services."""
 import grpc
 
-from protocol import rounds_pb2 as protocol_dot_rounds__pb2
+from protocol.generated import rounds_pb2 as protocol_dot_generated_dot_rounds__pb2
 
 
 class CoordinatorStub(object):
@@ -16,43 +16,43 @@ class CoordinatorStub(object):
         """
         self.Enroll = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/Enroll',
-                request_serializer=protocol_dot_rounds__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.EnrollResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.EnrollResponse.FromString,
                 )
         self.CheckIn = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/CheckIn',
-                request_serializer=protocol_dot_rounds__pb2.CheckInRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.CheckInResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.CheckInRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.CheckInResponse.FromString,
                 )
         self.GetModel = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/GetModel',
-                request_serializer=protocol_dot_rounds__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.ModelPackage.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.ModelPackage.FromString,
                 )
         self.AdvertiseKeys = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/AdvertiseKeys',
-                request_serializer=protocol_dot_rounds__pb2.AdvertiseKeysRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.AdvertiseKeysResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysResponse.FromString,
                 )
         self.ShareKeys = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/ShareKeys',
-                request_serializer=protocol_dot_rounds__pb2.ShareKeysRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.ShareKeysResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.ShareKeysRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.ShareKeysResponse.FromString,
                 )
         self.SubmitMaskedInput = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/SubmitMaskedInput',
-                request_serializer=protocol_dot_rounds__pb2.MaskedInputRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.MaskedInputResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.MaskedInputRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.MaskedInputResponse.FromString,
                 )
         self.Unmask = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/Unmask',
-                request_serializer=protocol_dot_rounds__pb2.UnmaskRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.UnmaskResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.UnmaskRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.UnmaskResponse.FromString,
                 )
         self.Status = channel.unary_unary(
                 '/fedrec.rounds.v1.Coordinator/Status',
-                request_serializer=protocol_dot_rounds__pb2.StatusRequest.SerializeToString,
-                response_deserializer=protocol_dot_rounds__pb2.StatusResponse.FromString,
+                request_serializer=protocol_dot_generated_dot_rounds__pb2.StatusRequest.SerializeToString,
+                response_deserializer=protocol_dot_generated_dot_rounds__pb2.StatusResponse.FromString,
                 )
 
 
@@ -117,43 +117,43 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
-                    request_deserializer=protocol_dot_rounds__pb2.EnrollRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.EnrollResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.EnrollRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.EnrollResponse.SerializeToString,
             ),
             'CheckIn': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckIn,
-                    request_deserializer=protocol_dot_rounds__pb2.CheckInRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.CheckInResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.CheckInRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.CheckInResponse.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
-                    request_deserializer=protocol_dot_rounds__pb2.GetModelRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.ModelPackage.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.GetModelRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.ModelPackage.SerializeToString,
             ),
             'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.AdvertiseKeys,
-                    request_deserializer=protocol_dot_rounds__pb2.AdvertiseKeysRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.AdvertiseKeysResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysResponse.SerializeToString,
             ),
             'ShareKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ShareKeys,
-                    request_deserializer=protocol_dot_rounds__pb2.ShareKeysRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.ShareKeysResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.ShareKeysRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.ShareKeysResponse.SerializeToString,
             ),
             'SubmitMaskedInput': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitMaskedInput,
-                    request_deserializer=protocol_dot_rounds__pb2.MaskedInputRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.MaskedInputResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.MaskedInputRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.MaskedInputResponse.SerializeToString,
             ),
             'Unmask': grpc.unary_unary_rpc_method_handler(
                     servicer.Unmask,
-                    request_deserializer=protocol_dot_rounds__pb2.UnmaskRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.UnmaskResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.UnmaskRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.UnmaskResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=protocol_dot_rounds__pb2.StatusRequest.FromString,
-                    response_serializer=protocol_dot_rounds__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=protocol_dot_generated_dot_rounds__pb2.StatusRequest.FromString,
+                    response_serializer=protocol_dot_generated_dot_rounds__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,8 +177,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/Enroll',
-            protocol_dot_rounds__pb2.EnrollRequest.SerializeToString,
-            protocol_dot_rounds__pb2.EnrollResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.EnrollRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.EnrollResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -194,8 +194,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/CheckIn',
-            protocol_dot_rounds__pb2.CheckInRequest.SerializeToString,
-            protocol_dot_rounds__pb2.CheckInResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.CheckInRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.CheckInResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -211,8 +211,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/GetModel',
-            protocol_dot_rounds__pb2.GetModelRequest.SerializeToString,
-            protocol_dot_rounds__pb2.ModelPackage.FromString,
+            protocol_dot_generated_dot_rounds__pb2.GetModelRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.ModelPackage.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -228,8 +228,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/AdvertiseKeys',
-            protocol_dot_rounds__pb2.AdvertiseKeysRequest.SerializeToString,
-            protocol_dot_rounds__pb2.AdvertiseKeysResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.AdvertiseKeysResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -245,8 +245,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/ShareKeys',
-            protocol_dot_rounds__pb2.ShareKeysRequest.SerializeToString,
-            protocol_dot_rounds__pb2.ShareKeysResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.ShareKeysRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.ShareKeysResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -262,8 +262,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/SubmitMaskedInput',
-            protocol_dot_rounds__pb2.MaskedInputRequest.SerializeToString,
-            protocol_dot_rounds__pb2.MaskedInputResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.MaskedInputRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.MaskedInputResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -279,8 +279,8 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/Unmask',
-            protocol_dot_rounds__pb2.UnmaskRequest.SerializeToString,
-            protocol_dot_rounds__pb2.UnmaskResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.UnmaskRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.UnmaskResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -296,7 +296,7 @@ class Coordinator(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/fedrec.rounds.v1.Coordinator/Status',
-            protocol_dot_rounds__pb2.StatusRequest.SerializeToString,
-            protocol_dot_rounds__pb2.StatusResponse.FromString,
+            protocol_dot_generated_dot_rounds__pb2.StatusRequest.SerializeToString,
+            protocol_dot_generated_dot_rounds__pb2.StatusResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

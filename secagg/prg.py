@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.secagg.errors import SecAggError
+from secagg.errors import SecAggError
 
 SEED_BYTES = 16
 MAX_LENGTH = 1 << 28

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from Crypto.Protocol.SecretSharing import Shamir, _Element
 
-from protocol.secagg.errors import SecAggError
+from secagg.errors import SecAggError
 
 BLOCK = 16
 MAX_SHARES = 1024  # neighbourhoods are O(log n); this only bounds hostile input
@@ -169,7 +169,7 @@ class ShamirCombiner:
     def _multipliers_for(self, xs: tuple[int, ...]) -> list[_Multiplier] | None:
         """One `_Multiplier` per lambda_j of `xs`, or None if the self-check failed."""
         if xs not in self._multipliers:
-            multipliers: list[_Multiplier] | None = []
+            multipliers: list[_Multiplier] = []
             probe = os.urandom(BLOCK)
             for coefficient in lagrange_coefficients(xs):
                 factor = _Element(coefficient)
@@ -177,10 +177,12 @@ class ShamirCombiner:
                 if multiplier.times(probe, _Element(0)) != factor * _Element(probe):
                     _log.error("table multiplication disagrees with pycryptodome's _Element product "
                                "(library changed?); using Shamir.combine for x-coordinates %s", xs)
-                    multipliers = None
                     break
                 multipliers.append(multiplier)
-            self._multipliers[xs] = multipliers
+            else:
+                self._multipliers[xs] = multipliers
+                return multipliers
+            self._multipliers[xs] = None
         return self._multipliers[xs]
 
     def combine_many(self, jobs: Sequence[Sequence[tuple[int, bytes]]], *,
@@ -222,7 +224,7 @@ class ShamirCombiner:
                     raise SecAggError("the plain combine returned the wrong number of secrets")
             for number, secret in zip(plain, secrets):
                 results[number] = secret
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every slot was filled above (checked counts)
 
 
 def default_min_batch(threshold: int) -> int:

@@ -1,14 +1,15 @@
-"""The server's side of SecAgg+ (`protocol.secagg`): route what it cannot read, sum what it cannot see.
+"""The server's side of SecAgg+: route what it cannot read, sum what it cannot see.
 
 Semi-honest server: it follows the protocol but may try to learn from what it sees. Devices can be
 hostile, so every message is validated (index, phase, sizes, key sets) and a refused message raises
 `SecAggError` without changing any state.
 
-Phases advance implicitly: the first `keys_for` closes key advertisement, the first `shares_for`
-closes share collection, `unmask_request` closes masked-input collection, a successful `result`
-ends the round. (The round driver decides when; these calls only mark the point of no return.)
+Stages (`stages.PROTOCOL_STAGES`) advance implicitly: the first `keys_for` closes key advertisement,
+the first `shares_for` closes share collection, `unmask_request` closes masked-input collection, a
+successful `result` ends the round. (The round driver decides when; these calls only mark the point
+of no return.)
 
-Which pairwise masks exist (the device does the same, see `edge_client.secure_aggregation`): u and
+Which pairwise masks exist (the device does the same, see `participant`): u and
 v are masked together iff they are neighbours and both sent their shares (S = who sent shares).
 A device masks with exactly the senders of the ciphertexts routed to it, and `shares_for(u)` routes
 one from every v in S adjacent to u. Then:
@@ -20,27 +21,16 @@ one from every v in S adjacent to u. Then:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
 
-from protocol.secagg import keys, prg
-from protocol.secagg.errors import SecAggError
-from protocol.secagg.params import SecAggParams
-from protocol.secagg.shamir import ShamirCombiner, combine_shares
-
-
-class Phase(enum.Enum):
-    KEYS = "advertise keys"
-    SHARES = "share keys"
-    MASKED = "masked input"
-    UNMASK = "unmask"
-    DONE = "done"
-
-
-_ORDER = list(Phase)
+from secagg import keys, prg
+from secagg.errors import SecAggError
+from secagg.params import SecAggParams
+from secagg.shamir import ShamirCombiner, combine_shares
+from secagg.stages import PROTOCOL_STAGES, Stage
 
 
 class SecAggServer:
@@ -50,7 +40,7 @@ class SecAggServer:
         if not isinstance(params, SecAggParams):
             raise SecAggError("params must be SecAggParams")
         self.params = params
-        self._phase = Phase.KEYS
+        self._phase = Stage.ADVERTISE_KEYS
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._all_keys: set[bytes] = set()
         self._shares: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> sealed shares
@@ -65,7 +55,7 @@ class SecAggServer:
         self._result: tuple[np.ndarray, tuple[int, ...]] | None = None
 
     @property
-    def phase(self) -> Phase:
+    def phase(self) -> Stage:
         return self._phase
 
     # helpers
@@ -73,19 +63,19 @@ class SecAggServer:
     def _index(self, index: object) -> int:
         return self.params.check_index(index)
 
-    def _require(self, what: str, *phases: Phase) -> None:
+    def _require(self, what: str, *phases: Stage) -> None:
         if self._phase not in phases:
-            raise SecAggError(f"{what} is not accepted in phase {self._phase.value}")
+            raise SecAggError(f"{what} is not accepted in phase {self._phase.label}")
 
-    def _advance(self, to: Phase) -> None:
-        if _ORDER.index(self._phase) < _ORDER.index(to):
+    def _advance(self, to: Stage) -> None:
+        if PROTOCOL_STAGES.index(self._phase) < PROTOCOL_STAGES.index(to):
             self._phase = to
 
     # phase 1: advertise keys
 
     def receive_keys(self, index: int, c_pk: bytes, s_pk: bytes) -> None:
         """Participant `index`'s public channel key and public mask key."""
-        self._require("advertised keys", Phase.KEYS)
+        self._require("advertised keys", Stage.ADVERTISE_KEYS)
         index = self._index(index)
         if index in self._keys:
             raise SecAggError(f"participant {index} already advertised keys")
@@ -103,14 +93,14 @@ class SecAggServer:
         index = self._index(index)
         if index not in self._keys:
             raise SecAggError(f"participant {index} did not advertise keys")
-        self._advance(Phase.SHARES)
+        self._advance(Stage.SHARE_KEYS)
         return {v: self._keys[v] for v in self.params.graph[index] if v in self._keys}
 
     # phase 2: share keys
 
     def receive_shares(self, index: int, shares: Mapping[int, bytes]) -> None:
         """`index`'s sealed shares: exactly one for each neighbour whose keys it was given."""
-        self._require("shares", Phase.SHARES)
+        self._require("shares", Stage.SHARE_KEYS)
         index = self._index(index)
         if index not in self._keys:
             raise SecAggError(f"participant {index} did not advertise keys")
@@ -133,11 +123,11 @@ class SecAggServer:
     def shares_for(self, index: int) -> dict[int, bytes]:
         """The sealed shares addressed to `index`; the first call closes share collection."""
         index = self._index(index)
-        if _ORDER.index(self._phase) < _ORDER.index(Phase.SHARES):
-            raise SecAggError(f"shares are not available in phase {self._phase.value}")
+        if PROTOCOL_STAGES.index(self._phase) < PROTOCOL_STAGES.index(Stage.SHARE_KEYS):
+            raise SecAggError(f"shares are not available in phase {self._phase.label}")
         if index not in self._shares:
             raise SecAggError(f"participant {index} did not send shares")
-        self._advance(Phase.MASKED)
+        self._advance(Stage.MASKED_INPUT)
         return dict(sorted(self._inbox.get(index, {}).items()))
 
     def _senders_to(self, index: int) -> set[int]:
@@ -148,7 +138,7 @@ class SecAggServer:
 
     def receive_masked(self, index: int, masked: np.ndarray) -> None:
         """`index`'s masked vector: uint64, the round's length, values < 2^b."""
-        self._require("masked input", Phase.MASKED)
+        self._require("masked input", Stage.MASKED_INPUT)
         index = self._index(index)
         if index not in self._shares:
             raise SecAggError(f"participant {index} did not send shares, so it cannot send a masked input")
@@ -169,12 +159,12 @@ class SecAggServer:
         (`unmask_request_for`): shares of b for survivors, shares of the mask key seed for the dropped.
         """
         if self._request is None:
-            self._require("an unmask request", Phase.MASKED)
+            self._require("an unmask request", Stage.MASKED_INPUT)
             survivors = tuple(sorted(self._masked))
             dropped = tuple(sorted(set(self._shares) - set(self._masked)))
             self._request = survivors, dropped
             self._request_sets = frozenset(survivors), frozenset(dropped)
-            self._advance(Phase.UNMASK)
+            self._advance(Stage.UNMASK)
         return self._request
 
     def unmask_request_for(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -195,7 +185,7 @@ class SecAggServer:
 
         b-shares of the survivors, mask-key-seed shares of the dropped.
         """
-        self._require("unmask shares", Phase.UNMASK)
+        self._require("unmask shares", Stage.UNMASK)
         index = self._index(index)
         if index not in self._masked:
             raise SecAggError(f"participant {index} is not a survivor")
@@ -234,7 +224,7 @@ class SecAggServer:
         """
         if self._result is not None:
             return self._result[0].copy(), self._result[1]
-        self._require("a result", Phase.UNMASK)
+        self._require("a result", Stage.UNMASK)
         if executor is not None and not isinstance(executor, Executor):
             raise SecAggError(f"executor must be a concurrent.futures.Executor or None, got {type(executor).__name__}")
         assert self._request is not None
@@ -271,7 +261,7 @@ class SecAggServer:
                     total += pairwise
         total &= fp.mask
         self._result = (total, survivors)
-        self._phase = Phase.DONE
+        self._phase = Stage.DONE
         self._b_shares, self._key_shares = {}, {}
         return total.copy(), survivors
 
@@ -285,7 +275,7 @@ class SecAggServer:
         return sorted((position[h], share) for h, share in held.items())[:self.params.threshold]
 
 
-def _combine_all(jobs: Sequence[list[tuple[int, bytes]]], threshold: int, executor: Executor | None) -> list[bytes]:
+def _combine_all(jobs: Sequence[Sequence[tuple[int, bytes]]], threshold: int, executor: Executor | None) -> list[bytes]:
     """combine_shares of every job, in order; on `executor` as one job each (plain ints and bytes pickle cheaply)."""
     if executor is None:
         return [combine_shares(points, threshold=threshold) for points in jobs]
