@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,6 +22,25 @@ EXIT_BUG = 1
 EXIT_INTERRUPTED = 130
 
 
+# After an interruption the process must end even if a library left a non-daemon thread blocked
+# (a TFF executor thread waiting on the worker just stopped): Python's exit would join it forever.
+EXIT_GRACE_SECONDS = 10.0
+
+
+def end_within(status: int, seconds: float | None = None) -> None:
+    """Let the interpreter exit normally, but end the process with `status` if that takes longer
+    than `seconds` (default EXIT_GRACE_SECONDS; a daemon thread: it outlives the joins that could
+    hang)."""
+    grace = EXIT_GRACE_SECONDS if seconds is None else seconds
+
+    def cut() -> None:
+        time.sleep(grace)
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=cut, name="fedrec-exit-grace", daemon=True).start()
+
+
 def crash_log_dir() -> Path:
     """Where a bug's traceback goes: $FEDREC_LOG_DIR, else the system's temporary folder."""
     return Path(os.environ.get("FEDREC_LOG_DIR") or tempfile.gettempdir())
@@ -30,6 +50,7 @@ def report_error(error: BaseException, parser: argparse.ArgumentParser | None) -
     """Print how `error` ended the command and return the exit status."""
     if isinstance(error, KeyboardInterrupt):
         print(f"{PROG}: interrupted", file=sys.stderr)
+        end_within(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     if isinstance(error, ConfigError):
         from fedrec_cli.training_flags import flag_of

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REQUIRED_BASELINES = {"centralized", "biases", "global_mean", "local_only", "popularity"}
 
 
@@ -22,6 +24,7 @@ def _fedrec(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.e2e
 def test_simulate_writes_report_and_leaves_no_worker(tmp_path: Path, png_size):
     before = _worker_binaries()
     out = tmp_path / "run"

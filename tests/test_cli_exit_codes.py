@@ -5,7 +5,12 @@ and the path of a log holding the traceback, never a silent status 2."""
 from __future__ import annotations
 
 import errno
+import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +80,32 @@ def test_any_other_exception_is_a_bug_with_its_traceback_in_a_log(monkeypatch, c
 def test_an_interruption_is_status_130(monkeypatch, capsys):
     code, err = _run_raising(monkeypatch, capsys, KeyboardInterrupt())
     assert (code, err) == (130, "fedrec: interrupted\n")
+
+
+def test_an_interrupted_command_ends_even_if_a_thread_would_hold_the_exit(tmp_path):
+    """A library thread left blocked (a TFF executor thread on a stopped worker) would make
+    Python's exit wait forever: the interrupted command still ends, with status 130."""
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import sys, threading\n"
+        "import fedrec_cli.errors as errors\n"
+        "import fedrec_cli.main as cli\n"
+        "errors.EXIT_GRACE_SECONDS = 1.0\n"
+        "original = cli.build_parser\n"
+        "def patched():\n"
+        "    parser, commands = original()\n"
+        "    def run(args):\n"
+        "        threading.Thread(target=threading.Event().wait).start()  # never ends, not a daemon\n"
+        "        raise KeyboardInterrupt\n"
+        "    commands['status'] = (commands['status'][0], run)\n"
+        "    return parser, commands\n"
+        "cli.build_parser = patched\n"
+        "sys.exit(cli.main(['status']))\n")
+    started = time.monotonic()
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "fedrec: interrupted\n"
+    assert time.monotonic() - started < 30

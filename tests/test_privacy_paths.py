@@ -93,6 +93,32 @@ def test_fixed_dp_event_epsilon_is_the_plans_every_round_empty_cohorts_and_resum
     assert resumed["privacy"]["epsilon_pld"] == report["privacy"]["epsilon_pld"]
 
 
+def test_a_checkpoint_from_before_the_events_were_kept_resumes_charged_as_planned(tff_runtime, small_split, tmp_path):
+    """An older fedrec kept no events in its checkpoints and reported the plan's (z, q, T) ε: a DP
+    run it interrupted resumes, its finished rounds charged the plan's event, and ends at the ε of
+    an uninterrupted run (fixed z = 1, where events and plan agree exactly)."""
+    config = _config(rounds=4)
+    uninterrupted = simulation.run(config, small_split).report
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["round"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        simulation.run(config, small_split, out_dir=tmp_path / "old", on_round=stop_after_two)
+    index_path = tmp_path / "old" / "checkpoints" / CHECKPOINT_INDEX
+    index = json.loads(index_path.read_text())
+    del index["meta"]["dp_events"]  # as the older version wrote it
+    index_path.write_text(json.dumps(index))
+    resumed = simulation.run(config, small_split, out_dir=tmp_path / "old", resume=True).report
+    assert resumed["privacy"]["epsilon_rdp"] == uninterrupted["privacy"]["epsilon_rdp"]
+    assert resumed["privacy"]["epsilon_pld"] == uninterrupted["privacy"]["epsilon_pld"]
+    assert len(_saved_events(tmp_path / "old")) == 4
+
+
 def test_the_plan_is_calibrated_once_and_recorded_in_the_config(monkeypatch):
     """`plan_run` records z; `plan_privacy` (the simulation's and the coordinator's) reads it."""
     from tff_pipeline.privacy import planner

@@ -185,7 +185,7 @@ def run(
         if loaded is not None:
             start_round, state, meta = loaded
             history, train_seconds = meta["history"], meta["train_seconds"]
-            dp_events = _saved_events(meta, start_round, config.private, folder.checkpoints)
+            dp_events = _saved_events(meta, start_round, plan if config.private else None, folder.checkpoints)
         if start_round > plan.rounds:
             raise checkpoint.CheckpointError(
                 f"{folder.checkpoints}: holds round {start_round}, but this run plans {plan.rounds} rounds")
@@ -243,8 +243,15 @@ def run(
     return RunResult(report=report, params=_global_params(learning_process, state))
 
 
-def _saved_events(meta: dict[str, Any], rounds: int, private: bool, where: Path) -> list[dp_accounting.DpEvent]:
-    """The DP events of the `rounds` rounds a checkpoint holds (none without DP)."""
+def _saved_events(meta: dict[str, Any], rounds: int, plan: PrivacyPlan | None,
+                  where: Path) -> list[dp_accounting.DpEvent]:
+    """The DP events of the `rounds` rounds a checkpoint holds (none without DP, `plan` None).
+
+    A checkpoint written before the events were kept (fedrec before issue 17) has none: its rounds
+    are charged the plan's event, (z, q) each, which is what that version reported for them."""
+    private = plan is not None
+    if plan is not None and "dp_events" not in meta:
+        return [accounting.round_event(plan.noise_multiplier, plan.sampling_rate)] * rounds
     texts = meta.get("dp_events", [] if not private else None)
     try:
         if not isinstance(texts, list) or len(texts) != (rounds if private else 0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import edge_client
+from tests.import_scan import top_level_imports
 
 PACKAGE_ROOT = Path(edge_client.__file__).parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -91,21 +91,6 @@ def test_cli_errors_on_a_fresh_device_are_one_line(no_tensorflow_env, tmp_path):
     assert "fedrec-edge: error: no model installed in" in done.stderr
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, top-level module) of every absolute import in the file, at any depth."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            found.append((node.lineno, node.module.split(".")[0]))
-        elif isinstance(node, ast.Call):
-            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if name in {"__import__", "import_module"}:
-                found.append((node.lineno, "<dynamic import>"))
-    return found
-
-
 def test_device_code_imports_only_the_standard_library_and_the_device_dependencies():
     allowed = set(sys.stdlib_module_names) | ALLOWED_TOP_LEVEL | {"__future__"}
     modules = sorted(p for name in DEVICE_PACKAGES for p in (REPO_ROOT / name).rglob("*.py")
@@ -116,7 +101,7 @@ def test_device_code_imports_only_the_standard_library_and_the_device_dependenci
                                          "identity.py", "profiles.py", "participant.py", "rounds_pb2.py",
                                          "rounds_pb2_grpc.py", "upload.py", "tensors.py", "quantize.py", "shamir.py",
                                          "keys.py", "graph.py", "prg.py"}
-    offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in _imports(p)
+    offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in top_level_imports(p)
                  if name not in allowed | SIMULATED_USERS.get(p.relative_to(REPO_ROOT), set())]
     assert offending == []
 
@@ -125,7 +110,7 @@ def test_the_data_loaders_an_edge_pod_uses_need_only_numpy():
     allowed = set(sys.stdlib_module_names) | {"numpy", "protocol", "__future__"}
     modules = sorted((REPO_ROOT / "tff_pipeline" / "data").rglob("*.py"))
     assert modules
-    offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in _imports(p)
+    offending = [f"{p.relative_to(REPO_ROOT)}:{line}: {name}" for p in modules for line, name in top_level_imports(p)
                  if name not in allowed]
     assert offending == []
     assert (REPO_ROOT / "tff_pipeline" / "__init__.py").read_text().count("import") == 0

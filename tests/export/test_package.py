@@ -33,6 +33,7 @@ def dp_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.e2e
 def test_cli_export_writes_a_verified_package_with_the_runs_facts(dp_run, tmp_path):
     package = tmp_path / "pkg"
     done = _fedrec("export", "--run", str(dp_run), "--out", str(package))
@@ -59,6 +60,7 @@ def test_cli_export_writes_a_verified_package_with_the_runs_facts(dp_run, tmp_pa
         np.testing.assert_array_equal(weights["item_bias"], final["item_bias"])
 
 
+@pytest.mark.e2e
 def test_export_of_an_earlier_round_reports_the_privacy_spent_by_then(dp_run, tmp_path):
     manifest = export_run(dp_run, tmp_path / "pkg5", round_num=5)
     report = json.loads((dp_run / "report.json").read_text())
@@ -72,6 +74,7 @@ def test_export_of_an_earlier_round_reports_the_privacy_spent_by_then(dp_run, tm
     assert manifest.privacy["epsilon_rdp"] < report["privacy"]["epsilon_rdp"]
 
 
+@pytest.mark.e2e
 def test_refusals_name_the_problem(dp_run, tmp_path):
     with pytest.raises(ExportError, match=r"no checkpoint for round 2.*keeps rounds \[5, 6\]"):
         export_run(dp_run, tmp_path / "x", round_num=2)
