@@ -1,7 +1,5 @@
 """`python -m fedrec_cli` is `fedrec`."""
 
-import sys
+from fedrec_cli.main import entry
 
-from fedrec_cli.main import main
-
-sys.exit(main())
+entry()

@@ -50,7 +50,6 @@ def report_error(error: BaseException, parser: argparse.ArgumentParser | None) -
     """Print how `error` ended the command and return the exit status."""
     if isinstance(error, KeyboardInterrupt):
         print(f"{PROG}: interrupted", file=sys.stderr)
-        end_within(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     if isinstance(error, ConfigError):
         from fedrec_cli.training_flags import flag_of

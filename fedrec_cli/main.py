@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fedrec_cli import cluster, deploy, simulate
-from fedrec_cli.errors import PROG, report_error
+from fedrec_cli.errors import EXIT_INTERRUPTED, PROG, end_within, report_error
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,5 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(interrupt, command_parser)
 
 
+def entry() -> None:
+    """The `fedrec` console script (and `python -m fedrec_cli`): `main`, then exit with its status;
+    an interrupted command ends within a grace period even if a thread would hold the exit."""
+    status = main()
+    if status == EXIT_INTERRUPTED:
+        end_within(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

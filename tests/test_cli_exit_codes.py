@@ -101,7 +101,8 @@ def test_an_interrupted_command_ends_even_if_a_thread_would_hold_the_exit(tmp_pa
         "    commands['status'] = (commands['status'][0], run)\n"
         "    return parser, commands\n"
         "cli.build_parser = patched\n"
-        "sys.exit(cli.main(['status']))\n")
+        "sys.argv = ['fedrec', 'status']\n"
+        "cli.entry()\n")
     started = time.monotonic()
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
