@@ -42,12 +42,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a shell starts background jobs (and so a CI runner
+    started with `&`) with SIGINT ignored, and a process that inherits that never sees it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_training(out: Path) -> tuple[subprocess.Popen, int]:
     """A long run, started as a user would; returns it and its worker's PID once round 2 is saved."""
     process = subprocess.Popen(
         [sys.executable, "-m", "fedrec_cli", "simulate", "--rounds", "2000", "--eval-every", "1000",
          "--no-baselines", "--quiet", "--out", str(out)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 180
     index = out / "checkpoints" / "checkpoint.json"
     while time.monotonic() < deadline:
