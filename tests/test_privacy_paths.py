@@ -10,6 +10,7 @@ import sqlite3
 import dp_accounting
 import pytest
 
+from tests.interrupted_runs import interrupt_after
 from tff_pipeline import simulation
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import synthetic_split
@@ -77,15 +78,7 @@ def test_fixed_dp_event_epsilon_is_the_plans_every_round_empty_cohorts_and_resum
     assert report["privacy"]["epsilon_rdp"] == accounting.epsilon_rdp(1.0, q, 6, DELTA)
     assert report["privacy"]["epsilon_pld"] == accounting.epsilon_pld(1.0, q, 6, DELTA)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_three(row):
-        if row["round"] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        simulation.run(config, small_split, out_dir=tmp_path / "cut", on_round=stop_after_three)
+    interrupt_after(config, small_split, tmp_path / "cut", 3)
     assert len(_saved_events(tmp_path / "cut")) == 3
     resumed = simulation.run(config, small_split, out_dir=tmp_path / "cut", resume=True).report
     assert len(_saved_events(tmp_path / "cut")) == 6
@@ -100,15 +93,7 @@ def test_a_checkpoint_from_before_the_events_were_kept_resumes_charged_as_planne
     config = _config(rounds=4)
     uninterrupted = simulation.run(config, small_split).report
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(row):
-        if row["round"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        simulation.run(config, small_split, out_dir=tmp_path / "old", on_round=stop_after_two)
+    interrupt_after(config, small_split, tmp_path / "old", 2)
     index_path = tmp_path / "old" / "checkpoints" / CHECKPOINT_INDEX
     index = json.loads(index_path.read_text())
     del index["meta"]["dp_events"]  # as the older version wrote it

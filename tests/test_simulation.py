@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tests.interrupted_runs import interrupt_after
 from tff_pipeline import baselines, simulation
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import synthetic_split
@@ -36,15 +37,7 @@ def test_resume_ends_where_uninterrupted_run_ends(tff_runtime, small_split, tmp_
     config = _config(rounds=6)
     uninterrupted = simulation.run(config, small_split, out_dir=tmp_path / "full")
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_three(row):
-        if row["round"] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        simulation.run(config, small_split, out_dir=tmp_path / "cut", on_round=stop_after_three)
+    interrupt_after(config, small_split, tmp_path / "cut", 3)
     resumed = simulation.run(config, small_split, out_dir=tmp_path / "cut", resume=True)
 
     for got, want in zip(resumed.params, uninterrupted.params):
