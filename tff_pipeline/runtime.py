@@ -187,12 +187,24 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
 
 
+def compile_for_worker(computation: Any) -> Any:
+    """TFF's native compilation, after turning secure sums into plain (modular) sums of TensorFlow.
+
+    TFF's C++ worker has no secure-sum intrinsics; in a simulation they stand for what SecAgg+
+    computes in a deployment (TFF's own test compiler does the same). Distributed DP's
+    `DistributedDpSumFactory` sums through them."""
+    from tensorflow_federated.python.core.backends.native import compiler
+    from tensorflow_federated.python.core.backends.test import compiler as secure_intrinsics
+
+    computation = secure_intrinsics.replace_secure_intrinsics_with_bodies(computation)
+    return compiler.desugar_and_transform_to_native(computation)
+
+
 def install() -> None:
     """Make this context TFF's default (idempotent)."""
     global _installed, _worker
     if _installed:
         return
-    from tensorflow_federated.python.core.backends.native import compiler
     from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
     from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
     from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
@@ -211,7 +223,7 @@ def install() -> None:
 
     context = sync_execution_context.SyncExecutionContext(
         executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
-        compiler_fn=compiler.desugar_and_transform_to_native,
+        compiler_fn=compile_for_worker,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result,
     )
