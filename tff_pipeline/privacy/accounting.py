@@ -10,7 +10,8 @@ noise multiplier is z, so the same event describes it.
 Two ways in, one composition: `epsilon(events, delta)` composes the events a run applied (the
 simulation's, read from its aggregator every round, and the coordinator's ledger); the plan's
 `epsilon_rdp` / `epsilon_pld` compose T rounds of the planned (z, q) (calibration, the budget's
-last round, export of an earlier round). Both build their accountants here (`_rdp`, `_pld`, with
+last round, export of an earlier round). Distributed DP's Skellam rounds compose by RDP in
+`skellam` (no PLD). Both build their accountants here (`_rdp`, `_pld`, with
 `PLD_DISCRETIZATION`), so T equal events give exactly the plan's figure.
 """
 
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from tff_pipeline.privacy import skellam
 from tff_pipeline.privacy.errors import PrivacyError
 from tff_pipeline.privacy.events import decode_event, encode_event
 
@@ -47,6 +49,11 @@ def epsilon(events: Iterable[dp_accounting.DpEvent], delta: float, *, with_pld: 
     outside (0, 1) or an event an accountant cannot compose."""
     if not 0 < delta < 1:
         raise PrivacyError(f"delta must be in (0, 1), got {delta}")
+    events = list(events)
+    if any(skellam.is_skellam(event) for event in events):
+        if not all(skellam.is_skellam(event) for event in events):
+            raise PrivacyError("a run's rounds are all distributed DP (Skellam) or none are")
+        return Epsilon(skellam.epsilon(events, delta), None)  # RDP only: dp-accounting's PLD has no Skellam
     grouped = _grouped(events)
     if not grouped:
         return Epsilon(0.0, 0.0 if with_pld else None)

@@ -3,12 +3,13 @@
 One round of DP-FedAvg is `PoissonSampledDpEvent(q, event)`: each user (or device) takes part
 independently with probability q, and `event` is what the DP query returned when it noised the
 round's sum (`GaussianDpEvent(z)` with fixed clipping; a `ComposedDpEvent` of the update's and
-the clipped count's Gaussians with adaptive clipping). The simulation keeps its rounds' events in
+the clipped count's Gaussians with adaptive clipping; `skellam.SkellamDpEvent` under distributed
+DP). The simulation keeps its rounds' events in
 its checkpoints and the coordinator in its ledger (`ledger.py`), both in this encoding; ε is
 composed from them by `accounting.epsilon`.
 
-Only the event types that occur are encoded (Gaussian, Composed, PoissonSampled, SelfComposed,
-NoOp); any other type is refused rather than stored in a form the accountants might misread.
+Only the event types that occur are encoded (Gaussian, Skellam, Composed, PoissonSampled,
+SelfComposed, NoOp); any other type is refused rather than stored in a form the accountants might misread.
 Numbers may arrive as numpy or TensorFlow scalars (TF computes the noise multipliers); they are
 stored, and decoded, as Python floats.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import dp_accounting
 
 from tff_pipeline.privacy.errors import PrivacyError
+from tff_pipeline.privacy.skellam import SkellamDpEvent
 
 
 def encode_event(event: dp_accounting.DpEvent) -> str:
@@ -57,6 +59,10 @@ def _to_json(event: dp_accounting.DpEvent) -> dict[str, Any]:
         return {"type": "NoOp"}
     if kind is dp_accounting.GaussianDpEvent:
         return {"type": "Gaussian", "noise_multiplier": _non_negative(event.noise_multiplier, "noise_multiplier")}
+    if kind is SkellamDpEvent:
+        return {"type": "Skellam", "l1_sensitivity": _non_negative(event.l1_sensitivity, "l1_sensitivity"),
+                "l2_sensitivity": _non_negative(event.l2_sensitivity, "l2_sensitivity"),
+                "variance": _non_negative(event.variance, "variance")}
     if kind is dp_accounting.PoissonSampledDpEvent:
         return {"type": "PoissonSampled", "sampling_probability": _probability(event.sampling_probability),
                 "event": _to_json(event.event)}
@@ -73,6 +79,7 @@ def _from_json(obj: Any) -> dp_accounting.DpEvent:
     known: dict[str, set[str]] = {
         "NoOp": set(), "Gaussian": {"noise_multiplier"}, "PoissonSampled": {"sampling_probability", "event"},
         "Composed": {"events"}, "SelfComposed": {"count", "event"},
+        "Skellam": {"l1_sensitivity", "l2_sensitivity", "variance"},
     }
     fields = known.get(obj["type"])
     if fields is None or set(obj) != fields | {"type"}:
@@ -82,6 +89,8 @@ def _from_json(obj: Any) -> dp_accounting.DpEvent:
         return dp_accounting.NoOpDpEvent()
     if kind == "Gaussian":
         return dp_accounting.GaussianDpEvent(_non_negative(obj["noise_multiplier"], "noise_multiplier"))
+    if kind == "Skellam":
+        return SkellamDpEvent(*(_non_negative(obj[name], name) for name in ("l1_sensitivity", "l2_sensitivity", "variance")))
     if kind == "PoissonSampled":
         return dp_accounting.PoissonSampledDpEvent(_probability(obj["sampling_probability"]), _from_json(obj["event"]))
     if kind == "Composed":
