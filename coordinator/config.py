@@ -170,6 +170,11 @@ class CoordinatorConfig:
     given_cohort: int | None = None
     planned: bool = False  # `planned` has run (the privacy planner's choices are in `training`)
 
+    def __post_init__(self) -> None:
+        if self.training.dp == "distributed":
+            raise ConfigError("[training] dp", "distributed runs in `fedrec simulate` only for now: the devices' noise "
+                                               "shares on the wire are not built yet (issue 18); use fixed or adaptive")
+
     @property
     def population(self) -> int:
         if self.deployment.population is None:

@@ -94,9 +94,12 @@ def plan_privacy_budget(config: SimulationConfig, split: Any, *, given_rounds: i
     import numpy as np
 
     from tff_pipeline.privacy import planner
+    from tff_pipeline.privacy.distributed import model_values
 
     population = int(np.unique(split.train.users).size)
-    config, plan = planner.plan_run(config, population, rounds=given_rounds, clients_per_round=given_cohort)
+    shape = planner.distributed_shape(config, model_values(split.num_items, config.dim))
+    config, plan = planner.plan_run(config, population, rounds=given_rounds, clients_per_round=given_cohort,
+                                    distributed=shape)
     if plan is not None:
         print(plan.describe())
     return config

@@ -46,8 +46,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-lr", dest="server_learning_rate", type=float, help="default 0.01 (adam); 0.6 with --dp")
     p.add_argument("--server-momentum", type=float, help="default 0.9; 0 with --dp")
     p.add_argument("--server-adam-epsilon", type=float, help="default 1e-2 (damps rare items)")
-    p.add_argument("--dp", choices=["none", "fixed", "adaptive"],
-                   help="model aggregator: plain weighted mean (default), or DP with fixed / adaptive clipping")
+    p.add_argument("--dp", choices=["none", "fixed", "adaptive", "distributed"],
+                   help="model aggregator: plain weighted mean (default), central DP with fixed / adaptive "
+                        "clipping, or distributed DP (each device adds its share of Skellam noise; fixed clip)")
+    p.add_argument("--dp-bits", type=int,
+                   help=f"with --dp distributed: the bit width b of the secure sum (default {d.dp_bits}, at most 22)")
     p.add_argument("--noise-multiplier", type=float)
     p.add_argument("--target-epsilon", type=float,
                    help="alone: plan the cohort and rounds left unset and calibrate the noise for them; "

@@ -124,3 +124,47 @@ def test_the_plan_is_calibrated_once_and_recorded_in_the_config(monkeypatch):
     with pytest.raises(ValueError, match="another population"):  # q = 1/3 of 40, not of 400
         planner.plan_privacy(dataclasses.replace(planned, clients_per_round=400), 400)
     assert "planned_noise_multiplier" not in config.to_dict()  # unplanned configs keep their digest
+
+
+def test_distributed_dp_charges_the_skellam_rounds_tff_applied_as_the_ledger_would(tff_runtime, small_split, tmp_path):
+    """--dp distributed: each round's event is the Skellam release TFF's DistributedDpSumFactory
+    measured (its scaled, inflated L2 bound and noise shares), charged for at most m shares; the
+    report's ε is those events composed (the ledger's figure), near the plan's; the model trains."""
+    from protocol.distributed_dp import DistributedDpSpec
+    from tff_pipeline.privacy import distributed, skellam
+
+    config = _config(dp="distributed", dp_bits=18, rounds=6)
+    report = simulation.run(config, small_split, out_dir=tmp_path / "run").report
+    applied = _saved_events(tmp_path / "run")
+    assert len(applied) == 6 and all(skellam.is_skellam(e) for e in applied)
+    spent = _ledger_of(applied, tmp_path).epsilon(DELTA)
+    assert report["privacy"]["epsilon_rdp"] == spent.rdp and report["privacy"]["epsilon_pld"] is None
+    q = report["privacy"]["sampling_rate"]
+    num_items = small_split.num_items
+    m = distributed.simulation_noise_reporters(20, q)
+    cohorts = [row["cohort"] for row in report["history"]]
+    # TFF computes its scale for m clients (it calls m its expected clients); the numpy spec for m
+    # clients has the same scale, so the planned variance per share is the measured one.
+    tff_like = DistributedDpSpec(bits=18, l2_clip=0.5, noise_multiplier=1.0, clients=m, noise_reporters=m,
+                                 dim=distributed.model_values(num_items, 4))
+    for event, cohort in zip(applied, cohorts):
+        shares = min(cohort, m) if cohort else m
+        assert event.event.variance == pytest.approx(shares * tff_like.scaled_local_variance, rel=1e-5)
+        assert event.event.l2_sensitivity == pytest.approx(tff_like.scaled_l2_sensitivity, rel=1e-5)
+    assert report["final"]["rmse"] is not None and report["final"]["rmse"] < 5
+
+
+def test_distributed_dp_plans_a_budget_with_the_skellam_accountant_and_states_bits_and_upload():
+    from tff_pipeline.privacy import distributed, planner
+
+    shape = planner.DistributedShape(dim=distributed.model_values(300, 16), bits=20, clip=0.5)
+    plan = planner.plan_budget(target_epsilon=8.0, delta=1e-4, population=400, clients_per_round=40, rounds=100,
+                               distributed=shape)
+    assert plan.distributed is not None and plan.epsilon_rdp <= 8.0 * (1 + 1e-9)
+    spec = plan.distributed
+    assert distributed.epsilon(spec, sampling_rate=0.1, rounds=100, delta=1e-4) == pytest.approx(plan.epsilon_rdp)
+    slightly_less = shape.spec(plan.noise_multiplier * 0.99, 40, 0.1)
+    assert distributed.epsilon(slightly_less, sampling_rate=0.1, rounds=100, delta=1e-4) > 8.0
+    text = plan.describe()
+    assert "b = 20 bits" in text and f"{spec.upload_bytes} bytes per device upload" in text
+    assert spec.upload_bytes == (spec.padded_dim * 20 + 7) // 8

@@ -114,7 +114,9 @@ class SimulationConfig:
     server_momentum: float = 0.9
     server_adam_epsilon: float = 1e-2
     # Differential privacy.
-    dp: str = "none"  # none | fixed | adaptive
+    dp: str = "none"  # none | fixed | adaptive | distributed
+    # Distributed DP: the bit width of the secure sum each device's noised, rounded upload lives in.
+    dp_bits: int = 20
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     # Set by the privacy planner, never given: the noise multiplier it calibrated for target_epsilon
@@ -157,7 +159,10 @@ class SimulationConfig:
         check_number(self, "server_learning_rate", low=0.0, low_open=True)
         check_number(self, "server_momentum", low=0.0, high=1.0, high_open=True)
         check_number(self, "server_adam_epsilon", low=0.0, low_open=True)
-        _choice(self, "dp", ("none", "fixed", "adaptive"))
+        _choice(self, "dp", ("none", "fixed", "adaptive", "distributed"))
+        check_integer(self, "dp_bits", 1, 22)
+        if self.dp != "distributed" and self.dp_bits != SimulationConfig.dp_bits:
+            raise ConfigError("dp_bits", "applies to --dp distributed only")
         if self.noise_multiplier is not None:
             check_number(self, "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER)
         if self.target_epsilon is not None:
@@ -175,9 +180,9 @@ class SimulationConfig:
         if not isinstance(self.baselines, bool):
             raise ConfigError("baselines", f"must be true or false, got {self.baselines!r}")
         if self.dp == "none" and self.dp_ranking_scale != 1.0:
-            raise ConfigError("dp_ranking_scale", "applies to DP runs only (add --dp fixed or adaptive)")
+            raise ConfigError("dp_ranking_scale", "applies to DP runs only (add --dp fixed, adaptive or distributed)")
         if self.dp == "none" and (self.noise_multiplier is not None or self.target_epsilon is not None):
-            raise ConfigError("dp", "--noise-multiplier/--target-epsilon need --dp fixed or adaptive")
+            raise ConfigError("dp", "--noise-multiplier/--target-epsilon need --dp fixed, adaptive or distributed")
 
     def check_model_size(self, num_items: int) -> None:
         """Refuse a model too large to train or export, before any of it is allocated."""
@@ -216,7 +221,9 @@ class SimulationConfig:
             adam_epsilon=self.server_adam_epsilon,
         )
 
-    def aggregator_config(self, *, noise_multiplier: float, expected_clients: float) -> AggregatorConfig:
+    def aggregator_config(self, *, noise_multiplier: float, expected_clients: float,
+                          noise_reporters: int | None = None) -> AggregatorConfig:
+        """`noise_reporters`: m of distributed DP's noise rule (`privacy.distributed`)."""
         from tff_pipeline.federated.aggregation import AggregatorConfig, AggregatorKind
 
         return AggregatorConfig(
@@ -226,12 +233,16 @@ class SimulationConfig:
             expected_clients_per_round=expected_clients,
             target_unclipped_quantile=self.target_unclipped_quantile,
             part_scale=self.dp_ranking_scale,
+            bits=self.dp_bits,
+            noise_reporters=noise_reporters,
         )
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         if values["planned_noise_multiplier"] is None:  # so configurations from before it existed keep their digest
             del values["planned_noise_multiplier"]
+        if values["dp"] != "distributed":  # likewise: only distributed DP has a bit width
+            del values["dp_bits"]
         return values
 
     @classmethod

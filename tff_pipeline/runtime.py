@@ -200,11 +200,27 @@ def compile_for_worker(computation: Any) -> Any:
     return compiler.desugar_and_transform_to_native(computation)
 
 
+def allow_deep_computations() -> None:
+    """Let protobuf's upb runtime copy TFF computations nested deeper than its default limit of
+    100 levels. TFF builds a computation's proto by copying nested building blocks; distributed DP's
+    factory (rotation, clipping, discretization, DP query and two modular clips inside one another)
+    nests past the limit, which upb reports as "DecodeError: Error parsing message". Its
+    `SetAllowOversizeProtos` lifts that depth limit (pure-Python protobuf has none, but runs TFF
+    ~9x slower here)."""
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() == "upb":
+        from google._upb import _message
+
+        _message.SetAllowOversizeProtos(True)
+
+
 def install() -> None:
     """Make this context TFF's default (idempotent)."""
     global _installed, _worker
     if _installed:
         return
+    allow_deep_computations()
     from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
     from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
     from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context

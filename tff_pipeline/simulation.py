@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,9 +28,11 @@ from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, group_by_user
 from tff_pipeline.errors import PipelineError
 from tff_pipeline.federated import client_work, process, sampling
-from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy import accounting, skellam
+from tff_pipeline.privacy import distributed as ddp_accounting
+from tff_pipeline.privacy.distributed import model_values
 from tff_pipeline.privacy.events import concrete_event, decode_event, encode_event, sampled_round
-from tff_pipeline.privacy.planner import PrivacyPlan, plan_privacy
+from tff_pipeline.privacy.planner import PrivacyPlan, distributed_shape, plan_privacy
 from tff_pipeline.run_folder import RunFolder, RunFolderError, RunIdentity
 
 
@@ -140,6 +143,21 @@ def _applied_event(state: Any) -> dp_accounting.DpEvent:
     return concrete_event(dp_accounting.DpEvent.from_named_tuple(named))
 
 
+def _distributed_event(metrics: Any, cohort_size: int, plan: PrivacyPlan) -> dp_accounting.DpEvent:
+    """The Skellam release of a distributed-DP round as TFF's `DistributedDpSumFactory` applied it
+    (its measurements: the scaled, inflated L2 bound and each client's noise stddev), charged for
+    the noise shares that arrived, at most m (`privacy.distributed`). An empty cohort releases
+    nothing new; it is charged the planned round."""
+    assert plan.distributed is not None
+    measured = metrics.get("aggregator") if isinstance(metrics, Mapping) else None
+    if not cohort_size or not isinstance(measured, Mapping):
+        return ddp_accounting.round_event(plan.distributed)
+    l2 = float(measured["scaled_inflated_l2"])
+    l1 = math.ceil(l2 * min(math.sqrt(int(measured["padded_dim"])), l2))
+    shares = min(cohort_size, plan.distributed.noise_reporters)
+    return skellam.SkellamDpEvent(float(l1), l2, shares * float(measured["scaled_local_stddev"]) ** 2)
+
+
 def run(
     config: SimulationConfig,
     split: DatasetSplit,
@@ -166,12 +184,14 @@ def run(
             raise RunFolderError(f"{folder / 'config.json'}: the configuration differs from the one given; "
                                  "a run is resumed with the configuration it started with")
     population = ClientPopulation(split)
-    plan = plan_privacy(config, len(population))
+    shape = distributed_shape(config, model_values(split.num_items, config.dim))
+    plan = plan_privacy(config, len(population), distributed=shape)
     model_config = config.model_config(split.num_items)
     learning_process = process.build_fedrec_process(
         model_config,
         aggregator=config.aggregator_config(
-            noise_multiplier=plan.noise_multiplier, expected_clients=plan.sampling_rate * len(population)
+            noise_multiplier=plan.noise_multiplier, expected_clients=plan.sampling_rate * len(population),
+            noise_reporters=None if plan.distributed is None else plan.distributed.noise_reporters,
         ),
         server_optimizer=config.server_optimizer_config(),
         seed=config.seed,
@@ -218,7 +238,8 @@ def run(
         row["clip"] = float(clip) if clip is not None else None
         if config.private:
             # An empty cohort is charged too: the event the aggregator's state holds (its last).
-            dp_events.append(sampled_round(_applied_event(state), plan.sampling_rate))
+            applied = _applied_event(state) if plan.distributed is None else _distributed_event(metrics, len(cohort), plan)
+            dp_events.append(sampled_round(applied, plan.sampling_rate))
             row["epsilon_rdp"] = accounting.epsilon(dp_events, config.delta, with_pld=False).rdp
         if round_num % config.eval_every == 0 or round_num == plan.rounds:
             with _stop_if_non_finite(round_num, "evaluating the model"):

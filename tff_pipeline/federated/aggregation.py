@@ -16,6 +16,7 @@ from typing import Any
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from protocol.distributed_dp import MECHANISM
 from tff_pipeline.federated.weighted_mean import ExampleWeightedMeanFactory
 
 
@@ -23,6 +24,7 @@ class AggregatorKind(str, enum.Enum):
     MEAN = "none"
     DP_FIXED = "fixed"
     DP_ADAPTIVE = "adaptive"
+    DP_DISTRIBUTED = "distributed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,9 @@ class AggregatorConfig:
     # Under DP: the per-device parts (the ranking head's step) are multiplied by `part_scale`
     # before clipping and divided by it after the noised sum (`PartScaledFactory`).
     part_scale: float = 1.0
+    # Distributed DP: the secure sum's bit width and m of the noise rule (`privacy.distributed`).
+    bits: int = 20
+    noise_reporters: int | None = None
 
     @property
     def is_private(self) -> bool:
@@ -51,17 +56,19 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
     the adaptive clip grows with it and the noise on the rating head's item biases grows too.
     Scaling the step down gives it a smaller share of the clip (less noise on the biases) and
     more noise on itself after the division. The rescaling is post-processing of the noised
-    sum: the privacy guarantee is the inner factory's, unchanged.
+    sum: the privacy guarantee is the inner factory's, unchanged. `denominator` divides the result
+    too: distributed DP's factory is a sum, DP-FedAvg divides it by the expected cohort.
     """
 
-    def __init__(self, inner: tff.aggregators.UnweightedAggregationFactory, *, parts: tuple[int, ...], scale: float):
-        if not scale > 0:
-            raise ValueError(f"the part scale must be > 0, got {scale}")
-        self._inner, self._parts, self._scale = inner, parts, scale
+    def __init__(self, inner: tff.aggregators.UnweightedAggregationFactory, *, parts: tuple[int, ...], scale: float,
+                 denominator: float = 1.0):
+        if not scale > 0 or not denominator > 0:
+            raise ValueError(f"the part scale and denominator must be > 0, got {scale}, {denominator}")
+        self._inner, self._parts, self._scale, self._denominator = inner, parts, scale, denominator
 
     def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
         inner = self._inner.create(value_type)
-        parts, scale = self._parts, self._scale
+        parts, scale, denominator = self._parts, self._scale, self._denominator
 
         @tff.tensorflow.computation(value_type)
         def shrink(value):
@@ -69,7 +76,7 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
 
         @tff.tensorflow.computation(value_type)
         def grow(value):
-            return unscale_parts(value, scale, parts)
+            return tuple(t / denominator for t in unscale_parts(value, scale, parts))
 
         state_type = inner.next.type_signature.parameter[0]
 
@@ -117,8 +124,8 @@ def dp_query(config: AggregatorConfig) -> tfp.NormalizedQuery:
     the clipped count), with the clipped count's stddev of `adaptive_clipped_count_stddev`;
     tests/coordinator/test_dp_aggregation.py checks it against those presets.
     """
-    if not config.is_private:
-        raise ValueError("a DP query needs a private aggregator kind (fixed or adaptive)")
+    if config.kind not in (AggregatorKind.DP_FIXED, AggregatorKind.DP_ADAPTIVE):
+        raise ValueError("a central DP query needs a central DP aggregator kind (fixed or adaptive)")
     if config.noise_multiplier < 0 or config.clip <= 0:
         raise ValueError("DP aggregation needs noise_multiplier >= 0 and clip > 0")
     clients = float(config.expected_clients_per_round)
@@ -152,6 +159,19 @@ def build_dp_factory(config: AggregatorConfig) -> tff.aggregators.Differentially
     return tff.aggregators.DifferentiallyPrivateFactory(dp_query(config))
 
 
+def build_distributed_dp_factory(config: AggregatorConfig) -> tff.aggregators.UnweightedAggregationFactory:
+    """TFF's `DistributedDpSumFactory` with the mechanism and parameters of the devices' encoding
+    (`protocol.distributed_dp`): Skellam, DFT rotation, unconditional stochastic rounding, a fixed
+    clip, and noise shares for m = `noise_reporters` devices (TFF calls m its expected clients)."""
+    from tensorflow_federated.python.aggregators.distributed_dp import DistributedDpSumFactory
+
+    if config.noise_reporters is None:
+        raise ValueError("distributed DP needs the number of reporters its noise shares are for")
+    return DistributedDpSumFactory(
+        noise_multiplier=float(config.noise_multiplier), expected_clients_per_round=int(config.noise_reporters),
+        bits=int(config.bits), l2_clip=float(config.clip), mechanism=MECHANISM, rotation_type="dft", beta=0.0)
+
+
 def build_aggregator(
     config: AggregatorConfig, *, per_device_parts: tuple[int, ...] = ()
 ) -> tff.aggregators.WeightedAggregationFactory:
@@ -162,6 +182,10 @@ def build_aggregator(
     Under DP every part counts once per device anyway; there they are scaled by `part_scale`."""
     if config.kind is AggregatorKind.MEAN:
         return ExampleWeightedMeanFactory(per_device_parts=per_device_parts)
+    if config.kind is AggregatorKind.DP_DISTRIBUTED:
+        return tff.aggregators.as_weighted_aggregator(PartScaledFactory(
+            build_distributed_dp_factory(config), parts=per_device_parts, scale=config.part_scale,
+            denominator=float(config.expected_clients_per_round)))
     factory: tff.aggregators.UnweightedAggregationFactory = build_dp_factory(config)
     if per_device_parts and config.part_scale != 1.0:
         factory = PartScaledFactory(factory, parts=per_device_parts, scale=config.part_scale)

@@ -21,7 +21,7 @@ import collections
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import dp_accounting
@@ -156,17 +156,25 @@ def calibrate_noise_multiplier(
 
 
 def max_rounds_within(
-    *, target_epsilon: float, noise_multiplier: float, sampling_rate: float, delta: float, limit: int
+    *, target_epsilon: float, noise_multiplier: float, sampling_rate: float, delta: float, limit: int,
+    epsilon_of: Callable[[int], float] | None = None,
 ) -> int:
-    """Largest T <= limit whose RDP epsilon is <= target (binary search; epsilon grows with T)."""
+    """Largest T <= limit whose RDP epsilon is <= target (binary search; epsilon grows with T).
+    `epsilon_of(T)` replaces the Gaussian rounds' ε (distributed DP's Skellam rounds)."""
+    if epsilon_of is None:
+        epsilon_of = functools.partial(_planned_rdp, noise_multiplier, sampling_rate, delta)
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if epsilon_rdp(noise_multiplier, sampling_rate, mid, delta) <= target_epsilon:
+        if epsilon_of(mid) <= target_epsilon:
             lo = mid
         else:
             hi = mid - 1
     return lo
+
+
+def _planned_rdp(noise_multiplier: float, sampling_rate: float, delta: float, rounds: int) -> float:
+    return epsilon_rdp(noise_multiplier, sampling_rate, rounds, delta)
 
 
 # ---------------------------------------------------------------------------------------------

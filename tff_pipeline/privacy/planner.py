@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from protocol.distributed_dp import DistributedDpSpec
 from tff_pipeline.privacy import accounting
+from tff_pipeline.privacy import distributed as ddp_accounting
 from tff_pipeline.privacy.errors import PrivacyError
 
 if TYPE_CHECKING:
@@ -47,6 +49,34 @@ ROUNDS_EXPONENT = math.log(6) / math.log(8)  # 50 rounds at epsilon 1, 300 at 8
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedShape:
+    """What distributed DP's accounting needs beyond (q, T): the length of the noised vector, the
+    bit width, the clip, and m of the noise rule (None: `distributed.simulation_noise_reporters`)."""
+
+    dim: int
+    bits: int
+    clip: float
+    noise_reporters: int | None = None
+
+    def reporters(self, clients_per_round: float, sampling_rate: float) -> int:
+        if self.noise_reporters is not None:
+            return self.noise_reporters
+        return ddp_accounting.simulation_noise_reporters(clients_per_round, sampling_rate)
+
+    def spec(self, noise_multiplier: float, clients_per_round: float, sampling_rate: float = 0.0) -> DistributedDpSpec:
+        return ddp_accounting.spec_for(bits=self.bits, clip=self.clip, noise_multiplier=noise_multiplier,
+                                       expected_clients=clients_per_round,
+                                       noise_reporters=self.reporters(clients_per_round, sampling_rate), dim=self.dim)
+
+    def calibrate(self, target_epsilon: float, sampling_rate: float, rounds: int, delta: float,
+                  clients_per_round: float) -> float:
+        return ddp_accounting.calibrate_noise_multiplier(
+            target_epsilon=target_epsilon, sampling_rate=sampling_rate, rounds=rounds, delta=delta, bits=self.bits,
+            clip=self.clip, expected_clients=clients_per_round,
+            noise_reporters=self.reporters(clients_per_round, sampling_rate), dim=self.dim)
+
+
+@dataclasses.dataclass(frozen=True)
 class BudgetPlan:
     clients_per_round: int
     rounds: int
@@ -57,11 +87,19 @@ class BudgetPlan:
     delta: float
     population: int
     planned: tuple[str, ...]  # which of clients_per_round / rounds the planner chose
+    distributed: DistributedDpSpec | None = None  # distributed DP: the planned round's spec
 
     def describe(self) -> str:
         population = self.population
         chosen = {"clients_per_round": "cohort", "rounds": "rounds"}
         by = ", ".join(chosen[name] for name in self.planned) or "nothing (all given)"
+        if self.distributed is not None:
+            return (
+                f"privacy plan for {population} users: expected cohort {self.clients_per_round} "
+                f"(q = {self.sampling_rate:.3g}), {self.rounds} rounds, noise multiplier z = {self.noise_multiplier:.3f} "
+                f"-> epsilon {self.epsilon_rdp:.3g} (RDP, Skellam) at delta {self.delta:g}; "
+                f"{self.distributed.describe()}; planned: {by}"
+            )
         return (
             f"privacy plan for {population} users: expected cohort {self.clients_per_round} "
             f"(q = {self.sampling_rate:.3g}), {self.rounds} rounds, noise multiplier z = {self.noise_multiplier:.3f} "
@@ -87,8 +125,10 @@ def plan_budget(
     population: int,
     clients_per_round: int | None = None,
     rounds: int | None = None,
+    distributed: DistributedShape | None = None,
 ) -> BudgetPlan:
-    """Fill in the unset cohort size and rounds for the budget and calibrate z (RDP)."""
+    """Fill in the unset cohort size and rounds for the budget and calibrate z (RDP; the Skellam
+    accountant for distributed DP, whose `distributed` shape says the model size and bit width)."""
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise PrivacyError(f"the privacy budget must be a positive finite epsilon, got {target_epsilon}")
     if population < 1:
@@ -102,6 +142,13 @@ def plan_budget(
         rounds = planned_rounds(target_epsilon)
         planned.append("rounds")
     q = min(1.0, clients_per_round / population)
+    if distributed is not None:
+        z = distributed.calibrate(target_epsilon, q, rounds, delta, clients_per_round)
+        spec = distributed.spec(z, clients_per_round, q)
+        eps = ddp_accounting.epsilon(spec, sampling_rate=q, rounds=rounds, delta=delta)
+        return BudgetPlan(clients_per_round=clients_per_round, rounds=rounds, noise_multiplier=z, sampling_rate=q,
+                          epsilon_rdp=eps, epsilon_pld=math.nan, delta=delta, population=population,
+                          planned=tuple(planned), distributed=spec)
     z = accounting.calibrate_noise_multiplier(target_epsilon=target_epsilon, sampling_rate=q, rounds=rounds, delta=delta)
     return BudgetPlan(
         clients_per_round=clients_per_round,
@@ -116,20 +163,33 @@ def plan_budget(
     )
 
 
+def distributed_shape(config: SimulationConfig, model_values: int | None, *,
+                      noise_reporters: int | None = None) -> DistributedShape | None:
+    """The shape distributed DP's accounting needs for `config` (None for the other modes)."""
+    if config.dp != "distributed":
+        return None
+    if model_values is None:
+        raise PrivacyError("distributed DP's accounting needs the size of the model")
+    return DistributedShape(dim=model_values, bits=config.dp_bits, clip=config.clip, noise_reporters=noise_reporters)
+
+
 def plan_config(config: SimulationConfig, train_users: np.ndarray, *, rounds: int | None = None,
-                clients_per_round: int | None = None) -> tuple[SimulationConfig, BudgetPlan]:
+                clients_per_round: int | None = None,
+                model_values: int | None = None) -> tuple[SimulationConfig, BudgetPlan]:
     """`config` with the planned cohort, rounds (those not given here are planned) and noise for
     its budget over the users who have train ratings (the clients), and the plan."""
     if config.target_epsilon is None:
         raise PrivacyError("a privacy plan needs a target epsilon")
     population = int(np.unique(train_users).size)
     plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
-                       clients_per_round=clients_per_round, rounds=rounds)
+                       clients_per_round=clients_per_round, rounds=rounds,
+                       distributed=distributed_shape(config, model_values))
     return _recorded(config, plan), plan
 
 
 def plan_run(config: SimulationConfig, population: int, *, rounds: int | None,
-             clients_per_round: int | None) -> tuple[SimulationConfig, BudgetPlan | None]:
+             clients_per_round: int | None, distributed: DistributedShape | None = None,
+             ) -> tuple[SimulationConfig, BudgetPlan | None]:
     """The one planning step of every entry point (`fedrec simulate` for its users, `fedrec up`
     and `fedrec serve` for their devices): with a target ε and no noise multiplier, the cohort and
     rounds not given (None) are planned for `population` and recorded in the config with the
@@ -139,7 +199,7 @@ def plan_run(config: SimulationConfig, population: int, *, rounds: int | None,
             or config.planned_noise_multiplier is not None):
         return config, None
     plan = plan_budget(target_epsilon=config.target_epsilon, delta=config.delta, population=population,
-                       clients_per_round=clients_per_round, rounds=rounds)
+                       clients_per_round=clients_per_round, rounds=rounds, distributed=distributed)
     return _recorded(config, plan), plan
 
 
@@ -156,39 +216,58 @@ class PrivacyPlan:
     sampling_rate: float
     rounds: int
     how: str  # how the plan was made, for the report
+    distributed: DistributedDpSpec | None = None  # distributed DP: the round's spec
 
 
-def plan_privacy(config: SimulationConfig, num_clients: int) -> PrivacyPlan:
+def plan_privacy(config: SimulationConfig, num_clients: int, *,
+                 distributed: DistributedShape | None = None) -> PrivacyPlan:
     """Decide (z, q, T) for `num_clients` clients (users in a simulation, devices in a deployment).
     --target-epsilon alone runs config.rounds rounds at the planner's z (recorded in the config by
     `plan_run`; a config no planner saw is calibrated here); with --noise-multiplier too, training
-    stops at the last round that stays within budget."""
+    stops at the last round that stays within budget. Distributed DP needs its `distributed`
+    shape, and is accounted by the Skellam accountant (`privacy.distributed`)."""
     q = min(1.0, config.clients_per_round / num_clients)
     if not config.private:
         return PrivacyPlan(0.0, q, config.rounds, "non-private")
     accounting.validate_delta(config.delta, num_clients)
     if config.noise_multiplier is None and config.target_epsilon is None:
         raise PrivacyError("--dp needs --noise-multiplier or --target-epsilon (or both)")
+    if config.dp == "distributed" and distributed is None:
+        raise PrivacyError("distributed DP's plan needs the model's size (a DistributedShape)")
+    expected = q * num_clients
+    how_accounted = "RDP, Skellam" if distributed is not None else "RDP"
+
+    def spent(z: float, rounds: int) -> float:
+        if distributed is None:
+            return accounting.epsilon_rdp(z, q, rounds, config.delta)
+        return ddp_accounting.epsilon(distributed.spec(z, expected, q), sampling_rate=q, rounds=rounds,
+                                      delta=config.delta)
+
+    def plan(z: float, rounds: int, how: str) -> PrivacyPlan:
+        spec = None if distributed is None else distributed.spec(z, expected, q)
+        return PrivacyPlan(z, q, rounds, how, spec)
+
     if config.noise_multiplier is None:
         target, z = config.target_epsilon, config.planned_noise_multiplier
         assert target is not None  # refused above otherwise
         if z is None:
-            z = accounting.calibrate_noise_multiplier(
-                target_epsilon=target, sampling_rate=q, rounds=config.rounds, delta=config.delta
-            )
-        elif accounting.epsilon_rdp(z, q, config.rounds, config.delta) > target * (1 + 1e-9):
+            if distributed is None:
+                z = accounting.calibrate_noise_multiplier(
+                    target_epsilon=target, sampling_rate=q, rounds=config.rounds, delta=config.delta)
+            else:
+                z = distributed.calibrate(target, q, config.rounds, config.delta, expected)
+        elif spent(z, config.rounds) > target * (1 + 1e-9):
             raise PrivacyError(f"the planned noise multiplier {z:g} spends more than epsilon {target} over "
                              f"{config.rounds} rounds at sampling rate {q:.4g} ({num_clients} clients); it was "
                              "planned for another population or cohort: plan again (leave planned_noise_multiplier out)")
-        return PrivacyPlan(z, q, config.rounds, f"noise calibrated (RDP) to epsilon {target} over {config.rounds} rounds")
-    z = config.noise_multiplier
+        return plan(z, config.rounds, f"noise calibrated ({how_accounted}) to epsilon {target} over {config.rounds} rounds")
+    given = config.noise_multiplier
     if config.target_epsilon is None:
-        return PrivacyPlan(z, q, config.rounds, "fixed noise multiplier, no budget")
-    rounds = accounting.max_rounds_within(
-        target_epsilon=config.target_epsilon, noise_multiplier=z, sampling_rate=q,
-        delta=config.delta, limit=config.rounds,
-    )
+        return plan(given, config.rounds, "fixed noise multiplier, no budget")
+    rounds = accounting.max_rounds_within(target_epsilon=config.target_epsilon, noise_multiplier=given,
+                                          sampling_rate=q, delta=config.delta, limit=config.rounds,
+                                          epsilon_of=lambda t: spent(given, t))
     if rounds == 0:
-        raise PrivacyError(f"noise multiplier {z} exceeds epsilon {config.target_epsilon} in a single round")
-    return PrivacyPlan(z, q, rounds,
-                       f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} (RDP)")
+        raise PrivacyError(f"noise multiplier {given} exceeds epsilon {config.target_epsilon} in a single round")
+    return plan(given, rounds,
+                f"stops after {rounds} rounds, the last within epsilon {config.target_epsilon} ({how_accounted})")

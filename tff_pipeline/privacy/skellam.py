@@ -65,9 +65,9 @@ def sampled_rdp(order: int, sampling_rate: float, event: SkellamDpEvent) -> floa
     terms = [(order - 1) * log_1q + math.log(order * q - q + 1),
              math.log(special.comb(order, 2)) + 2 * log_q + (order - 2) * log_1q + release_rdp(2, event)]
     weights = [1.0, 1.0]
-    for l in range(3, order + 1):
-        log_binomial = special.gammaln(order + 1) - special.gammaln(l + 1) - special.gammaln(order - l + 1)
-        terms.append(log_binomial + l * log_q + (order - l) * log_1q + (l - 1) * release_rdp(l, event))
+    for j in range(3, order + 1):
+        log_binomial = special.gammaln(order + 1) - special.gammaln(j + 1) - special.gammaln(order - j + 1)
+        terms.append(log_binomial + j * log_q + (order - j) * log_1q + (j - 1) * release_rdp(j, event))
         weights.append(3.0)
     bound = float(special.logsumexp(terms, b=weights)) / (order - 1)
     return min(bound, unsampled)
