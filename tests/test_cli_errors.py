@@ -36,7 +36,7 @@ FLAG_CASES = [
     (["--seed", "-1"], "--seed: must be in [0, "),
     (["--delta", "1.5", "--dp", "fixed", "--noise-multiplier", "1"], "--delta: must be in (0, 1)"),
     (["--target-quantile", "1", "--dp", "adaptive", "--target-epsilon", "4"], "--target-quantile: must be in (0, 1)"),
-    (["--noise-multiplier", "1"], "--noise-multiplier/--target-epsilon need --dp fixed or adaptive"),
+    (["--noise-multiplier", "1"], "--noise-multiplier/--target-epsilon need --dp fixed, adaptive or distributed"),
     (["--user-l2", "0"], "--user-l2: must be in (0, inf)"),
     (["--local-steps", "100000"], "--local-steps: must be in [0, 1000]"),
     (["--data-dir", "/tmp"], "--data-dir: is for ml-100k and movielens-csv"),
