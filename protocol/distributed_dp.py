@@ -146,9 +146,7 @@ class DistributedDpSpec:
 
     @property
     def scaled_l1_sensitivity(self) -> int:
-        """Integer vectors: L1 <= min(sqrt(d) L2, L2^2) (TFF's bound)."""
-        l2 = self.scaled_l2_sensitivity
-        return math.ceil(l2 * min(math.sqrt(self.padded_dim), l2))
+        return l1_bound(self.scaled_l2_sensitivity, self.padded_dim)
 
     def noise_stddev(self, reporters: int) -> float:
         """The standard deviation of the total noise on each coordinate of a sum of `reporters`
@@ -164,6 +162,12 @@ class DistributedDpSpec:
         return (f"distributed DP (Skellam): b = {self.bits} bits, scale {self.scale:.4g}, "
                 f"{self.padded_dim} values -> {self.upload_bytes} bytes per device upload, "
                 f"noise shares for {self.noise_reporters} reporters")
+
+
+def l1_bound(l2: float, dim: int) -> int:
+    """The L1 bound of integer vectors of dimension `dim` within L2 norm `l2`: L1 <= sqrt(d) L2,
+    and L1 <= L2^2 since every nonzero coordinate is at least 1 (TFF's bound)."""
+    return math.ceil(l2 * min(math.sqrt(dim), l2))
 
 
 def rotation_angles(seed: bytes, count: int) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ import dp_accounting
 import numpy as np
 import tensorflow as tf
 
+from protocol.distributed_dp import l1_bound
 from tff_pipeline import baselines, centralized, checkpoint, model, personalized_eval
 from tff_pipeline.config import SimulationConfig
 from tff_pipeline.data import DatasetSplit, group_by_user
@@ -153,9 +153,9 @@ def _distributed_event(metrics: Any, cohort_size: int, plan: PrivacyPlan) -> dp_
     if not cohort_size or not isinstance(measured, Mapping):
         return ddp_accounting.round_event(plan.distributed)
     l2 = float(measured["scaled_inflated_l2"])
-    l1 = math.ceil(l2 * min(math.sqrt(int(measured["padded_dim"])), l2))
     shares = min(cohort_size, plan.distributed.noise_reporters)
-    return skellam.SkellamDpEvent(float(l1), l2, shares * float(measured["scaled_local_stddev"]) ** 2)
+    return skellam.SkellamDpEvent(float(l1_bound(l2, int(measured["padded_dim"]))), l2,
+                                  shares * float(measured["scaled_local_stddev"]) ** 2)
 
 
 def run(

@@ -161,20 +161,15 @@ def max_rounds_within(
 ) -> int:
     """Largest T <= limit whose RDP epsilon is <= target (binary search; epsilon grows with T).
     `epsilon_of(T)` replaces the Gaussian rounds' ε (distributed DP's Skellam rounds)."""
-    if epsilon_of is None:
-        epsilon_of = functools.partial(_planned_rdp, noise_multiplier, sampling_rate, delta)
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if epsilon_of(mid) <= target_epsilon:
+        spent = epsilon_rdp(noise_multiplier, sampling_rate, mid, delta) if epsilon_of is None else epsilon_of(mid)
+        if spent <= target_epsilon:
             lo = mid
         else:
             hi = mid - 1
     return lo
-
-
-def _planned_rdp(noise_multiplier: float, sampling_rate: float, delta: float, rounds: int) -> float:
-    return epsilon_rdp(noise_multiplier, sampling_rate, rounds, delta)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,16 +20,14 @@ import math
 import dp_accounting
 
 from protocol.distributed_dp import DistributedDpError, DistributedDpSpec
+from protocol.upload import UploadLayout
 from tff_pipeline.privacy import skellam
 from tff_pipeline.privacy.errors import PrivacyError
 
-DEFAULT_BITS = 20
-
 
 def model_values(num_items: int, dim: int) -> int:
-    """The length of the vector distributed DP noises: the four uploaded parts (item embeddings,
-    item biases, global mean, the ranking head's step), `protocol.upload`'s model values."""
-    return 2 * num_items * dim + num_items + 1
+    """The length of the vector distributed DP noises: the uploaded model parts (`protocol.upload`)."""
+    return UploadLayout(num_items=num_items, dim=dim).num_model_values
 
 
 def simulation_noise_reporters(expected_clients: float, sampling_rate: float) -> int:
@@ -49,13 +47,11 @@ def spec_for(*, bits: int, clip: float, noise_multiplier: float, expected_client
         raise PrivacyError(f"distributed DP: {error}") from None
 
 
-def round_event(spec: DistributedDpSpec, *, reporters: int | None = None) -> skellam.SkellamDpEvent:
-    """What one round releases: the sum's integer sensitivities and the noise of min(reporters, m)
-    shares (m shares, the planned variance, when `reporters` is None)."""
-    shares = spec.noise_reporters if reporters is None else min(reporters, spec.noise_reporters)
+def round_event(spec: DistributedDpSpec) -> skellam.SkellamDpEvent:
+    """What one planned round releases: the sum's integer sensitivities and m shares of noise."""
     return skellam.SkellamDpEvent(l1_sensitivity=float(spec.scaled_l1_sensitivity),
                                   l2_sensitivity=float(spec.scaled_l2_sensitivity),
-                                  variance=shares * spec.scaled_local_variance)
+                                  variance=spec.noise_reporters * spec.scaled_local_variance)
 
 
 def epsilon(spec: DistributedDpSpec, *, sampling_rate: float, rounds: int, delta: float) -> float:

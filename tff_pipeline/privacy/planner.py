@@ -63,7 +63,7 @@ class DistributedShape:
             return self.noise_reporters
         return ddp_accounting.simulation_noise_reporters(clients_per_round, sampling_rate)
 
-    def spec(self, noise_multiplier: float, clients_per_round: float, sampling_rate: float = 0.0) -> DistributedDpSpec:
+    def spec(self, noise_multiplier: float, clients_per_round: float, sampling_rate: float) -> DistributedDpSpec:
         return ddp_accounting.spec_for(bits=self.bits, clip=self.clip, noise_multiplier=noise_multiplier,
                                        expected_clients=clients_per_round,
                                        noise_reporters=self.reporters(clients_per_round, sampling_rate), dim=self.dim)
