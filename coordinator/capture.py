@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from secagg.quantize import FixedPoint
+
 
 class RequestCapture:
     def __init__(self, path: Path) -> None:
@@ -30,9 +32,15 @@ class RequestCapture:
     def round_started(self, round_id: bytes, participants: list[str]) -> None:
         self._write({"kind": "round", "round_id": round_id.hex(), "participants": participants})
 
-    def revealed(self, round_id: bytes, reporters: tuple[int, ...], total: np.ndarray, bit_width: int) -> None:
-        self._write({"kind": "revealed", "round_id": round_id.hex(), "reporters": list(reporters),
-                     "bit_width": bit_width, "total": base64.b64encode(np.asarray(total, "<u8").tobytes()).decode()})
+    def revealed(self, round_id: bytes, round_number: int, reporters: tuple[int, ...], total: np.ndarray,
+                 fixed_point: FixedPoint, distributed: bytes | None = None) -> None:
+        """The sum SecAgg+ revealed, and how it decodes: its fixed point, or (distributed DP) the
+        round's serialized `DistributedDp` (spec and rotation seed)."""
+        self._write({"kind": "revealed", "round_id": round_id.hex(), "round_number": round_number,
+                     "reporters": list(reporters), "bit_width": fixed_point.bit_width,
+                     "fraction_bits": fixed_point.fraction_bits,
+                     "distributed_dp": None if distributed is None else base64.b64encode(distributed).decode(),
+                     "total": base64.b64encode(np.asarray(total, "<u8").tobytes()).decode()})
 
     def close(self) -> None:
         with self._lock:

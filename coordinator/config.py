@@ -29,6 +29,7 @@ reads files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import tomllib
@@ -170,11 +171,6 @@ class CoordinatorConfig:
     given_cohort: int | None = None
     planned: bool = False  # `planned` has run (the privacy planner's choices are in `training`)
 
-    def __post_init__(self) -> None:
-        if self.training.dp == "distributed":
-            raise ConfigError("[training] dp", "distributed runs in `fedrec simulate` only for now: the devices' noise "
-                                               "shares on the wire are not built yet (issue 18); use fixed or adaptive")
-
     @property
     def population(self) -> int:
         if self.deployment.population is None:
@@ -272,6 +268,32 @@ def resolve(config: CoordinatorConfig, *, given_rounds: int | None, given_cohort
     return config if training.private else _fit_cohort(config)
 
 
+DEFAULT_GOAL_FRACTION = 0.5  # a Poisson round without min_reporters needs half its expected cohort
+
+
+def poisson_goal(deployment: DeploymentConfig, expected_clients: float) -> int:
+    """The reports a Poisson round needs: `min_reporters`, else half the expected cohort. Under
+    distributed DP it is also m, the reporters each device's noise share is sized for."""
+    return deployment.min_reporters or max(2, math.floor(DEFAULT_GOAL_FRACTION * expected_clients))
+
+
+def distributed_shape(config: CoordinatorConfig) -> Any:
+    """Distributed DP's `planner.DistributedShape` for this deployment (None for other modes): the
+    catalog's model size, and m = the round's goal (`poisson_goal`), known once the cohort is."""
+    if config.training.dp != "distributed":
+        return None
+    from coordinator.catalog import Catalog, synthetic_catalog
+    from tff_pipeline.privacy import planner
+    from tff_pipeline.privacy.distributed import model_values
+
+    try:
+        catalog = Catalog.read(config.catalog) if config.catalog is not None else synthetic_catalog(config.training.seed)
+    except (OSError, ValueError) as error:
+        raise ConfigError("catalog", f"cannot read it to size distributed DP ({error})") from None
+    return planner.distributed_shape(config.training, model_values(catalog.num_items, config.training.dim),
+                                     noise_reporters=functools.partial(poisson_goal, config.deployment))
+
+
 def planned(config: CoordinatorConfig) -> CoordinatorConfig:
     """`config` after the privacy planner, as `fedrec simulate` plans for its users, done for the
     devices expected to enroll: the cohort and rounds not given, and the noise for the budget,
@@ -285,9 +307,11 @@ def planned(config: CoordinatorConfig) -> CoordinatorConfig:
         from tff_pipeline.privacy import planner
 
         try:
+            shape = distributed_shape(config)
             training, plan = planner.plan_run(training, config.population, rounds=config.given_rounds,
-                                              clients_per_round=config.given_cohort)
-            planner.plan_privacy(training, config.population)  # the (z, q, T) it will run: the recorded z, checked
+                                              clients_per_round=config.given_cohort, distributed=shape)
+            # the (z, q, T) it will run: the recorded z, checked
+            planner.plan_privacy(training, config.population, distributed=shape)
         except ValueError as error:
             raise ConfigError("[training] dp", str(error)) from None
     config = dataclasses.replace(config, training=training, plan=plan, planned=True)

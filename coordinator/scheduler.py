@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from coordinator.capture import RequestCapture
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, poisson_goal
 from coordinator.hosts import HostDirectory
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.round_run import RoundAbandoned, RoundRun
@@ -37,9 +36,10 @@ from coordinator.selection import (
 )
 from coordinator.state_store import StateStore
 from coordinator.training import BudgetExhausted, RoundSettings, ServerTraining
+from protocol import distributed_dp
 from secagg.graph import DEFAULT_CORRUPT_FRACTION, privacy_bits_achieved
 from secagg.params import SecAggParams
-from secagg.quantize import fixed_point_for
+from secagg.quantize import FixedPoint, fixed_point_for
 from secagg.stages import Stage
 
 log = logging.getLogger("fedrec.coordinator")
@@ -54,6 +54,7 @@ class ActiveRound:
     weights: tuple[np.ndarray, ...]
     model_version: str
     deadline_unix_ms: int
+    rotation_seed: bytes | None = None  # distributed DP: this round's public rotation seed
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -101,7 +102,7 @@ class Scheduler:
         cohort = training.clients_per_round
         if selection == "poisson":
             rate = self.training.privacy.sampling_rate
-            goal = deployment.min_reporters or max(2, math.floor(0.5 * self.training.privacy.expected_clients))
+            goal = poisson_goal(deployment, self.training.privacy.expected_clients)
             return PoissonSelection(rate), goal
         if selection == "seeded":
             return SeededSelection(cohort, training.seed), deployment.min_reporters or cohort
@@ -177,10 +178,15 @@ class Scheduler:
             return None
         settings = self.training.settings()
         deployment = self.config.deployment
-        fixed_point = fixed_point_for(max_summands=len(cohort), value_bound=settings.value_bound,
-                                      fraction_bits=deployment.fraction_bits)
+        spec, rotation_seed = settings.distributed, None
+        if spec is None:
+            fixed_point = fixed_point_for(max_summands=len(cohort), value_bound=settings.value_bound,
+                                          fraction_bits=deployment.fraction_bits)
+            vector_length = self.training.layout.length
+        else:  # the devices' noised integers, summed modulo 2^b (wraps are the mechanism's modular clip)
+            fixed_point, vector_length, rotation_seed = FixedPoint(spec.bits, 0), spec.padded_dim, os.urandom(16)
         params = SecAggParams.for_round(round_id=round_id, num_participants=len(cohort), fixed_point=fixed_point,
-                                        vector_length=self.training.layout.length, graph_seed=os.urandom(16))
+                                        vector_length=vector_length, graph_seed=os.urandom(16))
         log.info("round %d: %d devices, SecAgg+ degree %d, threshold %d (%.0f bits against 2%% colluding), "
                  "%d-bit values", round_number, len(cohort), params.degree, params.threshold,
                  privacy_bits_achieved(len(cohort), params.degree, params.threshold, DEFAULT_CORRUPT_FRACTION),
@@ -198,7 +204,7 @@ class Scheduler:
         self.current = ActiveRound(
             attempt=attempt, run=run, settings=settings, params_version=self.training.params_version,
             weights=self.training.params, model_version=self.latest_model_version,
-            deadline_unix_ms=int((time.time() + deployment.report_window_s) * 1000))
+            deadline_unix_ms=int((time.time() + deployment.report_window_s) * 1000), rotation_seed=rotation_seed)
         if self.capture is not None:
             self.capture.round_started(round_id, list(cohort))
         self.metrics.rounds_started.inc()
@@ -211,8 +217,11 @@ class Scheduler:
             secure_sum = await run.collect()
             self.status.phase = f"round {round_number}: applying"
             if self.capture is not None:
-                self.capture.revealed(round_id, secure_sum.reporters, secure_sum.total, params.fixed_point.bit_width)
-            decoded = params.fixed_point.decode(secure_sum.total)
+                wire = None if spec is None or rotation_seed is None else \
+                    distributed_dp.to_wire(spec, rotation_seed).SerializeToString()
+                self.capture.revealed(round_id, round_number, secure_sum.reporters, secure_sum.total,
+                                      params.fixed_point, wire)
+            decoded = self.training.decode(secure_sum.total, params.fixed_point, rotation_seed)
             version = await asyncio.to_thread(
                 self.training.apply, attempt=attempt, summed=decoded, num_reporters=len(secure_sum.reporters),
                 dropouts=run.num_selected - len(secure_sum.reporters), bytes_in=active.bytes_in,

@@ -32,7 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from protocol import upload
+from protocol.distributed_dp import DistributedDpSpec
 from tff_pipeline.federated import aggregation, process, weighted_mean
+from tff_pipeline.privacy import distributed as ddp_accounting
 from tff_pipeline.privacy.events import concrete_event
 
 # The query's global state (a nest of float32 scalar tensors); `()` without DP.
@@ -57,12 +59,16 @@ class AggregateResult(NamedTuple):
 class SummedUpdateAggregator:
     """Turns the secure sum of a round's uploads into the mean delta the server applies."""
 
-    def __init__(self, *, config: aggregation.AggregatorConfig, layout: upload.UploadLayout) -> None:
+    def __init__(self, *, config: aggregation.AggregatorConfig, layout: upload.UploadLayout,
+                 distributed: DistributedDpSpec | None = None) -> None:
         if not config.part_scale > 0:
             raise ValueError(f"the part scale must be > 0, got {config.part_scale}")
+        if (config.kind is aggregation.AggregatorKind.DP_DISTRIBUTED) != (distributed is not None):
+            raise ValueError("distributed DP's aggregation needs its spec, and only it")
         self._config = config
         self._layout = layout
-        self._query = aggregation.dp_query(config) if config.is_private else None
+        self._distributed = distributed
+        self._query = aggregation.dp_query(config) if config.is_private and distributed is None else None
         self._record_specs = tuple(tf.TensorSpec(shape, tf.float64) for shape in layout.part_shapes)
 
     @property
@@ -79,6 +85,8 @@ class SummedUpdateAggregator:
     def device_clip(self, state: AggregatorState) -> float | None:
         """The L2 bound devices clip to in the round that starts from `state` (what the query's own
         `preprocess_record` would clip to); None without DP."""
+        if self._distributed is not None:
+            return self._distributed.l2_clip
         if self._query is None:
             return None
         params = self._query.derive_sample_params(state)
@@ -98,6 +106,8 @@ class SummedUpdateAggregator:
         parts, weight, unclipped = self._layout.unpack(summed)
         if not np.all(np.isfinite(summed)):
             raise ValueError("the summed upload holds non-finite values")
+        if self._distributed is not None:
+            return self._noised_by_devices(state, parts, weight, num_reporters)
         if self._query is None:
             return AggregateResult(self._mean(parts, weight, num_reporters), state, None)
         return self._noised_mean(state, parts, weight, unclipped, num_reporters)
@@ -135,6 +145,25 @@ class SummedUpdateAggregator:
                                            upload.PER_DEVICE_PARTS)  # post-processing, as PartScaledFactory
         mean = tuple(np.asarray(value, np.float32) for value in result)
         return AggregateResult(mean, new_state, concrete_event(event))  # type: ignore[arg-type]  # one per part
+
+    def _noised_by_devices(self, state: AggregatorState, parts: tuple[np.ndarray, ...], weight: float,
+                           num_reporters: int) -> AggregateResult:
+        """Distributed DP: the devices noised the sum already. Divided by the expected cohort (as
+        DP-FedAvg's query divides), the ranking step unscaled (post-processing), and charged the
+        planned Skellam round: the round has at least m reporters (its goal), so m shares or more
+        of noise (`tff_pipeline.privacy.distributed`)."""
+        assert self._distributed is not None
+        if round(weight) != num_reporters:
+            raise ValueError(f"the summed weight {weight:g} is not the number of reporters {num_reporters} (DP)")
+        if num_reporters < self._distributed.noise_reporters:
+            raise ValueError(f"{num_reporters} reporters carry less noise than the {self._distributed.noise_reporters} "
+                             "each device's share was sized for; the round must not be released")
+        denominator = float(self._config.expected_clients_per_round)
+        result = aggregation.unscale_parts([part / denominator for part in parts], self._config.part_scale,
+                                           upload.PER_DEVICE_PARTS)
+        mean = tuple(np.asarray(value, np.float32) for value in result)
+        event = ddp_accounting.round_event(self._distributed)
+        return AggregateResult(mean, state, event)  # type: ignore[arg-type]  # one per part
 
     def state_to_arrays(self, state: AggregatorState) -> list[np.ndarray]:
         return [np.array(leaf) for leaf in tf.nest.flatten(state)]

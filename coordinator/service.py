@@ -41,6 +41,7 @@ from coordinator.selection import Selected
 from coordinator.state_store import StateStore
 from coordinator.status import live_status
 from coordinator.tls import ServerTls, TlsError
+from protocol import distributed_dp
 from protocol.files import read_bounded
 from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MODEL_FILE
@@ -329,6 +330,8 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
                 threshold=params.threshold, bit_width=params.fixed_point.bit_width,
                 fraction_bits=params.fixed_point.fraction_bits, value_bound=settings.value_bound,
                 vector_length=params.vector_length, graph_seed=params.graph_seed),
+            distributed_dp=(None if settings.distributed is None or active.rotation_seed is None
+                            else distributed_dp.to_wire(settings.distributed, active.rotation_seed)),
         )
 
     def _retry(self, latest: str, after_ms: int, reason: str) -> rounds_pb2.CheckInResponse:

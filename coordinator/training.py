@@ -12,6 +12,7 @@ counted (ε over-counted by one round at worst, never under-counted).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,11 @@ from coordinator.config import CoordinatorConfig
 from coordinator.errors import CoordinatorError
 from coordinator.server_aggregation import ServerModel, SummedUpdateAggregator
 from coordinator.state_store import Checkpoint, StateError, StateStore
+from protocol import distributed_dp
+from protocol.distributed_dp import DistributedDpSpec
 from protocol.upload import UploadLayout
+from secagg.quantize import FixedPoint
+from tff_pipeline.privacy import distributed as ddp_accounting
 from tff_pipeline.privacy.ledger import PrivacyLedger
 
 
@@ -38,6 +43,7 @@ class RoundSettings:
     ranking_scale: float
     max_weight: int
     value_bound: float
+    distributed: DistributedDpSpec | None = None  # distributed DP: what each device's encoding follows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,7 @@ class PrivacySetting:
     sampling_rate: float
     expected_clients: float
     rounds: int
+    noise_reporters: int | None = None  # distributed DP's m (the round goal its noise shares are sized for)
 
 
 class ServerTraining:
@@ -61,10 +68,14 @@ class ServerTraining:
         if self.model_config.dim < 1:
             raise ValueError("the coordinator needs dim >= 1 (devices run the TFLite export)")
         self.layout = UploadLayout(catalog.num_items, self.model_config.dim)
+        self.distributed = None if training.dp != "distributed" else DistributedDpSpec(
+            bits=training.dp_bits, l2_clip=training.clip, noise_multiplier=privacy.noise_multiplier,
+            clients=max(1, math.ceil(privacy.expected_clients)), noise_reporters=int(privacy.noise_reporters or 0),
+            dim=self.layout.num_model_values)
         self.aggregator = SummedUpdateAggregator(
             config=training.aggregator_config(noise_multiplier=privacy.noise_multiplier,
                                               expected_clients=privacy.expected_clients),
-            layout=self.layout)
+            layout=self.layout, distributed=self.distributed)
         self.ledger = PrivacyLedger(store.connection)
         optimizer = training.server_optimizer_config()
         saved = store.latest_checkpoint()
@@ -99,9 +110,21 @@ class ServerTraining:
             device_clip = self.aggregator.device_clip(self.aggregator_state)
             assert device_clip is not None  # a private aggregator always has a clip
             clip = float(device_clip)
-            return RoundSettings(clip, True, float(self.config.training.dp_ranking_scale), 1, max(clip, 1.0))
+            return RoundSettings(clip, True, float(self.config.training.dp_ranking_scale), 1, max(clip, 1.0),
+                                 self.distributed)
         clip = deployment.plain_clip
         return RoundSettings(clip, False, 1.0, deployment.max_weight, max(clip, 1.0))
+
+    def decode(self, total: np.ndarray, fixed_point: FixedPoint, rotation_seed: bytes | None) -> np.ndarray:
+        """The round's secure sum (elements of Z_2^b) as the upload layout's float vector: fixed point
+        decoded, or under distributed DP unrotated and unscaled (its model values, with the weight slot
+        left for `apply` to fill: every device counts once)."""
+        if self.distributed is None:
+            return fixed_point.decode(total)
+        assert rotation_seed is not None  # every distributed round has one
+        vector = np.zeros(self.layout.length)
+        vector[:self.layout.num_model_values] = distributed_dp.decode_sum(total, self.distributed, rotation_seed)
+        return vector
 
     def epsilon(self) -> float | None:
         if not self.private:
@@ -122,6 +145,9 @@ class ServerTraining:
     def apply(self, *, attempt: int, summed: np.ndarray, num_reporters: int, dropouts: int, bytes_in: int,
               bytes_out: int) -> int:
         """Aggregate a round's decoded secure sum, step the model, commit; returns the new params version."""
+        if self.distributed is not None:  # devices send no weight slot: each counts once
+            summed = np.array(summed, np.float64)
+            summed[self.layout.weight_index] = num_reporters
         result = self.aggregator.aggregate(self.aggregator_state, summed, num_reporters)
         if result.dp_event is not None:
             self.ledger.record(attempt, result.dp_event, self.privacy.sampling_rate)
@@ -150,6 +176,8 @@ class ServerTraining:
     def _expected_event(self) -> Any:
         """The DP event of one more round. The noise does not depend on the data, so a dry run on
         a zero sum gives it (its noised result is discarded, never released)."""
+        if self.distributed is not None:
+            return ddp_accounting.round_event(self.distributed)
         zeros = np.zeros(self.layout.length)
         zeros[self.layout.weight_index] = 1.0
         return self.aggregator.aggregate(self.aggregator_state, zeros, 1).dp_event
@@ -158,9 +186,11 @@ class ServerTraining:
 def sampling_setting(config: CoordinatorConfig, population: int) -> PrivacySetting:
     """Noise multiplier, sampling rate and rounds for a run over `population` enrolled devices,
     planned as `fedrec simulate` plans them (`planner.plan_privacy`)."""
+    from coordinator.config import distributed_shape
     from tff_pipeline.privacy.planner import plan_privacy
 
-    plan = plan_privacy(config.training, population)
+    plan = plan_privacy(config.training, population, distributed=distributed_shape(config))
     expected = plan.sampling_rate * population
-    return PrivacySetting(plan.noise_multiplier, plan.sampling_rate, expected, plan.rounds)
+    reporters = None if plan.distributed is None else plan.distributed.noise_reporters
+    return PrivacySetting(plan.noise_multiplier, plan.sampling_rate, expected, plan.rounds, reporters)
 

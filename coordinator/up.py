@@ -31,16 +31,19 @@ import numpy as np
 
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig, DeploymentConfig, planned, resolve
+from coordinator.round_capture import write_round_captures
 from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE, StateStore
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import STATS_FILE
 from edge_client.simulated_users import device_label, prepare_devices  # noqa: F401 - re-exported for harnesses
 from protocol.files import atomic_write
+from protocol.upload import UploadLayout
 from tff_pipeline.config import ConfigError
 
 COORDINATOR_DIR = "coordinator"
 DEVICES_DIR = "devices"
 CONFIG_TOML = "coordinator.toml"
+CAPTURE_FILE = "requests.jsonl"  # --capture: the coordinator's capture (`capture.RequestCapture`)
 
 # Run a child with PR_SET_PDEATHSIG = SIGTERM: the kernel signals it when this process dies.
 _WITH_PDEATHSIG = (
@@ -58,6 +61,9 @@ class UpOptions:
     device_processes: int = 2
     profile: str = "ideal"
     quiet: bool = False
+    # Audit mode: devices record their plaintext uploads, the coordinator its requests and sums, and
+    # `round_capture` writes each round's revealed sum beside the plaintext one here.
+    capture: Path | None = None
 
 
 def select_users(train_users: np.ndarray, count: int | None, *, seed: int) -> np.ndarray:
@@ -206,8 +212,9 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
         (state_dir / stale).unlink(missing_ok=True)
     processes: list[subprocess.Popen] = []
     try:
+        audit = [] if options.capture is None else ["--capture-requests", str(out / CAPTURE_FILE)]
         coordinator = spawn("fedrec_cli", "serve", "--config", str(config_path), "--parent-pid", str(os.getpid()),
-                            log_path=out / "coordinator.log")
+                            *audit, log_path=out / "coordinator.log")
         processes.append(coordinator)
         address = wait_for_file(state_dir / ADDRESS_FILE, coordinator, timeout_s=600, what="the coordinator")
         ca_pem = (state_dir / TLS_DIR / "ca.pem").read_bytes()
@@ -216,7 +223,7 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
                 "edge_client.fleet", "--devices-root", str(shard), "--coordinator", address,
                 "--ca-cert", str(state_dir / TLS_DIR / "ca.pem"), "--enroll-token-file", str(state_dir / TOKEN_FILE),
                 "--profile", options.profile, "--seed", str(config.training.seed), "--parent-pid", str(os.getpid()),
-                log_path=out / f"{shard.name}.log"))
+                *(["--record-uploads"] if options.capture is not None else []), log_path=out / f"{shard.name}.log"))
         final = None
         while coordinator.poll() is None:
             try:
@@ -238,4 +245,8 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
     finally:
         stop_processes(processes[1:])  # devices first: they write their stats on the way out
         stop_processes(processes[:1])
+    if options.capture is not None:
+        write_round_captures(options.capture, capture_file=out / CAPTURE_FILE, state_dir=state_dir,
+                             device_roots=shard_dirs,
+                             layout=UploadLayout(split.num_items, config.training.dim))
     return final, state_dir, shard_dirs

@@ -40,6 +40,7 @@ from edge_client.identity import DeviceIdentity, IdentityStore
 from edge_client.litert_model import GlobalWeights
 from edge_client.process import sleep_or_stop
 from edge_client.profiles import DeviceProfile
+from protocol import distributed_dp
 from protocol.files import read_bounded
 from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.manifest import MANIFEST_FILE, MODEL_FILE
@@ -286,7 +287,8 @@ class RoundClient:
         weights = GlobalWeights(*(from_wire(t, expected_shape=s, what=f"global tensor {i}")
                                   for i, (t, s) in enumerate(zip(task.global_weights, shapes))))
         layout = UploadLayout(num_items, dim)
-        params = _secagg_params(task, layout)
+        distributed = _distributed_dp(task, layout)
+        params = _secagg_params(task, layout, distributed)
         participant = SecAggParticipant(params, task.secagg.index)
         drop_at = self.profile.drop_point(self.rng)
 
@@ -306,13 +308,20 @@ class RoundClient:
 
         started = time.perf_counter()
         # On the loop's thread: the device's SQLite store belongs to it (and the work is milliseconds).
-        vector = self._upload_vector(task, weights, layout, params.fixed_point)
+        if distributed is None:
+            vector = self._upload_vector(task, weights, layout, params.fixed_point)
+            encoded = plaintext = params.fixed_point.encode(vector, value_bound=task.secagg.value_bound)
+        else:  # clipped, rounded and noised with this device's own share (`protocol.distributed_dp`)
+            spec, rotation_seed = distributed
+            update = self.device.compute_update(weights, spec.l2_clip, ranking_scale=task.ranking_scale)
+            model_values = layout.pack(update.deltas, weight=1.0, unclipped=False)[:layout.num_model_values]
+            upload = distributed_dp.encode(model_values, spec, rotation_seed)
+            encoded, plaintext = upload.elements, upload.rounded
         elapsed = time.perf_counter() - started
         await asyncio.sleep(elapsed * (self.profile.compute_slowdown - 1))
-        encoded = params.fixed_point.encode(vector, value_bound=task.secagg.value_bound)
-        if self.record_uploads is not None:
+        if self.record_uploads is not None:  # before any noise (distributed DP: the rounded integers)
             self.record_uploads.mkdir(parents=True, exist_ok=True)
-            np.save(self.record_uploads / f"{task.round_id.hex()}.npy", encoded)
+            np.save(self.record_uploads / f"{task.round_id.hex()}.npy", plaintext)
         masked = participant.masked_input(encoded, {s.index: s.ciphertext for s in shared.shares})
         payload = pack(masked, params.fixed_point.bit_width)
         if math.isfinite(self.profile.upload_bytes_per_s):
@@ -397,9 +406,35 @@ class RoundClient:
             raise RoundEnded(f"dropped out on purpose ({point}, profile)")
 
 
-def _secagg_params(task: rounds_pb2.RoundTask, layout: UploadLayout) -> SecAggParams:
-    """The round's SecAgg parameters, refused unless they fit this device's model and cannot overflow."""
+def _distributed_dp(task: rounds_pb2.RoundTask,
+                    layout: UploadLayout) -> tuple[distributed_dp.DistributedDpSpec, bytes] | None:
+    """A distributed-DP round's spec and rotation seed, refused unless they fit this model and task."""
+    if not task.HasField("distributed_dp"):
+        return None
+    try:
+        spec, seed = distributed_dp.from_wire(task.distributed_dp)
+    except distributed_dp.DistributedDpError as error:
+        raise WireError(f"the task's distributed DP does not fit: {error}") from None
+    if spec.dim != layout.num_model_values:
+        raise WireError(f"the task's distributed DP dimension {spec.dim} is not this model's {layout.num_model_values}")
+    if not task.private or spec.l2_clip != task.clip_norm:
+        raise WireError("a distributed-DP task must be private and clip to its own l2_clip")
     config = task.secagg
+    if (config.bit_width, config.fraction_bits, config.vector_length) != (spec.bits, 0, spec.padded_dim):
+        raise WireError("the task's secure sum does not carry its distributed-DP integers "
+                        f"({spec.bits} bits, no fraction, {spec.padded_dim} values)")
+    return spec, seed
+
+
+def _secagg_params(task: rounds_pb2.RoundTask, layout: UploadLayout,
+                   distributed: tuple[distributed_dp.DistributedDpSpec, bytes] | None = None) -> SecAggParams:
+    """The round's SecAgg parameters, refused unless they fit this device's model and cannot overflow
+    (under distributed DP the sum wraps modulo 2^b by design: `_distributed_dp` checked it)."""
+    config = task.secagg
+    if distributed is not None:
+        return SecAggParams(round_id=task.round_id, num_participants=config.num_participants, degree=config.degree,
+                            threshold=config.threshold, fixed_point=FixedPoint(config.bit_width, 0),
+                            vector_length=config.vector_length, graph_seed=config.graph_seed)
     if config.vector_length != layout.length:
         raise WireError(f"the task's vector length {config.vector_length} is not this model's {layout.length}")
     fixed_point = FixedPoint(bit_width=config.bit_width, fraction_bits=config.fraction_bits)

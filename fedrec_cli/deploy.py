@@ -41,6 +41,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, tuple[argparse.Arg
     up.add_argument("--out", type=Path, help="output folder (new or empty; default: a temporary one, removed)")
     up.add_argument("--overwrite", action="store_true", help="replace the deployment already in --out")
     up.add_argument("--quiet", action="store_true")
+    up.add_argument("--capture", type=Path, metavar="DIR",
+                    help="audit mode: devices record their plaintext uploads, and DIR gets round_<r>.npz per round "
+                         "(revealed: the sum the coordinator decoded; plaintext: the reporters' sum before any "
+                         "noise; sigma: the noise the mechanism put into revealed)")
 
     serve = sub.add_parser("serve", help="run the coordinator alone (what Kubernetes runs)")
     serve.add_argument("--config", type=Path, help="coordinator.toml (default: built-in synthetic defaults, state "
@@ -270,7 +274,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         final, state_dir, shards = up.run_deployment(
             out=out, split=split, config=coordinator_config, options=UpOptions(devices, args.device_processes,
-                                                                               args.profile, args.quiet),
+                                                                               args.profile, args.quiet, args.capture),
             on_status=on_status)
         runtime.import_training_stack()
         from coordinator.report import deployment_report
@@ -296,6 +300,9 @@ def _check_up_flags(args: argparse.Namespace) -> None:
     names = (*PRESETS, "heterogeneous")
     if args.profile not in names:
         raise ConfigError("profile", f"unknown device profile {args.profile!r} (known: {', '.join(names)})")
+    capture = args.capture
+    if capture is not None and (capture.is_file() or (capture.is_dir() and any(capture.iterdir()))):
+        raise ConfigError("capture", f"{capture} is not an empty folder; an audit never overwrites what is there")
     if args.devices is not None and args.devices < 2:
         raise ConfigError("devices", f"at least 2 devices are needed, got {args.devices}")
     if not 1 <= args.device_processes <= 64:

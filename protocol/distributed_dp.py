@@ -39,6 +39,7 @@ import statistics
 import numpy as np
 
 from protocol.errors import ProtocolError
+from protocol.generated import rounds_pb2
 
 MECHANISM = "distributed_skellam"
 MAX_BITS = 22  # TFF's limit (its float32 arithmetic represents integers exactly up to 2^24)
@@ -275,3 +276,21 @@ def decode(summed_integers: np.ndarray, spec: DistributedDpSpec, rotation_seed: 
 def decode_sum(elements: np.ndarray, spec: DistributedDpSpec, rotation_seed: bytes) -> np.ndarray:
     """The server's decoding of SecAgg+'s sum (elements of Z_{2^b}) to update units."""
     return decode(signed(elements, spec.bits), spec, rotation_seed)
+
+
+def to_wire(spec: DistributedDpSpec, rotation_seed: bytes) -> rounds_pb2.DistributedDp:
+    """The round task's field: the spec and this round's public rotation seed."""
+    return rounds_pb2.DistributedDp(
+        bits=spec.bits, l2_clip=spec.l2_clip, noise_multiplier=spec.noise_multiplier, clients=spec.clients,
+        noise_reporters=spec.noise_reporters, dim=spec.dim, modclip_probability=spec.modclip_probability,
+        rotation_seed=rotation_seed)
+
+
+def from_wire(message: rounds_pb2.DistributedDp) -> tuple[DistributedDpSpec, bytes]:
+    """The spec and rotation seed a task announces; DistributedDpError names what does not fit."""
+    spec = DistributedDpSpec(
+        bits=int(message.bits), l2_clip=float(message.l2_clip), noise_multiplier=float(message.noise_multiplier),
+        clients=int(message.clients), noise_reporters=int(message.noise_reporters), dim=int(message.dim),
+        modclip_probability=float(message.modclip_probability))
+    rotation_angles(message.rotation_seed, 1)  # refuses a seed of the wrong length
+    return spec, bytes(message.rotation_seed)

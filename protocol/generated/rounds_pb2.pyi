@@ -208,6 +208,51 @@ class SecAggConfig(google.protobuf.message.Message):
 global___SecAggConfig = SecAggConfig
 
 @typing.final
+class DistributedDp(google.protobuf.message.Message):
+    """Distributed DP (`protocol/distributed_dp.py`): the device clips, rotates, scales, rounds and adds
+    its share of Skellam noise before SecAgg+ masks the vector (then Z_2^bits, fraction bits 0,
+    vector_length = the padded dimension).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    BITS_FIELD_NUMBER: builtins.int
+    L2_CLIP_FIELD_NUMBER: builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: builtins.int
+    CLIENTS_FIELD_NUMBER: builtins.int
+    NOISE_REPORTERS_FIELD_NUMBER: builtins.int
+    DIM_FIELD_NUMBER: builtins.int
+    MODCLIP_PROBABILITY_FIELD_NUMBER: builtins.int
+    ROTATION_SEED_FIELD_NUMBER: builtins.int
+    bits: builtins.int
+    l2_clip: builtins.float
+    noise_multiplier: builtins.float
+    clients: builtins.int
+    """the expected number of devices summed (sets the scale)"""
+    noise_reporters: builtins.int
+    """m: each device adds (z * l2_clip)^2 / m of noise"""
+    dim: builtins.int
+    """the model values of the upload (no weight or indicator slots)"""
+    modclip_probability: builtins.float
+    rotation_seed: builtins.bytes
+    """public, fresh every round: the server undoes the rotation"""
+    def __init__(
+        self,
+        *,
+        bits: builtins.int = ...,
+        l2_clip: builtins.float = ...,
+        noise_multiplier: builtins.float = ...,
+        clients: builtins.int = ...,
+        noise_reporters: builtins.int = ...,
+        dim: builtins.int = ...,
+        modclip_probability: builtins.float = ...,
+        rotation_seed: builtins.bytes = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bits", b"bits", "clients", b"clients", "dim", b"dim", "l2_clip", b"l2_clip", "modclip_probability", b"modclip_probability", "noise_multiplier", b"noise_multiplier", "noise_reporters", b"noise_reporters", "rotation_seed", b"rotation_seed"]) -> None: ...
+
+global___DistributedDp = DistributedDp
+
+@typing.final
 class RoundTask(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -222,6 +267,7 @@ class RoundTask(google.protobuf.message.Message):
     MAX_WEIGHT_FIELD_NUMBER: builtins.int
     SECAGG_FIELD_NUMBER: builtins.int
     DEADLINE_UNIX_MS_FIELD_NUMBER: builtins.int
+    DISTRIBUTED_DP_FIELD_NUMBER: builtins.int
     round_id: builtins.bytes
     round_number: builtins.int
     """completed rounds so far + 1"""
@@ -243,6 +289,10 @@ class RoundTask(google.protobuf.message.Message):
 
     @property
     def secagg(self) -> global___SecAggConfig: ...
+    @property
+    def distributed_dp(self) -> global___DistributedDp:
+        """set in distributed-DP rounds"""
+
     def __init__(
         self,
         *,
@@ -257,9 +307,10 @@ class RoundTask(google.protobuf.message.Message):
         max_weight: builtins.int = ...,
         secagg: global___SecAggConfig | None = ...,
         deadline_unix_ms: builtins.int = ...,
+        distributed_dp: global___DistributedDp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["secagg", b"secagg"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["clip_norm", b"clip_norm", "deadline_unix_ms", b"deadline_unix_ms", "global_weights", b"global_weights", "max_weight", b"max_weight", "model_version", b"model_version", "params_version", b"params_version", "private", b"private", "ranking_scale", b"ranking_scale", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["distributed_dp", b"distributed_dp", "secagg", b"secagg"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["clip_norm", b"clip_norm", "deadline_unix_ms", b"deadline_unix_ms", "distributed_dp", b"distributed_dp", "global_weights", b"global_weights", "max_weight", b"max_weight", "model_version", b"model_version", "params_version", b"params_version", "private", b"private", "ranking_scale", b"ranking_scale", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg"]) -> None: ...
 
 global___RoundTask = RoundTask
 

@@ -52,7 +52,6 @@ BAD_VALUES = [
     ("[training]\nrounds = 0", "[training] rounds", "must be in [1,"),
     ("[training]\nwhat = 1", "[training] what", "unknown key"),
     ('[training]\ndp = "fixed"', "[training] dp", "needs target_epsilon or noise_multiplier"),
-    ('[training]\ndp = "distributed"\nnoise_multiplier = 1.0', "[training] dp", "`fedrec simulate` only for now"),
     ('[training]\ndp = "fixed"\nnoise_multiplier = 1.0\ndp_bits = 12', "[training] dp_bits", "distributed only"),
     ("[training]\nclients_per_round = 500", "[training] clients_per_round", "more than the population of 400"),
     ("state_dir = 5", "state_dir", "non-empty path"),

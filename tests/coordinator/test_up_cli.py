@@ -63,7 +63,9 @@ def test_fedrec_up_refuses_what_it_cannot_run_before_starting_anything(tmp_path)
              (["--devices", "20", "--clients-per-round", "21"], "--clients-per-round: 21 is more than the population "
                                                                  "of 20 devices"),
              (["--devices", "1"], "--devices: at least 2 devices"),
-             (["--device-processes", "0"], "--device-processes: must be 1 to 64")]
+             (["--device-processes", "0"], "--device-processes: must be 1 to 64"),
+             (["--capture", str(tmp_path)], "--capture: " + str(tmp_path) + " is not an empty folder")]
+    (tmp_path / "kept.txt").write_text("the user's")
     for flags, message in cases:
         out = tmp_path / "out"
         started = time.monotonic()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,16 +52,17 @@ ROUNDS_EXPONENT = math.log(6) / math.log(8)  # 50 rounds at epsilon 1, 300 at 8
 @dataclasses.dataclass(frozen=True)
 class DistributedShape:
     """What distributed DP's accounting needs beyond (q, T): the length of the noised vector, the
-    bit width, the clip, and m of the noise rule (None: `distributed.simulation_noise_reporters`)."""
+    bit width, the clip, and m of the noise rule."""
 
     dim: int
     bits: int
     clip: float
-    noise_reporters: int | None = None
+    # m for an expected cohort: a deployment's round goal; None: `simulation_noise_reporters`.
+    noise_reporters: Callable[[float], int] | None = None
 
     def reporters(self, clients_per_round: float, sampling_rate: float) -> int:
         if self.noise_reporters is not None:
-            return self.noise_reporters
+            return self.noise_reporters(clients_per_round)
         return ddp_accounting.simulation_noise_reporters(clients_per_round, sampling_rate)
 
     def spec(self, noise_multiplier: float, clients_per_round: float, sampling_rate: float) -> DistributedDpSpec:
@@ -164,7 +166,7 @@ def plan_budget(
 
 
 def distributed_shape(config: SimulationConfig, model_values: int | None, *,
-                      noise_reporters: int | None = None) -> DistributedShape | None:
+                      noise_reporters: Callable[[float], int] | None = None) -> DistributedShape | None:
     """The shape distributed DP's accounting needs for `config` (None for the other modes)."""
     if config.dp != "distributed":
         return None
