@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 # Keep TensorFlow's C++ start-up chatter out of the terminal; must precede the first TF import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fedrec_cli import cluster, deploy, simulate
+from fedrec_cli import audit, cluster, deploy, simulate
 from fedrec_cli.errors import EXIT_INTERRUPTED, PROG, end_within, report_error
 
 Command = Callable[[argparse.Namespace], int]
@@ -27,7 +27,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.Ar
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[argparse.ArgumentParser, Command]] = {}
-    for module in (simulate, deploy, cluster):
+    for module in (simulate, deploy, cluster, audit):
         commands.update(module.add_parsers(sub))
     return parser, commands
 

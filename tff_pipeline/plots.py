@@ -100,3 +100,17 @@ def utility_against_epsilon(points: list[tuple[float, float]], non_private: floa
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return _png(figure)
+
+
+def canary_cosines(inserted: list[float], held_out: list[float], *, epsilon: float | None, estimate: float) -> bytes:
+    """The privacy audit's evidence: how the final model aligns with canaries it saw and never saw."""
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    bins = 40
+    axis.hist(held_out, bins=bins, alpha=0.6, color="tab:gray", label="never inserted")
+    axis.hist(inserted, bins=bins, alpha=0.6, color="tab:red", label="inserted canaries")
+    claimed = "no DP" if epsilon is None else f"accountant ε {epsilon:.3g}"
+    axis.set_title(f"canary alignment with the model's change: {claimed}, estimate ε {estimate:.3g}")
+    axis.set_xlabel("cosine(model change, canary direction)")
+    axis.set_ylabel("canaries")
+    axis.legend()
+    return _png(figure)

@@ -95,17 +95,22 @@ def _stop_if_non_finite(round_num: int, step: str) -> Iterator[None]:
 class ClientPopulation:
     """Per-user client datasets, built once and on demand."""
 
-    def __init__(self, split: DatasetSplit) -> None:
+    def __init__(self, split: DatasetSplit, canaries: Sequence[np.ndarray] = ()) -> None:
         self._arrays = group_by_user(split.train, split.num_users)
         self.client_ids = np.array([u for u, (items, _) in enumerate(self._arrays) if len(items)], np.int64)
         self._cache: dict[int, Any] = {}
+        # The audit's canary clients come after the users (positions len(client_ids)...).
+        self._canaries = [client_work.canary_data(update) for update in canaries]
 
     def __len__(self) -> int:
-        return len(self.client_ids)
+        return len(self.client_ids) + len(self._canaries)
 
     def datasets(self, positions: np.ndarray) -> list[Any]:
         result = []
         for position in positions:
+            if position >= len(self.client_ids):
+                result.append(self._canaries[position - len(self.client_ids)])
+                continue
             user = int(self.client_ids[position])
             if user not in self._cache:
                 self._cache[user] = client_work.client_data(*self._arrays[user])
@@ -168,12 +173,17 @@ def run(
     identity: RunIdentity | None = None,
     on_round: RoundCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    canaries: Sequence[np.ndarray] = (),
+    applied_noise_multiplier: float | None = None,
 ) -> RunResult:
     """Train, evaluate, and return the report and the final global parameters.
 
     With `out_dir`, the run claims that folder (`RunFolder.start`: refused if it holds another
     run, unless `overwrite`) or, with `resume`, continues the run saved there; a caller that
-    already did either passes the `identity` it got.
+    already did either passes the `identity` it got. The privacy audit (`tff_pipeline.audit`)
+    adds `canaries` (clients whose upload is a fixed vector, sampled like the users) and, to show
+    that it catches a broken run, may make the aggregator apply `applied_noise_multiplier`
+    instead of the plan's.
     """
     config.check_model_size(split.num_items)
     folder = None if out_dir is None else RunFolder(out_dir)
@@ -183,18 +193,20 @@ def run(
         if identity.config != config:
             raise RunFolderError(f"{folder / 'config.json'}: the configuration differs from the one given; "
                                  "a run is resumed with the configuration it started with")
-    population = ClientPopulation(split)
+    population = ClientPopulation(split, canaries)
     shape = distributed_shape(config, model_values(split.num_items, config.dim))
     plan = plan_privacy(config, len(population), distributed=shape)
     model_config = config.model_config(split.num_items)
     learning_process = process.build_fedrec_process(
         model_config,
         aggregator=config.aggregator_config(
-            noise_multiplier=plan.noise_multiplier, expected_clients=plan.sampling_rate * len(population),
+            noise_multiplier=plan.noise_multiplier if applied_noise_multiplier is None else applied_noise_multiplier,
+            expected_clients=plan.sampling_rate * len(population),
             noise_reporters=None if plan.distributed is None else plan.distributed.noise_reporters,
         ),
         server_optimizer=config.server_optimizer_config(),
         seed=config.seed,
+        canaries=len(canaries) > 0,
     )
     state = learning_process.initialize()
     start_round, history, train_seconds = 0, [], 0.0

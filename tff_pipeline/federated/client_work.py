@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_pipeline import model
@@ -50,11 +51,14 @@ def update_type(config: model.ModelConfig) -> tff.Type:
     return tff.types.to_type(tuple(trainable) + ((trainable[0],) if config.implicit else ()))
 
 
-def build_client_update(config: model.ModelConfig) -> tff.Computation:
-    """TF computation: (global weights, device ratings) -> ClientResult(update, example count)."""
+def build_client_update(config: model.ModelConfig, *, canaries: bool = False) -> tff.Computation:
+    """TF computation: (global weights, device ratings) -> ClientResult(update, example count).
 
-    @tff.tensorflow.computation(global_weights_type(config), CLIENT_DATA_TYPE)
-    def client_update(weights, data):
+    With `canaries` (the privacy audit, `tff_pipeline.audit`), a client whose item ids are negative
+    is a canary: its "ratings" are a fixed update vector (`canary_data`), uploaded as it is with
+    weight 1 and clipped by the aggregator like everyone's."""
+
+    def user_update(weights, data):
         output = model.client_update(
             model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], config
         )
@@ -63,17 +67,32 @@ def build_client_update(config: model.ModelConfig) -> tff.Computation:
         # on, its step on the item table travels as a fourth tensor (it is averaged per device,
         # not per rating, and added to the rating head's step on the server).
         update = tuple(output.delta) + ((output.implicit_delta,) if config.implicit else ())
-        return tff.learning.templates.ClientResult(update=update, update_weight=output.num_examples)
+        return update, output.num_examples
+
+    def canary_update(weights, data):
+        shapes = [tensor.shape for tensor in weights.trainable] + ([weights.trainable[0].shape] if config.implicit else [])
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        pieces = tf.split(data["ratings"], sizes)
+        return tuple(tf.reshape(piece, shape) for piece, shape in zip(pieces, shapes)), tf.constant(1.0)
+
+    @tff.tensorflow.computation(global_weights_type(config), CLIENT_DATA_TYPE)
+    def client_update(weights, data):
+        if canaries:
+            update, weight = tf.cond(tf.reduce_any(data["item_ids"] < 0), lambda: canary_update(weights, data),
+                                     lambda: user_update(weights, data))
+        else:
+            update, weight = user_update(weights, data)
+        return tff.learning.templates.ClientResult(update=update, update_weight=weight)
 
     return client_update
 
 
-def build_client_work(config: model.ModelConfig) -> tff.Computation:
+def build_client_work(config: model.ModelConfig, *, canaries: bool = False) -> tff.Computation:
     """Federated computation: weights@CLIENTS, data@CLIENTS -> ClientResult@CLIENTS.
 
     No client-side metrics: under user-level DP every released statistic would need noise.
     """
-    client_update = build_client_update(config)
+    client_update = build_client_update(config, canaries=canaries)
 
     @tff.federated_computation(
         tff.FederatedType(global_weights_type(config), tff.CLIENTS),
@@ -83,6 +102,11 @@ def build_client_work(config: model.ModelConfig) -> tff.Computation:
         return tff.federated_map(client_update, (weights, client_data))
 
     return client_work
+
+
+def canary_data(update: np.ndarray) -> collections.OrderedDict:
+    """A canary client's data: the flat update it uploads every round it is sampled."""
+    return client_data(np.array([-1], np.int32), np.asarray(update, np.float32))
 
 
 def client_data(item_ids, ratings) -> collections.OrderedDict:

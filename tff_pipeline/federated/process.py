@@ -49,8 +49,10 @@ def build_fedrec_process(
     aggregator: aggregation.AggregatorConfig,
     server_optimizer: ServerOptimizerConfig,
     seed: int,
+    canaries: bool = False,
 ) -> tff.learning.templates.LearningProcess:
-    """FedRecon-style federated MF: reconstruct user params locally, aggregate item deltas."""
+    """FedRecon-style federated MF: reconstruct user params locally, aggregate item deltas.
+    `canaries`: some clients may be the privacy audit's canaries (`client_work`)."""
     weights_type = client_work.global_weights_type(config)
     initial = model.initial_global_params(config, seed=seed)
     initial_numpy = tuple(t.numpy() for t in initial)
@@ -66,7 +68,7 @@ def build_fedrec_process(
     return compose_process(
         initial_weights=initial_weights,
         distributor=tff.learning.templates.build_broadcast_process(weights_type),
-        client_work=client_work.build_client_work(config),
+        client_work=client_work.build_client_work(config, canaries=canaries),
         aggregator=factory.create(uploaded, tff.TensorType(np.float32)),
         finalizer=build_delta_finalizer(server_optimizer.build(), weights_type, uploaded),
     )
