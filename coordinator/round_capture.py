@@ -14,14 +14,22 @@ For every completed round `DIR/round_<r>.npz` holds, in update units (the model 
 
 It is assembled after the run from the coordinator's capture file (`capture.RequestCapture`), its
 device registry, and the devices' folders, so nothing in the coordinator keeps a plaintext.
+
+`DIR/rated_items.json` measures what each view gives an attacker who wants a reporter's rated
+items: the AUC of telling them from the other items by the size of each item's row (embedding and
+bias) in (a) the reporter's own upload, what a server without secure aggregation would receive,
+and (b) the revealed sum, averaged over the reporters of every round, with the cohort sizes.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from coordinator.capture import read_capture
 from coordinator.state_store import StateStore
@@ -34,8 +42,9 @@ UPLOADS_DIR = "uploads"  # a device's recorded uploads (`edge_client.fleet --rec
 
 
 def write_round_captures(out: Path, *, capture_file: Path, state_dir: Path, device_roots: list[Path],
-                         layout: UploadLayout) -> list[Path]:
-    """One `round_<r>.npz` per revealed sum in `capture_file`; returns the files written."""
+                         layout: UploadLayout, rated_items: Mapping[str, np.ndarray]) -> list[Path]:
+    """One `round_<r>.npz` per revealed sum in `capture_file`, and `rated_items.json`
+    (`rated_items`: each device label's rated item indices); returns the npz files written."""
     records = read_capture(capture_file)
     participants = {r["round_id"]: r["participants"] for r in records if r["kind"] == "round"}
     store = StateStore(state_dir)
@@ -45,32 +54,65 @@ def write_round_captures(out: Path, *, capture_file: Path, state_dir: Path, devi
         store.close()
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    own_aucs: list[float] = []
+    sum_aucs: list[float] = []
+    cohorts: list[int] = []
     for record in (r for r in records if r["kind"] == "revealed"):
         total = np.frombuffer(base64.b64decode(record["total"]), "<u8").astype(np.uint64)
         devices = [labels[participants[record["round_id"]][index]] for index in record["reporters"]]
         uploads = [np.load(_device_folder(device_roots, label) / UPLOADS_DIR / f"{record['round_id']}.npy")
                    for label in devices]
-        revealed, plaintext, sigma = _decoded(record, total, uploads, layout)
+        revealed, plaintext, sigma, own = _decoded(record, total, uploads, layout)
+        for label, upload in zip(devices, own):
+            rated = rated_items[label]
+            own_aucs.append(rated_item_auc(item_scores(upload, layout), rated))
+            sum_aucs.append(rated_item_auc(item_scores(revealed, layout), rated))
+        cohorts.append(len(uploads))
         path = out / f"round_{record['round_number']:05d}.npz"
         np.savez(path, revealed=revealed, plaintext=plaintext, sigma=np.float64(sigma),
                  reporters=np.int64(len(uploads)))
         written.append(path)
+    (out / "rated_items.json").write_text(json.dumps({
+        "own_upload_auc": float(np.mean(own_aucs)) if own_aucs else None,
+        "revealed_sum_auc": float(np.mean(sum_aucs)) if sum_aucs else None,
+        "rounds": len(cohorts), "mean_cohort": float(np.mean(cohorts)) if cohorts else None,
+    }, indent=2) + "\n")
     return written
 
 
+def item_scores(model_values: np.ndarray, layout: UploadLayout) -> np.ndarray:
+    """Each item's squared row in an upload (or a sum): its embedding delta and bias delta."""
+    parts, _, _ = layout.unpack(np.concatenate([model_values, np.zeros(layout.length - layout.num_model_values)]))
+    return np.sum(np.square(parts[0]), axis=1) + np.square(parts[1])
+
+
+def rated_item_auc(scores: np.ndarray, rated: np.ndarray) -> float:
+    """P(a rated item scores above an unrated one), ties counting half (the Mann-Whitney AUC)."""
+    mask = np.zeros(scores.size, bool)
+    mask[rated] = True
+    if mask.all() or not mask.any():
+        return 0.5
+    ranks = stats.rankdata(scores)
+    positives = int(mask.sum())
+    return float((ranks[mask].sum() - positives * (positives + 1) / 2) / (positives * (scores.size - positives)))
+
+
 def _decoded(record: dict, total: np.ndarray, uploads: list[np.ndarray],
-             layout: UploadLayout) -> tuple[np.ndarray, np.ndarray, float]:
+             layout: UploadLayout) -> tuple[np.ndarray, np.ndarray, float, list[np.ndarray]]:
+    """(revealed, plaintext sum, sigma, each reporter's own upload), in update units."""
     if record.get("distributed_dp"):
         message = rounds_pb2.DistributedDp.FromString(base64.b64decode(record["distributed_dp"]))
         spec, seed = distributed_dp.from_wire(message)
         plaintext = distributed_dp.decode(np.sum(uploads, axis=0, dtype=np.int64), spec, seed)
-        return distributed_dp.decode_sum(total, spec, seed), plaintext, spec.noise_stddev(len(uploads))
+        own = [distributed_dp.decode(upload, spec, seed) for upload in uploads]  # rounded, before its noise
+        return distributed_dp.decode_sum(total, spec, seed), plaintext, spec.noise_stddev(len(uploads)), own
     fixed_point = FixedPoint(bit_width=record["bit_width"], fraction_bits=record["fraction_bits"])
     summed = np.zeros_like(total)
     for upload in uploads:
         summed = fixed_point.add(summed, upload.astype(np.uint64))
     model = layout.num_model_values
-    return fixed_point.decode(total)[:model], fixed_point.decode(summed)[:model], 0.0
+    own = [fixed_point.decode(upload.astype(np.uint64))[:model] for upload in uploads]
+    return fixed_point.decode(total)[:model], fixed_point.decode(summed)[:model], 0.0, own
 
 
 def _device_folder(roots: list[Path], label: str) -> Path:

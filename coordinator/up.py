@@ -35,7 +35,7 @@ from coordinator.round_capture import write_round_captures
 from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_FILE, TOKEN_FILE, StateStore
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import STATS_FILE
-from edge_client.simulated_users import device_label, prepare_devices  # noqa: F401 - re-exported for harnesses
+from edge_client.simulated_users import device_label, prepare_devices
 from protocol.files import atomic_write
 from protocol.upload import UploadLayout
 from tff_pipeline.config import ConfigError
@@ -194,6 +194,11 @@ def deployment_figures(state_dir: Path, final_status: Any, shard_dirs: list[Path
     }
 
 
+def _rated_items(split: Any, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Each device label's rated items (item indices of its train ratings): the audit's ground truth."""
+    return {device_label(int(user)): np.unique(split.train.items[split.train.users == user]) for user in users}
+
+
 def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options: UpOptions,
                    on_status=None) -> tuple[Any, Path, list[Path]]:
     """Start coordinator and devices, follow them until training ends, stop them.
@@ -247,6 +252,6 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
         stop_processes(processes[:1])
     if options.capture is not None:
         write_round_captures(options.capture, capture_file=out / CAPTURE_FILE, state_dir=state_dir,
-                             device_roots=shard_dirs,
-                             layout=UploadLayout(split.num_items, config.training.dim))
+                             device_roots=shard_dirs, layout=UploadLayout(split.num_items, config.training.dim),
+                             rated_items=_rated_items(split, users))
     return final, state_dir, shard_dirs

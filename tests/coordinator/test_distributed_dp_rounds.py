@@ -3,6 +3,7 @@ decodes a noised sum (`fedrec up --capture`), and a device refuses a task that d
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -42,6 +43,24 @@ def test_the_coordinator_sees_the_plain_sum_only_under_central_dp(tmp_path, dp):
             assert sigma == pytest.approx(0.5 * math.sqrt(int(captured["reporters"]) / 10))
             assert float(np.std(revealed - plaintext)) == pytest.approx(sigma, rel=0.08)
             assert abs(float(np.mean(revealed - plaintext))) < 4 * sigma / math.sqrt(revealed.size)
+    # Rated-item inference (item 3): a device's own upload names its rated items (its nonzero rows);
+    # the cohort's sum still points at them under central DP, the noised sum no longer does (z = 1).
+    rated = json.loads((capture / "rated_items.json").read_text())
+    assert rated["rounds"] == 3 and rated["own_upload_auc"] > 0.99
+    if dp == "fixed":
+        assert rated["revealed_sum_auc"] > 0.65
+    else:
+        assert rated["revealed_sum_auc"] < 0.58
+
+
+def test_the_rated_item_auc_is_the_mann_whitney_statistic():
+    from coordinator.round_capture import rated_item_auc
+
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.5])
+    assert rated_item_auc(scores, np.array([0, 2])) == 1.0
+    assert rated_item_auc(scores, np.array([1, 3])) == 0.0
+    assert rated_item_auc(np.ones(5), np.array([1])) == 0.5  # ties count half
+    assert rated_item_auc(scores, np.array([4])) == 0.5  # 0.5 beats two of four
 
 
 def _task(layout: UploadLayout, **spec_changes) -> rounds_pb2.RoundTask:
