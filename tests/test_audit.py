@@ -61,7 +61,11 @@ def test_the_audit_has_power_stays_within_the_accountant_and_flags_a_run_without
     assert status == 0 and plain["epsilon"] is None and not plain["flagged"]
     private, status = _audit(tmp_path, "dp8", "--dp", "fixed", "--target-epsilon", "8")
     assert status == 0 and private["epsilon"] == pytest.approx(8.0, rel=1e-3) and not private["flagged"]
-    assert private["epsilon_estimate"] <= private["epsilon"]
+    # The estimate is a statistic of 50 canaries (bootstrap interval about ±50%): its interval must
+    # reach down to the accountant's ε (not flagged, checked above); the point itself came out at
+    # 7.3 and at 8.07 (against 8) in two runs, so it is held to within a quarter above.
+    assert private["epsilon_estimate_interval"][0] <= private["epsilon"]
+    assert private["epsilon_estimate"] <= 1.25 * private["epsilon"]
     assert plain["epsilon_estimate_interval"][0] > 2 * private["epsilon_estimate"]  # power
     broken, status = _audit(tmp_path, "broken", "--dp", "fixed", "--target-epsilon", "8", "--break-noise")
     assert status == 3 and broken["flagged"] and broken["noise_broken_on_purpose"]
