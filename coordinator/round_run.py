@@ -73,6 +73,7 @@ class RoundRun:
         self.abandon_reason: str | None = None
         self._arrived: dict[Stage, set[int]] = {stage: set() for stage in Stage}
         self._expected: dict[Stage, set[int]] = {}
+        self._gone: set[int] = set()  # their host was deleted: no phase waits for them
         self._closed: dict[Stage, asyncio.Event] = {stage: asyncio.Event() for stage in Stage}
         self._progress = asyncio.Event()  # set whenever a message arrives
         self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
@@ -183,10 +184,13 @@ class RoundRun:
             event.set()
 
     def drop(self, device_ids: Collection[str]) -> int:
-        """These devices are known to be gone (their host was deleted): the current phase stops
-        waiting for them. Returns how many were still expected. Their messages already in are kept
-        (secure aggregation recovers a device that masked and then vanished)."""
+        """These devices are known to be gone (their host was deleted): neither the current phase
+        nor any later one waits for them (a device that already answered this phase would otherwise
+        hold the next one to its deadline). Returns how many the current phase was still waiting
+        for. Their messages already in are kept (secure aggregation recovers a device that masked
+        and then vanished)."""
         indices = {self.index[d] for d in device_ids if d in self.index}
+        self._gone |= indices
         expected = self._expected.get(self.phase)
         if not indices or expected is None:
             return 0
@@ -242,7 +246,7 @@ class RoundRun:
         return self._opened + self.timing.phase_timeout_s
 
     def _open(self, phase: Stage, expected: Collection[int], *, at: float | None = None) -> None:
-        self._expected[phase] = set(expected)
+        self._expected[phase] = set(expected) - self._gone
         self.phase = phase
         self._opened = time.monotonic() if at is None else at
 

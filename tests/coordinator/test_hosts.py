@@ -11,6 +11,7 @@ import pytest
 from coordinator.hosts import MAX_HOST_NAME, HostDirectory
 from coordinator.round_run import RoundTiming
 from coordinator.selection import CheckInPool, ComeBack
+from secagg.stages import Stage
 from tests.coordinator.test_round_logic import LENGTH, _device, _round
 
 
@@ -50,6 +51,30 @@ def test_dropping_a_hosts_devices_ends_the_phase_without_waiting_for_the_deadlin
     elapsed, total, outcomes = asyncio.run(scenario())
     assert elapsed < 5.0
     assert outcomes == ["done"] * 6 and total.reporters == tuple(range(6))
+
+
+def test_devices_dropped_after_answering_a_phase_hold_no_later_phase():
+    """A pod deleted after its devices advertised their keys: the key-sharing phase must not wait
+    for them to its deadline (it waits for whoever answered the previous phase)."""
+    async def scenario() -> tuple[float, int, object, list[str]]:
+        run = _round(9, goal=5, timing=RoundTiming(30.0, 30.0, 30.0))
+        rng = np.random.default_rng(4)
+        # d6 and d7 advertise, then their pod is deleted; d8 (same pod) never showed up.
+        devices = [asyncio.create_task(_device(run, i, rng.uniform(-0.1, 0.1, LENGTH),
+                                               stop_after="advertise" if i >= 6 else None)) for i in range(8)]
+        started = time.monotonic()
+        collecting = asyncio.create_task(run.collect())
+        while len(run.arrived(Stage.ADVERTISE_KEYS)) < 8:
+            await asyncio.sleep(0.01)
+        awaited = run.drop({"d6", "d7", "d8"})
+        total = await collecting
+        run.finish()
+        return time.monotonic() - started, awaited, total, [await d for d in devices]
+
+    elapsed, awaited, total, outcomes = asyncio.run(scenario())
+    assert awaited == 1  # only d8 had yet to advertise
+    assert elapsed < 5.0  # not the 30 s key-sharing deadline
+    assert outcomes == ["done"] * 6 + ["advertise"] * 2 and total.reporters == tuple(range(6))
 
 
 def test_a_gone_hosts_held_check_ins_are_answered_and_not_selected():
