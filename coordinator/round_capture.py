@@ -27,6 +27,7 @@ import base64
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -42,9 +43,10 @@ UPLOADS_DIR = "uploads"  # a device's recorded uploads (`edge_client.fleet --rec
 
 
 def write_round_captures(out: Path, *, capture_file: Path, state_dir: Path, device_roots: list[Path],
-                         layout: UploadLayout, rated_items: Mapping[str, np.ndarray]) -> list[Path]:
+                         layout: UploadLayout, rated_items: Mapping[str, np.ndarray], dp: str) -> list[Path]:
     """One `round_<r>.npz` per revealed sum in `capture_file`, and `rated_items.json`
-    (`rated_items`: each device label's rated item indices); returns the npz files written."""
+    (`rated_items`: each device label's rated item indices; `dp`: the run's --dp mode, which
+    `fedrec audit --captures` names its settings by); returns the npz files written."""
     records = read_capture(capture_file)
     participants = {r["round_id"]: r["participants"] for r in records if r["kind"] == "round"}
     store = StateStore(state_dir)
@@ -73,11 +75,48 @@ def write_round_captures(out: Path, *, capture_file: Path, state_dir: Path, devi
                  reporters=np.int64(len(uploads)))
         written.append(path)
     (out / "rated_items.json").write_text(json.dumps({
+        "dp": dp,
         "own_upload_auc": float(np.mean(own_aucs)) if own_aucs else None,
         "revealed_sum_auc": float(np.mean(sum_aucs)) if sum_aucs else None,
         "rounds": len(cohorts), "mean_cohort": float(np.mean(cohorts)) if cohorts else None,
     }, indent=2) + "\n")
     return written
+
+
+# What each view of a capture is, by the run's --dp mode: (own upload's setting, revealed sum's).
+# Under distributed DP nobody but the device sees its own upload (secure aggregation, and its noise).
+_SETTINGS = {
+    "none": ("plain_update", "secagg_sum_no_dp"),
+    "fixed": ("clipped_dp_update", "secagg_sum_central_dp"),
+    "adaptive": ("clipped_dp_update", "secagg_sum_central_dp"),
+    "distributed": (None, "distributed_dp_sum"),
+}
+
+
+def rated_item_settings(folder: Path) -> dict[str, dict[str, Any]]:
+    """The rated-item AUC of each view in `folder/rated_items.json` (a `fedrec up --capture` folder),
+    keyed by setting name, with the cohort it was measured at: what `fedrec audit --captures` reports."""
+    path = folder / "rated_items.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: is {folder} a `fedrec up --capture` folder?") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict) or record.get("dp") not in _SETTINGS:
+        raise ValueError(f"{path} does not name its --dp mode (one of {', '.join(_SETTINGS)}); "
+                         "captures from before issue 18's audit lack it")
+    own, revealed = _SETTINGS[record["dp"]]
+    settings: dict[str, dict[str, Any]] = {}
+    for name, key in ((own, "own_upload_auc"), (revealed, "revealed_sum_auc")):
+        auc = record.get(key)
+        if name is None or auc is None:
+            continue
+        if not isinstance(auc, (int, float)) or not 0 <= auc <= 1:
+            raise ValueError(f"{path}: {key} must be a number in [0, 1], got {auc!r}")
+        settings[name] = {"auc": float(auc), "uploads_summed": 1 if key == "own_upload_auc" else record.get("mean_cohort"),
+                          "rounds": record.get("rounds"), "capture": str(folder)}
+    return settings
 
 
 def item_scores(model_values: np.ndarray, layout: UploadLayout) -> np.ndarray:

@@ -253,5 +253,5 @@ def run_deployment(*, out: Path, split: Any, config: CoordinatorConfig, options:
     if options.capture is not None:
         write_round_captures(options.capture, capture_file=out / CAPTURE_FILE, state_dir=state_dir,
                              device_roots=shard_dirs, layout=UploadLayout(split.num_items, config.training.dim),
-                             rated_items=_rated_items(split, users))
+                             rated_items=_rated_items(split, users), dp=config.training.dp)
     return final, state_dir, shard_dirs

@@ -1,7 +1,11 @@
 """`fedrec audit`: the privacy effect measured, not only bounded (issue 18).
 
 The same training flags as `fedrec simulate`, plus canaries: a TFF simulation in which canary
-clients take part, then the one-shot empirical ε (`tff_pipeline.audit`) beside the accountant's.
+clients take part and a fifth of the users do not (`tff_pipeline.membership`), then
+- the one-shot empirical ε (`tff_pipeline.audit`) beside the accountant's;
+- user-level membership inference on the released model (AUC, advantage);
+- with `--captures`, the rated-item AUC of each view the real coordinator's wire gave
+  (`fedrec up --capture` folders, `coordinator.round_capture`).
 Writes `--out DIR`: audit.json, report.md, canaries.png. Exit status 3 when the audit is flagged
 (the run leaked more than its accountant's ε allows).
 """
@@ -26,6 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, tuple[argparse.Arg
     p.add_argument("--canaries", type=int, default=50,
                    help="canary clients inserted (as many more are drawn and never inserted; each adds 20 "
                         "never-rated items they live on; default 50)")
+    p.add_argument("--captures", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="`fedrec up --capture` folders: their rated-item AUCs (per --dp mode) join audit.json")
     p.add_argument("--out", type=Path, required=True, help="output folder, new or empty: audit.json, report.md, PNG")
     p.add_argument("--break-noise", action="store_true", help=argparse.SUPPRESS)  # the audit's own check: noise off
     p.add_argument("--quiet", action="store_true")
@@ -39,10 +45,12 @@ def _audit(args: argparse.Namespace) -> int:
     if not 2 <= args.canaries <= 100_000:
         raise ConfigError("canaries", f"must be 2 to 100000, got {args.canaries}")
     config = config_from_args(args)
+    rated_items = _rated_item_views(args.captures)  # read first: a bad folder fails before training
     if args.break_noise and not config.private:
         raise ConfigError("break_noise", "needs --dp: it turns a private run's noise off behind its plan")
     import numpy as np
 
+    from tff_pipeline import membership
     from tff_pipeline.audit import with_canary_items
     from tff_pipeline.data import load_dataset
     from tff_pipeline.privacy import planner
@@ -51,14 +59,15 @@ def _audit(args: argparse.Namespace) -> int:
     original = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
     split = with_canary_items(original, args.canaries)
     config.check_model_size(split.num_items)
-    population = int(np.unique(split.train.users).size) + args.canaries  # canaries are clients too
+    members, held_out = membership.hold_out_users(split, seed=config.seed)  # the non-members never train
+    population = int(np.unique(members.train.users).size) + args.canaries  # canaries are clients too
     shape = planner.distributed_shape(config, model_values(split.num_items, config.dim))
     config, plan = planner.plan_run(config, population, rounds=args.rounds, clients_per_round=args.clients_per_round,
                                     distributed=shape)
     if plan is not None and not args.quiet:
         print(plan.describe())
     runtime.import_training_stack()
-    from tff_pipeline import audit, model, plots, simulation
+    from tff_pipeline import audit, model, personalized_eval, plots, simulation
     from tff_pipeline.privacy import accounting
     from tff_pipeline.privacy import distributed as ddp_accounting
 
@@ -67,7 +76,7 @@ def _audit(args: argparse.Namespace) -> int:
                                    dim=config.dim,
                                    ranking_head=model_config.implicit, norm=config.clip, seed=config.seed)
     runtime.install()
-    result = simulation.run(config, split, canaries=list(canaries.uploads),
+    result = simulation.run(config, members, canaries=list(canaries.uploads),
                             applied_noise_multiplier=0.0 if args.break_noise else None)
     privacy_plan = planner.plan_privacy(config, population, distributed=shape)
     claimed = None
@@ -79,6 +88,10 @@ def _audit(args: argparse.Namespace) -> int:
     initial = model.initial_global_params(model_config, seed=config.seed)
     figures = audit.canary_audit(canaries, [t.numpy() for t in initial], result.params, claimed_epsilon=claimed,
                                  delta=config.delta, seed=config.seed)
+    losses = membership.per_user_loss(personalized_eval.fitted_score_fn(result.params, split, model_config), split)
+    figures["membership"] = membership.loss_threshold_attack(losses, held_out, epsilon=claimed, delta=config.delta)
+    figures["rated_item_auc"] = {name: view["auc"] for name, view in rated_items.items()}
+    figures["rated_item_views"] = rated_items
     figures.update(setting=_setting(config, privacy_plan, args), final=result.report["final"],
                    noise_broken_on_purpose=bool(args.break_noise))
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +102,22 @@ def _audit(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(_markdown(figures))
     print(_markdown(figures))
     return EXIT_FLAGGED if figures["flagged"] else 0
+
+
+def _rated_item_views(folders: list[Path]) -> dict[str, dict[str, Any]]:
+    from coordinator.round_capture import rated_item_settings
+
+    views: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        try:
+            found = rated_item_settings(folder)
+        except (OSError, ValueError) as error:
+            raise ConfigError("captures", str(error)) from None
+        repeated = sorted(set(found) & set(views))
+        if repeated:
+            raise ConfigError("captures", f"two capture folders measure {', '.join(repeated)}: give one per --dp mode")
+        views.update(found)
+    return views
 
 
 def _setting(config: Any, plan: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -114,7 +143,26 @@ def _markdown(figures: dict[str, Any]) -> str:
         f"- cosine with the model's change: inserted {canaries['cosine_inserted_mean']:.4f}, never inserted "
         f"{canaries['cosine_held_out_mean']:.4f} ± {canaries['cosine_held_out_std']:.4f}",
         f"- verdict: {verdict}",
+        *_membership_lines(figures["membership"]),
+        *_rated_item_lines(figures["rated_item_views"]),
         "",
         "![canary cosines](canaries.png)",
         "",
     ])
+
+
+def _membership_lines(found: dict[str, Any]) -> list[str]:
+    return [f"- membership inference ({found['attack']}; {found['members']} members, {found['non_members']} "
+            f"held-out users): AUC {found['auc']:.3f}, advantage {found['advantage']:.3f} "
+            f"(DP allows at most {found['advantage_bound']:.3f})"]
+
+
+def _rated_item_lines(views: dict[str, dict[str, Any]]) -> list[str]:
+    if not views:
+        return ["- rated-item inference: no `--captures` given"]
+    lines = ["", "| what the server sees | rated-item AUC | uploads summed | rounds |", "|---|---|---|---|"]
+    for name, view in views.items():
+        summed = view["uploads_summed"]
+        shown = "?" if summed is None else str(summed) if summed == 1 else f"{summed:.1f}"
+        lines.append(f"| {name} | {view['auc']:.3f} | {shown} | {view['rounds']} |")
+    return lines

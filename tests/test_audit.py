@@ -67,6 +67,13 @@ def test_the_audit_has_power_stays_within_the_accountant_and_flags_a_run_without
     assert private["epsilon_estimate_interval"][0] <= private["epsilon"]
     assert private["epsilon_estimate"] <= 1.25 * private["epsilon"]
     assert plain["epsilon_estimate_interval"][0] > 2 * private["epsilon_estimate"]  # power
+    # Membership inference (a fifth of the users held out): reported for every run, and the attack's
+    # advantage respects the bound DP puts on any test (vacuous at ε = 8, but a real check of the sign).
+    for found in (plain["membership"], private["membership"]):
+        assert (found["members"], found["non_members"]) == (320, 80)
+        assert 0.0 <= found["advantage"] <= found["advantage_bound"] and 0.0 <= found["auc"] <= 1.0
+    assert plain["membership"]["advantage_bound"] == 1.0 and private["membership"]["advantage_bound"] < 1.0
+    assert plain["rated_item_auc"] == {}  # no --captures given
     broken, status = _audit(tmp_path, "broken", "--dp", "fixed", "--target-epsilon", "8", "--break-noise")
     assert status == 3 and broken["flagged"] and broken["noise_broken_on_purpose"]
     assert broken["epsilon_estimate_interval"][0] > broken["epsilon"]

@@ -46,11 +46,23 @@ def test_the_coordinator_sees_the_plain_sum_only_under_central_dp(tmp_path, dp):
     # Rated-item inference (item 3): a device's own upload names its rated items (its nonzero rows);
     # the cohort's sum still points at them under central DP, the noised sum no longer does (z = 1).
     rated = json.loads((capture / "rated_items.json").read_text())
-    assert rated["rounds"] == 3 and rated["own_upload_auc"] > 0.99
+    assert rated["dp"] == dp and rated["rounds"] == 3 and rated["own_upload_auc"] > 0.99
     if dp == "fixed":
         assert rated["revealed_sum_auc"] > 0.65
     else:
         assert rated["revealed_sum_auc"] < 0.58
+    # What `fedrec audit --captures` reads from the folder: the views the server had, by name.
+    from coordinator.round_capture import rated_item_settings
+
+    views = rated_item_settings(capture)
+    summed = "secagg_sum_central_dp" if dp == "fixed" else "distributed_dp_sum"
+    if dp == "fixed":
+        assert set(views) == {"clipped_dp_update", summed}
+        assert views["clipped_dp_update"]["uploads_summed"] == 1
+    else:
+        assert set(views) == {summed}  # nobody but the device sees its own upload
+    assert views[summed]["uploads_summed"] == rated["mean_cohort"]
+    assert views[summed]["auc"] == rated["revealed_sum_auc"]
 
 
 def test_the_rated_item_auc_is_the_mann_whitney_statistic():
