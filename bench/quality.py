@@ -4,10 +4,13 @@ mean of 3 negative samples, and Recall@20/NDCG@20 against the whole catalog), fo
 centralized references, the federated model without DP and with user-level DP at epsilon 1, 4, 8.
 
 DP rows run what `fedrec simulate --dp adaptive --target-epsilon E` runs with no other flag: the
-private preset and the privacy planner's cohort and rounds. Draws utility against epsilon.
+private preset and the privacy planner's cohort and rounds; beside each, the same with
+`--dp distributed` (the devices add discrete Skellam noise under secure aggregation; its
+accountant asks for more noise, see the README's privacy section). Draws utility against epsilon.
 
-    uv run python bench/quality.py                     # u1 + loo, DP at epsilon 1, 4, 8 (~15 min)
+    uv run python bench/quality.py                     # u1 + loo, DP at epsilon 1, 4, 8 (~35 min)
     uv run python bench/quality.py --folds all         # RMSE on u1..u5 (DP rows on u1)
+    uv run python bench/quality.py --dp-only           # only the DP rows (central and distributed)
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tff_pipeline import (
 from tff_pipeline.config import NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig
 from tff_pipeline.data import DatasetSplit, load_ml100k
 from tff_pipeline.privacy import planner
+from tff_pipeline.privacy.distributed import model_values
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 RATING_METRICS = ("rmse", "mae")
@@ -56,12 +60,13 @@ def federated_config(args: argparse.Namespace, split_name: str, **changes) -> Si
 
 
 def dp_config(args: argparse.Namespace, split_name: str, split: DatasetSplit,
-              epsilon: float) -> tuple[SimulationConfig, str]:
-    """What the plain `fedrec simulate --dp adaptive --target-epsilon E` runs: the private preset,
-    and the planner's cohort and rounds."""
-    config = federated_config(args, split_name, **PRIVATE_PRESET, dp=args.dp, target_epsilon=epsilon, delta=args.delta)
-    config, plan = planner.plan_config(config, split.train.users)
-    return config, f"planned: cohort {plan.clients_per_round}, {plan.rounds} rounds, z {plan.noise_multiplier:.2f}"
+              epsilon: float, dp: str) -> tuple[SimulationConfig, str]:
+    """What the plain `fedrec simulate --dp DP --target-epsilon E` runs: the private preset, and
+    the planner's cohort and rounds."""
+    config = federated_config(args, split_name, **PRIVATE_PRESET, dp=dp, target_epsilon=epsilon, delta=args.delta)
+    config, plan = planner.plan_config(config, split.train.users, model_values=model_values(split.num_items, config.dim))
+    bits = f", b {config.dp_bits}" if dp == "distributed" else ""
+    return config, f"planned: cohort {plan.clients_per_round}, {plan.rounds} rounds, z {plan.noise_multiplier:.2f}{bits}"
 
 
 def timed(fn: Callable[[], dict]) -> tuple[dict, float]:
@@ -87,14 +92,17 @@ def centralized_rows(split: DatasetSplit, config: SimulationConfig, epochs: int)
 
 def federated_rows(args: argparse.Namespace, split_name: str, split: DatasetSplit,
                    with_dp: bool) -> list[tuple[str, dict, float, str]]:
-    runs = [
+    runs = [] if args.dp_only else [
         ("federated, rating head only (ranks by stars)", federated_config(args, split_name, implicit_learning_rate=0.0), ""),
         ("**federated (this model)**", federated_config(args, split_name), ""),
     ]
     if with_dp:
         for epsilon in args.epsilons:
-            config, note = dp_config(args, split_name, split, epsilon)
+            config, note = dp_config(args, split_name, split, epsilon, args.dp)
             runs.append((f"federated, DP eps={epsilon:g}", config, note))
+            if args.distributed:
+                config, note = dp_config(args, split_name, split, epsilon, "distributed")
+                runs.append((f"federated, distributed DP, eps={epsilon:g}", config, note))
     rows = []
     for name, config, note in runs:
         report, seconds = timed(lambda config=config: simulation.run(config, split).report)
@@ -121,9 +129,11 @@ def run_split(args: argparse.Namespace, split_name: str, *, with_dp: bool, ranki
                   ("iALS (numpy, d=16)", ranking_baselines.ials), ("BPR-MF (numpy, d=16)", ranking_baselines.bpr)]
     else:
         simple = [("global mean", baselines.global_mean), ("local-only (device alone)", baselines.local_only), *simple]
-    for name, fn in simple:
+    for name, fn in [] if args.dp_only else simple:
         add(name, *timed(lambda fn=fn: fn(split)))
-    for name, result, seconds in centralized_rows(split, federated_config(args, split_name), args.centralized_epochs):
+    references = [] if args.dp_only else centralized_rows(split, federated_config(args, split_name),
+                                                          args.centralized_epochs)
+    for name, result, seconds in references:
         add(name, result, seconds)
     for name, result, seconds, note in federated_rows(args, split_name, split, with_dp):
         add(name, result, seconds, note)
@@ -148,12 +158,13 @@ def print_table(rows: list[Row], title: str, metrics: tuple[str, ...]) -> None:
 
 def draw_utility_against_epsilon(rows: list[Row], metric: str, reference_model: str, path: Path) -> None:
     points = [(float(r["model"].split("eps=")[1]), r[metric]) for r in rows if "DP eps=" in r["model"]]
-    if not points:
+    distributed = [(float(r["model"].split("eps=")[1]), r[metric]) for r in rows if "distributed DP, eps=" in r["model"]]
+    if not points and not distributed:
         return
     by_name = {r["model"]: r[metric] for r in rows}
     image = plots.utility_against_epsilon(
         points, by_name.get("**federated (this model)**"), by_name.get(reference_model),
-        metric=metric.upper(), reference_label=reference_model,
+        metric=metric.upper(), reference_label=reference_model, distributed=distributed,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image)
@@ -171,6 +182,9 @@ def main() -> int:
     parser.add_argument("--centralized-epochs", type=int, default=15)
     parser.add_argument("--dp", default="adaptive", choices=["fixed", "adaptive"])
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 8.0])
+    parser.add_argument("--no-distributed", dest="distributed", action="store_false",
+                        help="skip the distributed-DP rows")
+    parser.add_argument("--dp-only", action="store_true", help="only the DP rows (no baselines or references)")
     parser.add_argument("--delta", type=float, default=1e-4)
     parser.add_argument("--figures", type=Path, default=ROOT / "bench" / "figures",
                         help="where the utility-against-epsilon PNGs go")

@@ -153,8 +153,8 @@ def _markdown(figures: dict[str, Any]) -> str:
 
 def _membership_lines(found: dict[str, Any]) -> list[str]:
     return [f"- membership inference ({found['attack']}; {found['members']} members, {found['non_members']} "
-            f"held-out users): AUC {found['auc']:.3f}, advantage {found['advantage']:.3f} "
-            f"(DP allows at most {found['advantage_bound']:.3f})"]
+            f"held-out users): AUC {found['auc']:.3f} ± {found['auc_standard_error']:.3f}, "
+            f"advantage {found['advantage']:.3f} (DP allows at most {found['advantage_bound']:.3f})"]
 
 
 def _rated_item_lines(views: dict[str, dict[str, Any]]) -> list[str]:

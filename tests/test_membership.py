@@ -61,6 +61,12 @@ def test_the_attack_reports_auc_and_advantage_by_their_definitions():
     rng = np.random.default_rng(0)
     alike = membership.loss_threshold_attack(rng.normal(1, 0.1, 4000), np.arange(2000), epsilon=1.0, delta=1e-5)
     assert abs(alike["auc"] - 0.5) < 0.03 and alike["advantage"] < 0.06
+    # Hanley-McNeil at AUC 0.5: sqrt((1/4 + (n1 - 1)/12 + (n2 - 1)/12) / (n1 n2)), about sqrt(1/(3 n))
+    # for n1 = n2 = n; and the spread of AUCs over many equal-sized draws of the null agrees with it.
+    assert membership.auc_standard_error(0.5, 2000, 2000) == pytest.approx(math.sqrt((0.25 + 3998 / 12) / 2000**2))
+    null_aucs = [membership.loss_threshold_attack(rng.normal(1, 0.1, 400), np.arange(80), epsilon=None,
+                                                  delta=1e-5)["auc"] for _ in range(300)]
+    assert float(np.std(null_aucs)) == pytest.approx(membership.auc_standard_error(0.5, 320, 80), rel=0.15)
     assert alike["advantage_bound"] == pytest.approx((math.e - 1 + 2e-5) / (math.e + 1))
     with pytest.raises(ValueError, match="both members and held-out"):
         membership.loss_threshold_attack(losses, np.arange(8), epsilon=None, delta=1e-5)

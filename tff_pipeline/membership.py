@@ -71,6 +71,15 @@ def advantage_bound(epsilon: float | None, delta: float) -> float:
     return min(1.0, (math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1))
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUC from so many positives and negatives:
+    with 80 held-out users an AUC of 0.55 is within two of them of a coin."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
+        positives * negatives)
+    return math.sqrt(max(variance, 0.0))
+
+
 def loss_threshold_attack(losses: np.ndarray, held_out: np.ndarray, *, epsilon: float | None,
                           delta: float) -> dict[str, Any]:
     """AUC and advantage of telling members (lower loss) from the held-out users."""
@@ -81,9 +90,11 @@ def loss_threshold_attack(losses: np.ndarray, held_out: np.ndarray, *, epsilon: 
     if labels.all() or not labels.any():
         raise ValueError("the attack needs both members and held-out users with ratings")
     false_positive, true_positive, _ = metrics.roc_curve(labels, scores)
+    auc = float(metrics.roc_auc_score(labels, scores))
     return {
         "attack": "loss threshold on the user's refitted mean squared error",
-        "auc": float(metrics.roc_auc_score(labels, scores)),
+        "auc": auc,
+        "auc_standard_error": auc_standard_error(auc, int(labels.sum()), int((~labels).sum())),
         "advantage": float(np.max(true_positive - false_positive)),
         "advantage_bound": advantage_bound(epsilon, delta),
         "members": int(labels.sum()),

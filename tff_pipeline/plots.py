@@ -84,12 +84,16 @@ def privacy_spent(report: dict[str, Any]) -> bytes | None:
 
 
 def utility_against_epsilon(points: list[tuple[float, float]], non_private: float | None, reference: float | None,
-                            *, metric: str, reference_label: str) -> bytes:
-    """A metric against the privacy budget (bench/quality.py): DP runs as points, the
-    non-private run and a reference (e.g. popularity) as lines."""
+                            *, metric: str, reference_label: str,
+                            distributed: list[tuple[float, float]] | None = None) -> bytes:
+    """A metric against the privacy budget (bench/quality.py): central and distributed DP runs as
+    points, the non-private run and a reference (e.g. popularity) as lines."""
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
-    points = sorted(points)
-    axis.plot([e for e, _ in points], [v for _, v in points], marker="o", color="tab:blue", label="federated, DP")
+    for series, color, label in ((points, "tab:blue", "federated, central DP"),
+                                 (distributed or [], "tab:purple", "federated, distributed DP")):
+        if series:
+            ordered = sorted(series)
+            axis.plot([e for e, _ in ordered], [v for _, v in ordered], marker="o", color=color, label=label)
     if non_private is not None:
         axis.axhline(non_private, color="tab:green", linestyle="--", label="federated, no DP")
     if reference is not None:
