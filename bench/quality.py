@@ -108,7 +108,8 @@ def federated_rows(args: argparse.Namespace, split_name: str, split: DatasetSpli
         report, seconds = timed(lambda config=config: simulation.run(config, split).report)
         privacy = report["privacy"]
         if privacy["epsilon_rdp"] is not None:
-            note += f"; spent eps {privacy['epsilon_rdp']:.2f} (RDP) / {privacy['epsilon_pld']:.2f} (PLD)"
+            pld = "" if privacy["epsilon_pld"] is None else f" / {privacy['epsilon_pld']:.2f} (PLD)"
+            note += f"; spent eps {privacy['epsilon_rdp']:.2f} (RDP){pld}"
         rows.append((name, report["final"], seconds, note.strip("; ")))
     return rows
 

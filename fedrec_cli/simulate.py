@@ -159,6 +159,10 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if folder is not None:
             folder.check_can_start(overwrite=args.overwrite)
 
+    if args.workers is not None and config.dp == "distributed":
+        # Its secure modular sums are rewritten for the local worker only; over TFF's mergeable
+        # context the partial sums would need merging modulo 2^b, which is not built or tested.
+        raise ConfigError("workers", "--dp distributed runs on the local TFF worker only (not yet over --workers)")
     workers, worker_timeout = _check_workers(args)
     from tff_pipeline.data import load_dataset
 
