@@ -65,6 +65,10 @@ class FleetOptions:
     record_uploads: bool = False  # each device keeps its plaintext uploads in <device>/uploads/ (audits, tests)
     host: str = ""  # the edge pod these devices run in (CheckInRequest.host); "" on a plain machine
     ca_source: str = ""  # where ca_pem came from (a file name), for refusals
+    # An edge pod's CA and token come from a Secret that a coordinator starting over replaces: a CA
+    # that does not verify, or a token refused, is then a reason to wait for the new ones (the pod
+    # watches the files), not to stop.
+    credentials_may_change: bool = False
 
 
 class WaitNotice:
@@ -193,9 +197,15 @@ async def _identity(folder: Path, options: FleetOptions, notice: WaitNotice,
 
 def _unavailable(error: grpc.aio.AioRpcError, options: FleetOptions, notice: WaitNotice, *, call: str = "") -> None:
     """Say what the devices wait for, or raise JoinRefused when waiting cannot help."""
-    from edge_client.round_client import connection_trouble
+    from edge_client.round_client import JoinRefused, connection_trouble
 
-    notice.waiting(connection_trouble(error, address=options.coordinator, ca_source=options.ca_source, call=call))
+    try:
+        reason = connection_trouble(error, address=options.coordinator, ca_source=options.ca_source, call=call)
+    except JoinRefused as refusal:
+        if not options.credentials_may_change:
+            raise
+        reason = f"{refusal}; waiting for new credentials"
+    notice.waiting(reason)
 
 
 def _label(folder: Path) -> str:

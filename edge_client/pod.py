@@ -9,7 +9,11 @@ Pod `fedrec-edge-k` plays users [k*M, (k+1)*M) of the data set's sorted train us
 around past the last one), so scaling the StatefulSet up adds new users and scaling it down
 removes the highest shards, as its ordinals come and go. The device credentials (the CA
 certificate and the enrollment token) come from a Secret the coordinator fills on its first
-start; the pod waits for them. `/metrics` on `--metrics-port` is what the probes ask.
+start; the pod waits for them, and keeps watching them: a coordinator that starts over on a
+fresh volume makes a new CA and token and publishes them, the kubelet updates the mounted files
+within a minute, and the pod then reconnects its devices with the new CA (they enroll again,
+their stored identities being the old CA's) instead of failing every handshake with the CA it
+read at start. `/metrics` on `--metrics-port` is what the probes ask.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from protocol.logs import configure as configure_logs
 log = logging.getLogger("fedrec.device")
 CA_FILE = "ca.crt"
 TOKEN_FILE = "enroll-token"
+CREDENTIALS_POLL_S = 5.0  # how often the pod looks for changed credentials
 _ORDINAL = re.compile(r"^(?P<set>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<ordinal>[0-9]+)$")
 
 
@@ -75,17 +80,23 @@ def prepare_pod(devices_root: Path, *, pod_name: str, devices_per_pod: int, seed
     return sorted(p for p in shard.iterdir() if p.is_dir())
 
 
+def read_credentials(folder: Path) -> tuple[bytes, str] | None:
+    """The Secret's files as they are now; None while either is missing or empty."""
+    try:
+        ca = (folder / CA_FILE).read_bytes()
+        token = (folder / TOKEN_FILE).read_bytes().decode("utf-8", "surrogateescape").strip()
+    except OSError:
+        return None
+    return (ca, token) if ca and token else None
+
+
 async def wait_for_credentials(folder: Path, stop: asyncio.Event) -> tuple[bytes, str] | None:
     """The Secret's files, once the coordinator has published them (None if stopped first)."""
     waited = 0.0
     while not stop.is_set():
-        try:
-            ca = (folder / CA_FILE).read_bytes()
-            token = (folder / TOKEN_FILE).read_bytes().decode("utf-8", "surrogateescape").strip()
-            if ca and token:
-                return ca, token
-        except OSError:
-            pass
+        credentials = read_credentials(folder)
+        if credentials is not None:
+            return credentials
         if waited % 30 == 0:
             log.warning("waiting for the device credentials in %s (the coordinator publishes them on its "
                         "first start)", folder)
@@ -155,21 +166,68 @@ def _serve_metrics(args: argparse.Namespace, devices: int) -> None:
                        f"/metrics there ({error})") from None
 
 
-async def _run_pod(args: argparse.Namespace, folders: list[Path]) -> dict[str, dict] | None:
-    """Wait for the credentials, then run the devices; None if stopped while waiting."""
+async def until_changed(folder: Path, current: tuple[bytes, str], stop: asyncio.Event, *,
+                        poll_s: float = CREDENTIALS_POLL_S) -> bool:
+    """Return True once the credentials in `folder` differ from `current` (both present: a file
+    caught mid-update is read again at the next poll), False if `stop` came first."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=poll_s)
+        if stop.is_set():
+            break
+        now = read_credentials(folder)
+        if now is not None and now != current:
+            return True
+    return False
+
+
+async def _run_pod(args: argparse.Namespace, folders: list[Path], *,
+                   poll_s: float = CREDENTIALS_POLL_S) -> dict[str, dict] | None:
+    """Wait for the credentials, then run the devices, again with the new ones whenever they
+    change; the devices' stats summed over those runs, or None if stopped before any ran."""
     from edge_client.round_client import check_ca_pem
 
     stop = asyncio.Event()
+    totals: dict[str, dict] | None = None
     with process.stop_on_signals(stop):
-        credentials = await wait_for_credentials(args.credentials, stop)
-        if credentials is None:
-            return None
-        ca_pem, token = credentials
-        options = FleetOptions(args.coordinator, check_ca_pem(ca_pem, str(args.credentials / CA_FILE)),
-                               process.check_token(token, str(args.credentials / TOKEN_FILE)), args.profile,
-                               seed=ordinal_of(args.pod_name), host=args.pod_name,
-                               ca_source=str(args.credentials / CA_FILE))
-        return await run_devices(folders, options, stop)
+        while not stop.is_set():
+            credentials = await wait_for_credentials(args.credentials, stop)
+            if credentials is None:
+                break
+            ca_pem, token = credentials
+            options = FleetOptions(args.coordinator, check_ca_pem(ca_pem, str(args.credentials / CA_FILE)),
+                                   process.check_token(token, str(args.credentials / TOKEN_FILE)), args.profile,
+                                   seed=ordinal_of(args.pod_name), host=args.pod_name,
+                                   ca_source=str(args.credentials / CA_FILE), credentials_may_change=True)
+            this_run = asyncio.Event()  # set by a stop signal or by new credentials
+            watching = asyncio.create_task(_end_run_on_change(args.credentials, credentials, stop, this_run, poll_s))
+            try:
+                stats = await run_devices(folders, options, this_run)
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+            totals = _summed(totals, stats)
+            if not stop.is_set():
+                log.warning("the device credentials in %s changed (a coordinator with a new CA): the devices "
+                            "reconnect with them and enroll again", args.credentials)
+    return totals
+
+
+async def _end_run_on_change(folder: Path, current: tuple[bytes, str], stop: asyncio.Event, this_run: asyncio.Event,
+                             poll_s: float) -> None:
+    await until_changed(folder, current, stop, poll_s=poll_s)
+    this_run.set()  # stop too ends this run
+
+
+def _summed(totals: dict[str, dict] | None, stats: dict[str, dict]) -> dict[str, dict]:
+    if totals is None:
+        return stats
+    for device, values in stats.items():
+        before = totals.setdefault(device, {})
+        for name, value in values.items():
+            before[name] = before.get(name, 0) + value
+    return totals
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -321,6 +322,28 @@ def test_a_certificate_that_does_not_verify_is_a_refusal_naming_the_address(deta
         connection_trouble(_error(grpc.StatusCode.UNAVAILABLE, details), address="h:1", ca_source="ca.pem")
     assert str(refused.value) == (f"the CA certificate ca.pem does not match the coordinator at h:1 (TLS: {verify}); "
                                   "give that coordinator's CA (its state folder's tls/ca.pem)")
+
+
+def test_an_edge_pod_waits_for_new_credentials_where_a_plain_fleet_stops():
+    """Issue 19, item 4: an edge pod's CA and token come from a Secret that a coordinator starting
+    over replaces, so a CA that no longer verifies (or a refused token) is a reason to wait while
+    the pod watches the files; a fleet given its CA by hand still stops and says why."""
+    said: list[str] = []
+    notice = WaitNotice("h:1", said.append)
+    fleet_options = fleet_module.FleetOptions("h:1", b"ca", "token", ca_source="ca.pem")
+    pod_options = dataclasses.replace(fleet_options, credentials_may_change=True)
+    mismatch = _error(grpc.StatusCode.UNAVAILABLE, OTHER_CA_SAME_NAME)
+    with pytest.raises(JoinRefused, match="does not match the coordinator"):
+        fleet_module._unavailable(mismatch, fleet_options, notice)
+    fleet_module._unavailable(mismatch, pod_options, notice)
+    fleet_module._unavailable(_error(grpc.StatusCode.PERMISSION_DENIED, "bad token"), pod_options, notice,
+                              call="Enroll")
+    assert said == [
+        "waiting for the coordinator at h:1 (the CA certificate ca.pem does not match the coordinator at h:1 (TLS: "
+        "certificate verify failed: certificate signature failure); give that coordinator's CA (its state folder's "
+        "tls/ca.pem); waiting for new credentials); retrying",
+        "waiting for the coordinator at h:1 (the coordinator at h:1 refused the enrollment token (bad token); waiting "
+        "for new credentials); retrying"]
 
 
 @pytest.mark.parametrize("code, details, reason", [

@@ -248,3 +248,97 @@ def test_an_edge_pod_in_the_round_loop_stops_promptly_on_sigterm(coordinator, tm
     assert code == 0 and seconds < PROMPT_STOP_S, (code, seconds, running.output())
     assert "Traceback" not in running.stderr and not CORE_LOG_LINE.search(running.stderr), running.output()
     assert len(json.loads((tmp_path / "pod" / STATS_FILE).read_text())) == 2
+
+
+ROUNDS_CONFIG = """state_dir = "{state}"
+[server]
+host = "127.0.0.1"
+port = {port}
+metrics_port = -1
+enroll_token = "{token}"
+[rounds]
+population = 3
+min_reporters = 2
+selection_timeout_s = 5.0
+[training]
+clients_per_round = 3
+rounds = 1000
+"""
+
+
+def _serve(folder: Path, state: str, port: int, token: str):
+    """`fedrec serve` with its own state folder on `port`; (process, its CA file, its log)."""
+    from coordinator import up
+
+    config = folder / f"{state}.toml"
+    config.write_text(ROUNDS_CONFIG.format(state=state, port=port, token=token))
+    log_path = folder / f"{state}.log"
+    process = up.spawn("fedrec_cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
+                       log_path=log_path)
+    try:
+        up.wait_for_file(folder / state / "address", process, timeout_s=600, what="the coordinator")
+    except (RuntimeError, TimeoutError) as error:
+        process.kill()
+        raise AssertionError(f"{error}: {log_path.read_text(errors='replace')[-3000:]}") from None
+    return process, folder / state / "tls" / "ca.pem", log_path
+
+
+def _rounds_completed(log_path: Path) -> int:
+    return len(re.findall(r"round \d+ completed", log_path.read_text(errors="replace")))
+
+
+def _wait(predicate, timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _stop(process) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: then it is killed
+        process.kill()
+        process.wait()
+
+
+def test_an_edge_pod_follows_a_coordinator_that_started_over_with_a_new_ca(tmp_path):
+    """Issue 19, item 4. A coordinator on a fresh volume makes a new CA and token and publishes
+    them to the Secret; the pod's devices notice the changed files, reconnect with the new CA,
+    enroll again, and rounds resume within 2 minutes, without restarting the pod."""
+    port = free_port()
+    first, first_ca, first_log = _serve(tmp_path, "first", port, TOKEN)
+    credentials = tmp_path / "credentials"  # what the Secret volume holds
+    credentials.mkdir()
+    (credentials / "ca.crt").write_bytes(first_ca.read_bytes())
+    (credentials / "enroll-token").write_text(TOKEN)
+    pod_env = no_tensorflow_env(tmp_path / "blockers", allow=("tff_pipeline",))
+    running = pod(pod_env, tmp_path, "pod", "--pod-name", "fedrec-edge-0", "--devices-per-pod", "3", "--devices-root",
+                  str(tmp_path / "pod"), "--credentials", str(credentials), "--coordinator", f"127.0.0.1:{port}",
+                  "--metrics-port", "-1", "--log-level", "INFO")
+    second = None
+    try:
+        _wait(lambda: _rounds_completed(first_log) >= 1, 240, "a round with the first coordinator")
+        _stop(first)
+        second_token = "a-new-token-after-a-fresh-volume"
+        second, second_ca, second_log = _serve(tmp_path, "second", port, second_token)
+        assert second_ca.read_bytes() != first_ca.read_bytes()
+        # The kubelet updates the Secret's files (the pod keeps running).
+        (credentials / "enroll-token").write_text(second_token)
+        (credentials / "ca.crt").write_bytes(second_ca.read_bytes())
+        seconds = _wait(lambda: _rounds_completed(second_log) >= 1, 120, "a round with the new coordinator")
+        print(f"rounds resumed {seconds:.1f} s after the credentials changed")
+        assert running.process.poll() is None  # the same pod process
+        assert "changed (a coordinator with a new CA)" in running.stderr
+        code, _ = running.stop(signal.SIGTERM)
+    finally:
+        running.kill()
+        if second is not None:
+            _stop(second)
+        _stop(first)
+    assert code == 0, running.output()
+    stats = json.loads((tmp_path / "pod" / STATS_FILE).read_text())
+    assert len(stats) == 3 and sum(s["rounds_completed"] for s in stats.values()) >= 2, stats

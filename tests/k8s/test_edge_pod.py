@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import time
 
 import pytest
 
 from edge_client.fleet import LABEL_FILE, PENDING_RATINGS
-from edge_client.pod import PodError, ordinal_of, prepare_pod, shard_users, wait_for_credentials
+from edge_client.pod import PodError, ordinal_of, prepare_pod, shard_users, until_changed, wait_for_credentials
 
 
 def test_the_ordinal_is_the_number_after_the_last_dash():
@@ -63,3 +64,36 @@ def test_the_pod_waits_for_the_credentials_the_coordinator_publishes(tmp_path):
         return await wait_for_credentials(tmp_path / "absent", stop)
 
     assert asyncio.run(stopped()) is None
+
+
+def test_the_pod_notices_new_credentials_but_not_a_half_written_secret(tmp_path):
+    """A coordinator that started over publishes a new CA and token: the pod sees the change at
+    its next poll; a file missing or empty mid-update is not a change (it is read again)."""
+    (tmp_path / "ca.crt").write_bytes(b"old CA")
+    (tmp_path / "enroll-token").write_text("old token\n")
+    current = (b"old CA", "old token")
+
+    async def scenario() -> tuple[bool, float, bool]:
+        stop = asyncio.Event()
+        watching = asyncio.create_task(until_changed(tmp_path, current, stop, poll_s=0.05))
+        await asyncio.sleep(0.3)
+        (tmp_path / "enroll-token").write_text("")  # the kubelet is swapping the files
+        (tmp_path / "ca.crt").write_bytes(b"new CA")
+        await asyncio.sleep(0.3)
+        pending = not watching.done()
+        changed_at = time.monotonic()
+        (tmp_path / "enroll-token").write_text("new token")
+        changed = await asyncio.wait_for(watching, 5)
+        return pending, time.monotonic() - changed_at, changed
+
+    pending, seconds, changed = asyncio.run(scenario())
+    assert pending and changed and seconds < 1.0
+
+    async def stopped() -> bool:
+        stop = asyncio.Event()
+        watching = asyncio.create_task(until_changed(tmp_path, (b"new CA", "new token"), stop, poll_s=10))
+        await asyncio.sleep(0.05)
+        stop.set()
+        return await asyncio.wait_for(watching, 2)
+
+    assert asyncio.run(stopped()) is False
