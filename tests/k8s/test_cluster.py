@@ -209,3 +209,25 @@ def test_coordinator_pod_deleted_the_replacement_resumes_from_the_volume(cluster
           f"ready -> next round completed {next_round_s:.1f} s")
     assert next_round_s <= 60  # started (and even completed) within 60 s of being ready
     assert cluster.status()["epsilon"] > last_of_old["epsilon"]  # the ledger went on from where it was
+
+
+def test_a_restarted_edge_pod_keeps_its_devices(cluster):
+    """Issue 19, item 5: each edge pod's devices live on a claim of its own (volumeClaimTemplates),
+    so the pod that replaces a deleted fedrec-edge-2 takes part with the same enrolled identities
+    (not new ones for the same users, which the coordinator's enrollment bound would lock out)."""
+    volume = cluster.root / "node" / "volumes" / NAMESPACE / "devices-fedrec-edge-2"
+    certificates = {path: path.read_bytes() for path in volume.rglob("device.pem")}
+    assert len(certificates) == DEVICES_PER_POD
+    old = next(p for p in cluster.edge_pods() if p.metadata.name == "fedrec-edge-2")
+    cluster.kubectl("-n", NAMESPACE, "delete", "pod", "fedrec-edge-2", "--wait=false")
+
+    def replacement_ready() -> bool:
+        pods = [p for p in cluster.edge_pods() if p.metadata.name == "fedrec-edge-2" and p.metadata.uid != old.metadata.uid]
+        return any(c.type == "Ready" and c.status == "True" for p in pods for c in p.status.conditions or [])
+
+    cluster.wait_for(replacement_ready, timeout_s=120, what="the replacement fedrec-edge-2 ready")
+    cluster.wait_for(lambda: cluster.status().get("devices_per_pod", {}).get("fedrec-edge-2") == DEVICES_PER_POD,
+                     timeout_s=120, what="the replacement's devices checking in")
+    assert {path: path.read_bytes() for path in volume.rglob("device.pem")} == certificates  # none enrolled again
+    version = completed(cluster)
+    cluster.wait_for(lambda: completed(cluster) >= version + 1, timeout_s=120, what="a round after the restart")
