@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,14 +38,14 @@ from tests.edge.processes import (
 pytestmark = pytest.mark.e2e  # a real `fedrec serve` that the device processes join
 
 TOKEN = "a-test-token-of-at-least-16-chars"
-CONFIG = """state_dir = "state"
+CONFIG = """state_dir = "{state}"
 [server]
 host = "127.0.0.1"
 port = {port}
 metrics_port = -1
 enroll_token = "{token}"
 [rounds]
-population = 10
+population = {population}
 """
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 JOINED = r"^joined {address} as device (d-[0-9a-f]+); taking part in rounds until Ctrl-C$"
@@ -57,30 +58,42 @@ class Coordinator:
     folder: Path
 
 
-@pytest.fixture(scope="module")
-def coordinator(tmp_path_factory):
-    """`fedrec serve` as its own process (it imports TensorFlow: up to minutes to start here)."""
+def _serve(folder: Path, state: str, port: int, token: str, *, template: str = CONFIG,
+           population: int = 10) -> tuple[subprocess.Popen, str, Path, Path]:
+    """`fedrec serve` as its own process (it imports TensorFlow: up to minutes to start here), its
+    state in `folder/state`: (process, address, its CA file, its log)."""
     from coordinator import up
 
-    folder = tmp_path_factory.mktemp("coordinator")
-    config = folder / "coordinator.toml"
-    config.write_text(CONFIG.format(port=free_port(), token=TOKEN))
+    config = folder / f"{state}.toml"
+    config.write_text(template.format(state=state, port=port, token=token, population=population))
+    log_path = folder / f"{state}.log"
     process = up.spawn("fedrec_cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
-                       log_path=folder / "coordinator.log")
+                       log_path=log_path)
     try:
-        try:
-            address = up.wait_for_file(folder / "state" / "address", process, timeout_s=600, what="the coordinator")
-        except (RuntimeError, TimeoutError) as error:
-            tail = (folder / "coordinator.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"{error}: {tail}") from None
-        yield Coordinator(address, folder / "state" / "tls" / "ca.pem", folder)
+        address = up.wait_for_file(folder / state / "address", process, timeout_s=600, what="the coordinator")
+    except (RuntimeError, TimeoutError) as error:
+        _stop(process)
+        raise AssertionError(f"{error}: {log_path.read_text(errors='replace')[-3000:]}") from None
+    return process, address, folder / state / "tls" / "ca.pem", log_path
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("coordinator")
+    process, address, ca, _ = _serve(folder, "state", free_port(), TOKEN)
+    try:
+        yield Coordinator(address, ca, folder)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: then it is killed
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def _join(env: dict[str, str], folder: Path, name: str, device: Path, address: str, ca: Path,
@@ -250,37 +263,13 @@ def test_an_edge_pod_in_the_round_loop_stops_promptly_on_sigterm(coordinator, tm
     assert len(json.loads((tmp_path / "pod" / STATS_FILE).read_text())) == 2
 
 
-ROUNDS_CONFIG = """state_dir = "{state}"
-[server]
-host = "127.0.0.1"
-port = {port}
-metrics_port = -1
-enroll_token = "{token}"
-[rounds]
-population = 3
-min_reporters = 2
+# Rounds of the pod's three devices (CONFIG's [rounds] is its last table).
+ROUNDS_CONFIG = CONFIG + """min_reporters = 2
 selection_timeout_s = 5.0
 [training]
 clients_per_round = 3
 rounds = 1000
 """
-
-
-def _serve(folder: Path, state: str, port: int, token: str):
-    """`fedrec serve` with its own state folder on `port`; (process, its CA file, its log)."""
-    from coordinator import up
-
-    config = folder / f"{state}.toml"
-    config.write_text(ROUNDS_CONFIG.format(state=state, port=port, token=token))
-    log_path = folder / f"{state}.log"
-    process = up.spawn("fedrec_cli", "serve", "--config", str(config), "--parent-pid", str(os.getpid()),
-                       log_path=log_path)
-    try:
-        up.wait_for_file(folder / state / "address", process, timeout_s=600, what="the coordinator")
-    except (RuntimeError, TimeoutError) as error:
-        process.kill()
-        raise AssertionError(f"{error}: {log_path.read_text(errors='replace')[-3000:]}") from None
-    return process, folder / state / "tls" / "ca.pem", log_path
 
 
 def _rounds_completed(log_path: Path) -> int:
@@ -296,21 +285,12 @@ def _wait(predicate, timeout_s: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def _stop(process) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: then it is killed
-        process.kill()
-        process.wait()
-
-
 def test_an_edge_pod_follows_a_coordinator_that_started_over_with_a_new_ca(tmp_path):
     """Issue 19, item 4. A coordinator on a fresh volume makes a new CA and token and publishes
     them to the Secret; the pod's devices notice the changed files, reconnect with the new CA,
     enroll again, and rounds resume within 2 minutes, without restarting the pod."""
     port = free_port()
-    first, first_ca, first_log = _serve(tmp_path, "first", port, TOKEN)
+    first, _, first_ca, first_log = _serve(tmp_path, "first", port, TOKEN, template=ROUNDS_CONFIG, population=3)
     credentials = tmp_path / "credentials"  # what the Secret volume holds
     credentials.mkdir()
     (credentials / "ca.crt").write_bytes(first_ca.read_bytes())
@@ -324,7 +304,8 @@ def test_an_edge_pod_follows_a_coordinator_that_started_over_with_a_new_ca(tmp_p
         _wait(lambda: _rounds_completed(first_log) >= 1, 240, "a round with the first coordinator")
         _stop(first)
         second_token = "a-new-token-after-a-fresh-volume"
-        second, second_ca, second_log = _serve(tmp_path, "second", port, second_token)
+        second, _, second_ca, second_log = _serve(tmp_path, "second", port, second_token, template=ROUNDS_CONFIG,
+                                                  population=3)
         assert second_ca.read_bytes() != first_ca.read_bytes()
         # The kubelet updates the Secret's files (the pod keeps running).
         (credentials / "enroll-token").write_text(second_token)
