@@ -1,17 +1,18 @@
-"""fedrec on a (simulated) Kubernetes cluster: time from `kubectl apply` to the first completed
-round, and rounds per minute, with 8 and 32 edge pods (issue 10). All figures from one run.
+"""fedrec on a real single-node Kubernetes: time from `kubectl apply` to the first completed round,
+and rounds per minute, with 8 and 32 edge pods (issues 10 and 19). All figures from one run.
 
-What runs: the real control plane (etcd, kube-apiserver, kube-controller-manager v1.20.2 on
-loopback) and our kubelet simulator (tests/k8s/kubelet_sim.py), which runs every pod of
-`k8s/overlays/dev` as local processes on this machine: the coordinator (TensorFlow, TFF) and the
-edge pods (LiteRT devices). The dev overlay is applied with its StatefulSet set to N pods and
-its devices per pod chosen so that N pods play 200 (N = 8: 25 each) or 384 (N = 32: 12 each)
-users; cohorts are 20 devices in both, so the per-round work is the same and what changes is the
-fleet. Round times come from the coordinator's own JSON log (`round_completed` events), the
-pod start-up timeline from the simulator, CPU from /proc for each pod's process tree.
+What runs: a real node on this machine (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, the kubelet with containerd and runc, the CNI bridge and kube-proxy v1.20.2;
+tests/k8s/real_node.py, k8s/realnode/) running the project's images as built by
+`k8s/realnode/prepare.sh`: the coordinator (TensorFlow, TFF) and the edge pods (LiteRT devices).
+The dev overlay is applied with its StatefulSet set to N pods and its devices per pod chosen so
+that N pods play 200 (N = 8: 25 each) or 384 (N = 32: 12 each) users; cohorts follow the
+coordinator's plan. Round times come from the coordinator's own JSON log (`round_completed`
+events), readiness from the pods' Ready conditions, CPU from each pod's cgroup (cpuacct).
+Needs root and the prepared images.
 
-    uv run python bench/k8s.py                  # 8 and 32 edge pods, 12 rounds each (~8 min)
-    uv run python bench/k8s.py --pods 8 --rounds 6
+    sudo uv run python bench/k8s.py                  # 8 and 32 edge pods, 12 rounds each (~10 min)
+    sudo uv run python bench/k8s.py --pods 8 --rounds 6
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.k8s.cluster import DEV_OVERLAY, SimulatedCluster, available, edit_coordinator_toml
+from tests.k8s.real_node import DEV_OVERLAY, RealNodeCluster, available, edit_coordinator_toml
 
 DEVICES_PER_POD = {8: 25, 32: 12}
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def overlay_for(pods: int, rounds: int):
@@ -46,58 +46,45 @@ def overlay_for(pods: int, rounds: int):
             if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "fedrec-edge":
                 doc["data"]["devices-per-pod"] = str(per_pod)
         return edit_coordinator_toml(yaml.safe_dump_all(docs, sort_keys=False),
-                                     lambda toml: toml.replace("rounds = 50", f"rounds = {rounds}"))
+                                     lambda toml: toml.replace("rounds = 20\n", f"rounds = {rounds + 5}\n"))
     return transform, per_pod
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its descendants (children still running)."""
-    total, stack = 0.0, [pid]
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry))
-            except OSError:
-                continue
-    while stack:
-        current = stack.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-        except OSError:
-            pass
-        stack.extend(children.get(current, []))
-    return total
+def pod_cpu_seconds(uid: str) -> float:
+    """CPU time the pod's cgroup has used (cgroup v1 cpuacct, as the kubelet's cgroupfs driver lays it out)."""
+    for usage in Path("/sys/fs/cgroup").glob(f"cpu*/kubepods/**/pod{uid}/cpuacct.usage"):
+        return int(usage.read_text()) / 1e9
+    return 0.0
 
 
-def completed_rounds(cluster: SimulatedCluster) -> list[tuple[float, int]]:
+def completed_rounds(cluster: RealNodeCluster) -> list[tuple[float, int]]:
     """(unix time, params version) of every completed round, from the coordinator's own log."""
     return [(moment, int(record["params_version"])) for moment, record in cluster.coordinator_events("round_completed")]
 
 
 def run(pods: int, rounds: int, scratch: Path) -> dict:
     transform, per_pod = overlay_for(pods, rounds)
-    cluster = SimulatedCluster(scratch / f"pods-{pods}").start()
+    cluster = RealNodeCluster(scratch / f"pods-{pods}").start()
     try:
         applied = cluster.apply_overlay(DEV_OVERLAY, transform=transform)
         cluster.wait_for(lambda: len(completed_rounds(cluster)) >= 1, timeout_s=600, what="the first round",
                          every_s=0.2)
         first_round = completed_rounds(cluster)[0][0] - applied
-        events = cluster.kubelet.events
-        ready = {pod: t - applied for t, pod, what in events if what == "ready"}
+        cluster.wait_for(lambda: all(cluster.ready_since(p.metadata.name) for p in cluster.edge_pods())
+                         and len(cluster.edge_pods()) == pods, timeout_s=600, what="every edge pod ready")
+        ready = {p.metadata.name: cluster.ready_since(p.metadata.name) - applied
+                 for p in [*cluster.edge_pods(), *cluster.coordinator_pods()]}
         edge_ready = [v for pod, v in ready.items() if "edge" in pod]
         coordinator_ready = min(v for pod, v in ready.items() if "coordinator" in pod)
-        runners = {r.name: r for r in cluster.kubelet.pods.values()}
-        cpu_start = {name: tree_cpu_seconds(r.process.pid) for name, r in runners.items() if r.process}
+        uids = {p.metadata.name: p.metadata.uid for p in [*cluster.edge_pods(), *cluster.coordinator_pods()]}
+        cpu_start = {name: pod_cpu_seconds(uid) for name, uid in uids.items()}
         marked = time.time()
         cluster.wait_for(lambda: len(completed_rounds(cluster)) >= rounds, timeout_s=900, what=f"{rounds} rounds",
                          every_s=0.5)
         done = completed_rounds(cluster)
-        cpu_end = {name: tree_cpu_seconds(r.process.pid) for name, r in runners.items() if r.process}
+        cpu_end = {name: pod_cpu_seconds(uid) for name, uid in uids.items()}
         wall = time.time() - marked
-        spent = {name: cpu_end.get(name, 0) - cpu_start.get(name, 0) for name in cpu_start}
+        spent = {name: cpu_end[name] - cpu_start[name] for name in uids}
         steady = done[1:]
         per_minute = 60 * (len(steady) - 1) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 else None
         status = cluster.status()

@@ -128,6 +128,9 @@ class ServerConfig:
     enroll_token: str | None = None
     hostnames: tuple[str, ...] = ()  # extra names for the server certificate (a Service's DNS name)
     enrollment_margin: float = DEFAULT_ENROLLMENT_MARGIN  # identities admitted beyond the population
+    # Bring-your-own TLS: a folder with tls.crt, tls.key and ca.crt (a mounted kubernetes.io/tls Secret)
+    # served instead of the coordinator's own server certificate (`coordinator.tls.with_external_server`).
+    tls_dir: str | None = None
 
     def __post_init__(self) -> None:
         _host(self, "host")
@@ -148,6 +151,9 @@ class ServerConfig:
             if not isinstance(name, str) or not is_host(name):
                 raise ConfigError("hostnames", f"{str(name)[:80]!r} is not a host name or IP address")
         check_number(self, "enrollment_margin", low=0, high=10)
+        if self.tls_dir is not None and (not isinstance(self.tls_dir, str) or not self.tls_dir.strip()
+                                         or "\x00" in self.tls_dir):
+            raise ConfigError("tls_dir", f"must be a folder's path, got {str(self.tls_dir)[:80]!r}")
 
     @property
     def listen_address(self) -> str:

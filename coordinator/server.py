@@ -36,7 +36,7 @@ from coordinator.state_store import (
     TRAINING_CONFIG_META,
     StateStore,
 )
-from coordinator.tls import ServerTls, load_or_create
+from coordinator.tls import ServerTls, load_or_create, with_external_server
 from coordinator.training import PrivacySetting, ServerTraining, sampling_setting
 from protocol.addresses import join_host_port
 from protocol.files import atomic_write
@@ -80,6 +80,8 @@ def _build(config: CoordinatorConfig, *, capture_path: Path | None, metrics: Coo
     store = StateStore(config.state_dir)
     capture = None if capture_path is None else RequestCapture(capture_path)
     tls = load_or_create(config.state_dir, hostnames=config.server.hostnames)
+    if config.server.tls_dir is not None:
+        tls = with_external_server(tls, Path(config.server.tls_dir))
     token = config.server.enroll_token or _stored_token(config.state_dir)
     catalog = _catalog(config, store)
     privacy = _privacy(config, store)

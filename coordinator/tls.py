@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -41,6 +42,15 @@ class ServerTls:
     server_key_pem: bytes
     ca_key: ec.EllipticCurvePrivateKey
     ca_cert: x509.Certificate
+    # Bring-your-own TLS: the CA that issued an external server certificate (`with_external_server`).
+    # Devices then verify the server with it; the coordinator's own CA still issues and verifies
+    # the devices' client certificates.
+    external_trust_pem: bytes | None = None
+
+    @property
+    def device_trust_pem(self) -> bytes:
+        """What devices verify the server with (published to them as ca.crt)."""
+        return self.external_trust_pem if self.external_trust_pem is not None else self.ca_pem
 
     def csr_public_key(self, csr_pem: bytes) -> bytes:
         """The DER public key of a valid P-256 certificate request (its signature proves that the
@@ -154,3 +164,62 @@ def _new_server(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+# Bring-your-own TLS: a kubernetes.io/tls Secret (cert-manager writes ca.crt beside tls.crt/tls.key).
+EXTERNAL_FILES = ("tls.crt", "tls.key", "ca.crt")
+
+
+def with_external_server(tls: ServerTls, folder: Path) -> ServerTls:
+    """`tls` serving the certificate in `folder` (tls.crt, its key tls.key, and ca.crt, the CA
+    devices verify it with) instead of the coordinator's own server certificate. Checked here so
+    that a wrong Secret stops the coordinator with one line rather than failing every handshake:
+    the key matches, the certificate is valid now, names `SERVER_NAME` (the name devices verify),
+    and is issued by ca.crt (directly, or through the intermediates that follow it in tls.crt)."""
+    folder = Path(folder)
+    try:
+        cert_pem, key_pem, trust_pem = ((folder / name).read_bytes() for name in EXTERNAL_FILES)
+    except OSError as error:
+        raise TlsError(f"{folder}: bring-your-own TLS needs {', '.join(EXTERNAL_FILES)} ({error.strerror}: "
+                       f"{error.filename})") from None
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+        anchors = x509.load_pem_x509_certificates(trust_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as error:
+        raise TlsError(f"{folder}: tls.crt, tls.key and ca.crt must be PEM ({error})") from None
+    leaf = chain[0]
+    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise TlsError(f"{folder}: tls.key is not the key of tls.crt")
+    now = datetime.datetime.now(datetime.UTC)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise TlsError(f"{folder}: tls.crt is not valid now (valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                       f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if SERVER_NAME not in names:
+        raise TlsError(f"{folder}: tls.crt must name {SERVER_NAME!r} among its DNS names (devices verify that name); "
+                       f"it names {names}")
+    if not _issued_through(chain, anchors):
+        raise TlsError(f"{folder}: tls.crt is not issued by ca.crt (devices would refuse it)")
+    return dataclasses.replace(tls, server_cert_pem=cert_pem, server_key_pem=key_pem, external_trust_pem=trust_pem)
+
+
+def _issued_through(chain: list[x509.Certificate], anchors: list[x509.Certificate]) -> bool:
+    """Whether chain[0] verifies up `chain` to one of `anchors` (signatures only)."""
+    for child, parent in zip(chain, chain[1:]):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+    for anchor in anchors:
+        try:
+            chain[-1].verify_directly_issued_by(anchor)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return any(chain[-1] == anchor for anchor in anchors)

@@ -51,6 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, tuple[argparse.Arg
                                                    "in ./coordinator-state)")
     serve.add_argument("--state-dir", type=Path, help="durable state folder (overrides the config's state_dir)")
     serve.add_argument("--host", help="listen address (overrides the config's [server] host; 0.0.0.0 in a pod)")
+    serve.add_argument("--tls-dir", help="bring-your-own TLS: serve tls.crt/tls.key from this folder and give devices "
+                       "its ca.crt (a mounted kubernetes.io/tls Secret, e.g. cert-manager's; overrides [server] tls_dir)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--capture-requests", type=Path, metavar="FILE",
                        help="audit: append every request received and every revealed sum to FILE (JSON lines)")
@@ -130,6 +132,8 @@ def serve_config(args: argparse.Namespace) -> Any:
         config = dataclasses.replace(config, state_dir=args.state_dir)
     if args.host is not None:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=args.host))
+    if args.tls_dir is not None:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, tls_dir=args.tls_dir))
     return config
 
 

@@ -63,7 +63,7 @@ async def _main(config: CoordinatorConfig, settings: ClusterSettings, api: clien
             return 0
         coordinator = server.build(config, capture_path=capture_path, metrics=metrics)
         publication = ClusterPublication(settings, api)
-        publication.publish_credentials(ca_pem=coordinator.tls.ca_pem, enroll_token=coordinator.enroll_token)
+        publication.publish_credentials(ca_pem=coordinator.tls.device_trust_pem, enroll_token=coordinator.enroll_token)
         scheduler = coordinator.scheduler
         pods = watcher = EdgePodWatcher(api, namespace=settings.namespace, selector=settings.edge_selector,
                                         on_gone=lambda pod: _call_soon(loop, scheduler.host_gone, pod))

@@ -1,13 +1,14 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
 The API server and controller manager are upstream v1.20.2, built from Debian's own source
-package by `../shared/tools/build-kube-apiserver.sh` and cached in ~/.cache/fedrec/kube-v1.20.2
+package by `k8s/realnode/prepare.sh` and cached in ~/.cache/fedrec/kube-v1.20.2
 (or $FEDREC_KUBE_BIN_DIR); etcd is Debian's `etcd-server`. Nothing is emulated here: the objects,
 validation, RBAC, watches, the StatefulSet, Deployment and ReplicaSet controllers and the garbage
-collector are the real ones. There is no scheduler and no kubelet: `kubelet_sim.py` plays both.
+collector are the real ones. There is no scheduler and no kubelet: the `cluster` tier uses it for what
+needs an API server alone (Lease leader election); `real_node.py` runs a whole node.
 
 Everything listens on 127.0.0.1 only. The ClusterIPs the API server assigns (10.96.0.0/16) are
-never connected to: the kubelet simulator maps Services to loopback addresses.
+never connected to.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ def binaries() -> dict[str, Path] | None:
     if etcd is None or not all(path.exists() for path in found.values()):
         return None
     return {**found, "etcd": Path(etcd)}
+
+
+def available() -> str | None:
+    """Why the control plane cannot run here (None: it can)."""
+    if shutil.which("kubectl") is None:
+        return "kubectl is not installed"
+    if binaries() is None:
+        return ("kube-apiserver/kube-controller-manager v1.20.2 are not cached (~/.cache/fedrec/kube-v1.20.2) or etcd "
+                "is missing: run k8s/realnode/prepare.sh (or ../shared/tools/build-kube-apiserver.sh)")
+    return None
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "k8s"
-OVERLAYS = ("dev", "scale")
+OVERLAYS = ("dev", "scale", "dev-byo-tls")
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                    "projected", "secret"}
 ALLOWED_SECCOMP = {"RuntimeDefault", "Localhost"}

@@ -63,3 +63,14 @@ def test_what_the_containerfiles_copy_is_sent_and_nothing_else_of_a_working_chec
                      "edge_client/__pycache__/pod.cpython-311.pyc", "build/lib/coordinator/up.py",
                      "k8s/base/kustomization.yaml"):
         assert not _sent(kept_out, rules), kept_out
+
+
+def test_the_coordinator_image_runs_pyprojects_fedrec_entry_point():
+    """The image installs the dependencies without the project (so a source change rebuilds only
+    the small source layers) and writes `fedrec` itself: it must call what pyproject names."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["fedrec"].split(":")
+    containerfile = (K8S / "images" / "coordinator.Containerfile").read_text()
+    assert f"from {module} import {function}" in containerfile and f"sys.exit({function}())" in containerfile

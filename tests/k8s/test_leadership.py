@@ -10,8 +10,7 @@ from kubernetes import client
 
 from coordinator.cluster.api import ClusterSettings
 from coordinator.cluster.leadership import Leadership
-from tests.k8s.cluster import available
-from tests.k8s.control_plane import ControlPlane
+from tests.k8s.control_plane import ControlPlane, available
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(available() is not None, reason=str(available()))]
 

@@ -1,33 +1,44 @@
-"""End to end on a real API server (the `cluster` tier: `uv run pytest -m cluster`).
+"""End to end on a real single-node Kubernetes (the `node` tier: `uv run pytest -m node tests/k8s`).
 
-etcd, kube-apiserver and kube-controller-manager v1.20.2 are real (`control_plane.py`); the
-kubelet, scheduler and kube-proxy are our simulator (`kubelet_sim.py`, which says what it
-emulates). Devices and the coordinator are the real programs, started from the pod specs that
-`kubectl apply -k k8s/overlays/dev` creates. One cluster serves the whole module, in order:
-apply -> rounds -> RBAC -> a standby replica -> scale down and up mid-round -> coordinator pod
-deleted and replaced. The deployment runs with the shipped DP (adaptive clipping, ε = 8) so that
-"ε unchanged" means something.
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet with containerd and
+runc, the CNI bridge and kube-proxy v1.20.2 run on this machine (`real_node.py`,
+k8s/realnode/); the pods run the project's images as built from k8s/images/*.Containerfile.
+One cluster serves the whole module, in order: apply -> rounds -> what the node enforces (no
+TensorFlow on the edge, the restricted securityContext, memory limits, a Service through its
+ClusterIP) -> RBAC -> a standby replica -> scale 8 -> 4 -> 8 mid-round -> the coordinator pod
+deleted and replaced -> an edge pod restarted keeping its devices -> the coordinator starting
+over with a new CA (devices follow without a restart) -> bring-your-own TLS. The deployment runs
+with the shipped DP (adaptive clipping, ε = 8) so that "ε unchanged" means something.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from coordinator.cluster import commands
-from tests.k8s.cluster import DEV_OVERLAY, NAMESPACE, SimulatedCluster, available, edit_coordinator_toml
+from tests.coordinator.test_byo_tls import make_issuer, write_secret
+from tests.k8s.real_node import DEV_OVERLAY, NAMESPACE, RealNodeCluster, available, edit_coordinator_toml
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(available() is not None, reason=str(available()))]
+_unavailable = available()
+if _unavailable is not None and os.environ.get("FEDREC_REQUIRE_REAL_NODE") == "1":
+    raise RuntimeError(f"FEDREC_REQUIRE_REAL_NODE=1 but a real node cannot run here: {_unavailable}")
+pytestmark = [pytest.mark.node, pytest.mark.skipif(_unavailable is not None, reason=str(_unavailable))]
 FEDREC = str(Path(sys.executable).parent / "fedrec")
 EDGE_PODS, DEVICES_PER_POD = 8, 25
 COORDINATOR_SA = f"system:serviceaccount:{NAMESPACE}:fedrec-coordinator"
 EDGE_SA = f"system:serviceaccount:{NAMESPACE}:fedrec-edge"
+STATE_CLAIM = "fedrec-coordinator-state"
 
 
 def dp_dev_overlay(text: str) -> str:
@@ -44,20 +55,21 @@ def dp_dev_overlay(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    running = SimulatedCluster(tmp_path_factory.mktemp("cluster")).start()
+    running = RealNodeCluster(tmp_path_factory.mktemp("real-node"))
     try:
+        running.start()
         running.applied_at = running.apply_overlay(DEV_OVERLAY, transform=dp_dev_overlay)
         yield running
     finally:
         running.stop()
 
 
-def fedrec_k8s(cluster: SimulatedCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FEDREC, "k8s", *args, "--kubeconfig", str(cluster.control_plane.kubeconfig)],
+def fedrec_k8s(cluster: RealNodeCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FEDREC, "k8s", *args, "--kubeconfig", str(cluster.kubeconfig)],
                           capture_output=True, text=True, timeout=120)
 
 
-def completed(cluster: SimulatedCluster) -> int:
+def completed(cluster: RealNodeCluster) -> int:
     return int(cluster.status().get("params_version") or 0)
 
 
@@ -79,6 +91,65 @@ def test_apply_then_rounds_complete_within_three_minutes(cluster):
     assert shown.returncode == 0, shown.stderr
     assert "fedrec-edge-7: Running, ready, 25 devices checking in" in shown.stdout
     assert "ε spent" in shown.stdout
+
+
+def test_the_edge_containers_hold_no_tensorflow(cluster):
+    """The slim edge image runs the devices (the rounds above) and cannot import TensorFlow."""
+    result = cluster.exec("fedrec-edge-0", "python", "-c", "import tensorflow")
+    assert result.returncode != 0 and "No module named 'tensorflow'" in result.stderr, result
+    for absent in ("tensorflow_federated", "jax", "coordinator"):
+        assert cluster.exec("fedrec-edge-0", "python", "-c", f"import {absent}").returncode != 0, absent
+    present = cluster.exec("fedrec-edge-0", "python", "-c", "import ai_edge_litert.interpreter, edge_client.pod")
+    assert present.returncode == 0, present.stderr  # the probe itself works
+
+
+@pytest.mark.parametrize("pod", ["fedrec-edge-0", "coordinator"])
+def test_the_restricted_security_context_is_enforced(cluster, pod):
+    name = cluster.coordinator_pods()[0].metadata.name if pod == "coordinator" else pod
+    ids = cluster.exec(name, "python", "-c", "import os; print(os.getuid(), os.getgid())")
+    assert ids.returncode == 0 and ids.stdout.split() == ["10001", "10001"], ids
+    root_write = cluster.exec(name, "python", "-c", "open('/written-by-a-test', 'w')")
+    assert root_write.returncode != 0 and "Read-only file system" in root_write.stderr, root_write
+    usr_write = cluster.exec(name, "python", "-c", "open('/usr/lib/written-by-a-test', 'w')")
+    assert usr_write.returncode != 0, usr_write
+    tmp_write = cluster.exec(name, "python", "-c", "open('/tmp/scratch', 'w').write('x')")
+    assert tmp_write.returncode == 0, tmp_write  # the emptyDir is the one writable place
+    no_privileges = cluster.exec(name, "python", "-c",
+                                 "print([l for l in open('/proc/self/status') if l.startswith(('CapEff', 'NoNewPrivs'))])")
+    assert "CapEff:\\t0000000000000000" in no_privileges.stdout and "NoNewPrivs:\\t1" in no_privileges.stdout, \
+        no_privileges.stdout
+
+
+def test_the_edge_pods_memory_limit_is_a_cgroup_limit(cluster):
+    read = cluster.exec("fedrec-edge-0", "python", "-c",
+                        "import pathlib; print(pathlib.Path('/sys/fs/cgroup/memory/memory.limit_in_bytes').read_text())")
+    assert read.returncode == 0, read
+    assert int(read.stdout) == 1024**3  # limits.memory: 1Gi in k8s/base/edge.yaml
+
+
+def test_the_coordinator_service_is_reached_through_its_cluster_ip(cluster):
+    """kube-proxy's rules carry a connection to the Service's ClusterIP (a local address on this
+    machine: 10.96.0.0/16 is routed onto the node's own bridge) to the ready coordinator pod."""
+    service = cluster.core.read_namespaced_service("fedrec-coordinator", NAMESPACE)
+    cluster_ip = service.spec.cluster_ip
+    assert cluster_ip.startswith("10.96.")
+    pod_ip = cluster.coordinator_pods()[0].status.pod_ip
+    assert pod_ip.startswith("10.85.") and pod_ip != cluster_ip
+    with urllib.request.urlopen(f"http://{cluster_ip}:9090/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert response.status == 200 and "fedrec_rounds_completed_total" in text
+    # The gRPC port too: a TLS handshake through the ClusterIP presents the coordinator's certificate,
+    # which verifies with the CA published to the devices.
+    ca = cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE).data["ca.crt"]
+    import base64
+
+    context = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
+    context.check_hostname = False
+    import socket
+
+    with socket.create_connection((cluster_ip, 7443), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="fedrec-coordinator") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
 def test_rbac_grants_the_coordinator_what_it_needs_and_nothing_more(cluster):
@@ -163,8 +234,8 @@ def test_scale_down_mid_round_loses_at_most_that_round_and_training_goes_on(clus
     cluster.wait_for(lambda: completed(cluster) >= version + 2, timeout_s=180, what="rounds after scaling up")
 
 
-def _checkpoint_digest(cluster: SimulatedCluster, version: int) -> str:
-    state = cluster.root / "node" / "volumes" / NAMESPACE / "fedrec-coordinator-state" / "state"
+def _checkpoint_digest(cluster: RealNodeCluster, version: int) -> str:
+    state = cluster.volume_dir(STATE_CLAIM) / "state"
     return hashlib.sha256((state / "checkpoints" / f"params-{version:06d}.npz").read_bytes()).hexdigest()
 
 
@@ -188,9 +259,8 @@ def test_coordinator_pod_deleted_the_replacement_resumes_from_the_volume(cluster
                                     every_s=0.1)
     new = first_of_new["leader"]
     assert new != old
-    ready_at = cluster.wait_for(lambda: max((t for t, pod, what in cluster.kubelet.events
-                                             if pod == new and what == "ready"), default=None),
-                                timeout_s=30, what="the replacement ready")
+    ready_at = cluster.wait_for(lambda: cluster.ready_since(new), timeout_s=60, what="the replacement ready",
+                                every_s=0.2)
     # Nothing lost: the replacement starts from the old pod's last completed round, its model and its ε.
     assert first_of_new["params_version"] == last_of_old["params_version"]
     assert first_of_new["epsilon"] == pytest.approx(last_of_old["epsilon"], rel=1e-12)
@@ -198,7 +268,7 @@ def test_coordinator_pod_deleted_the_replacement_resumes_from_the_volume(cluster
     # The checkpoint it resumed from is the one the old pod committed (the digest in its index;
     # the replacement also refuses to load a checkpoint that does not match it).
     digest = _checkpoint_digest(cluster, resumed_from)
-    state = cluster.root / "node" / "volumes" / NAMESPACE / "fedrec-coordinator-state" / "state"
+    state = cluster.volume_dir(STATE_CLAIM) / "state"
     with sqlite3.connect(f"file:{state / 'coordinator.db'}?mode=ro", uri=True) as db:
         recorded = db.execute("SELECT sha256 FROM checkpoints WHERE params_version = ?", (resumed_from,)).fetchone()
     assert recorded is not None and recorded[0] == digest
@@ -215,7 +285,7 @@ def test_a_restarted_edge_pod_keeps_its_devices(cluster):
     """Issue 19, item 5: each edge pod's devices live on a claim of its own (volumeClaimTemplates),
     so the pod that replaces a deleted fedrec-edge-2 takes part with the same enrolled identities
     (not new ones for the same users, which the coordinator's enrollment bound would lock out)."""
-    volume = cluster.root / "node" / "volumes" / NAMESPACE / "devices-fedrec-edge-2"
+    volume = cluster.volume_dir("devices-fedrec-edge-2")
     certificates = {path: path.read_bytes() for path in volume.rglob("device.pem")}
     assert len(certificates) == DEVICES_PER_POD
     old = next(p for p in cluster.edge_pods() if p.metadata.name == "fedrec-edge-2")
@@ -231,3 +301,80 @@ def test_a_restarted_edge_pod_keeps_its_devices(cluster):
     assert {path: path.read_bytes() for path in volume.rglob("device.pem")} == certificates  # none enrolled again
     version = completed(cluster)
     cluster.wait_for(lambda: completed(cluster) >= version + 1, timeout_s=120, what="a round after the restart")
+
+
+def _edge_pod_uids(cluster: RealNodeCluster) -> dict[str, tuple[str, int]]:
+    return {p.metadata.name: (p.metadata.uid, sum(c.restart_count for c in p.status.container_statuses or []))
+            for p in cluster.edge_pods()}
+
+
+def _restart_coordinator(cluster: RealNodeCluster, *, between=None) -> float:
+    """Scale the coordinator to 0 and back to 1, running `between` while none runs; returns when the
+    new one was asked for."""
+    cluster.kubectl("-n", NAMESPACE, "scale", "deployment/fedrec-coordinator", "--replicas=0")
+    cluster.wait_for(lambda: not cluster.coordinator_pods(), timeout_s=120, what="the coordinator gone")
+    if between is not None:
+        between()
+    asked = time.time()
+    cluster.kubectl("-n", NAMESPACE, "scale", "deployment/fedrec-coordinator", "--replicas=1")
+    return asked
+
+
+def test_devices_follow_a_coordinator_that_started_over_with_a_new_ca(cluster):
+    """Issue 19, item 4, on the real node: the coordinator starts on an emptied volume, so it makes
+    a new CA and enrollment token and publishes them to the Secret; the kubelet updates the edge
+    pods' mounted copy, and the pods (not restarted) reconnect with it: rounds resume within 2 min."""
+    pods_before = _edge_pod_uids(cluster)
+    old_ca = cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE).data["ca.crt"]
+    volume = cluster.volume_dir(STATE_CLAIM)
+
+    def empty_the_volume() -> None:
+        aside = volume.parent / f"{volume.name}.before-start-over"
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir()
+        for entry in volume.iterdir():
+            entry.rename(aside / entry.name)
+
+    started = _restart_coordinator(cluster, between=empty_the_volume)
+    cluster.wait_for(lambda: cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE)
+                     .data["ca.crt"] != old_ca, timeout_s=180, what="the new CA published")
+    published = time.time()
+    cluster.wait_for(lambda: int(cluster.status().get("params_version") or 0) >= 1, timeout_s=300,
+                     what="a round completed by the coordinator that started over", every_s=0.5)
+    resumed = time.time()
+    print(f"started over: new CA published {published - started:.0f} s after the restart; "
+          f"first round completed {resumed - published:.0f} s after that")
+    assert resumed - published <= 120
+    assert _edge_pod_uids(cluster) == pods_before  # the same pods, no container restarted
+
+
+def test_bring_your_own_tls(cluster):
+    """Issue 19, item 6: the coordinator serves the certificate of a kubernetes.io/tls Secret (as
+    cert-manager makes it, with ca.crt) from k8s/overlays/dev-byo-tls; the devices are given its
+    ca.crt, verify the server with it, and rounds go on."""
+    issuer = make_issuer("an organisation's CA (test)")
+    secret = write_secret(cluster.root / "byo-tls", issuer=issuer,
+                          names=("fedrec-coordinator", "fedrec-coordinator.fedrec.svc"))
+    cluster.kubectl("-n", NAMESPACE, "create", "secret", "generic", "fedrec-coordinator-tls",
+                    "--type=kubernetes.io/tls", f"--from-file=tls.crt={secret / 'tls.crt'}",
+                    f"--from-file=tls.key={secret / 'tls.key'}", f"--from-file=ca.crt={secret / 'ca.crt'}")
+    version = int(cluster.status().get("params_version") or 0)
+    cluster.apply_overlay(DEV_OVERLAY.parent / "dev-byo-tls", transform=dp_dev_overlay)
+    issuer_pem = (secret / "ca.crt").read_text()
+    cluster.wait_for(lambda: cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE)
+                     .data["ca.crt"] == __import__("base64").b64encode(issuer_pem.encode()).decode(),
+                     timeout_s=240, what="the organisation's CA published to the devices")
+    cluster.wait_for(lambda: int(cluster.status().get("params_version") or 0) >= version + 2, timeout_s=300,
+                     what="rounds with the organisation's certificate", every_s=0.5)
+    # What the server presents through its ClusterIP is the Secret's certificate.
+    cluster_ip = cluster.core.read_namespaced_service("fedrec-coordinator", NAMESPACE).spec.cluster_ip
+    context = ssl.create_default_context(cadata=issuer_pem)
+    context.check_hostname = True
+    import socket
+
+    with socket.create_connection((cluster_ip, 7443), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="fedrec-coordinator") as tls:
+        presented = tls.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    assert x509.load_der_x509_certificate(presented) == x509.load_pem_x509_certificate((secret / "tls.crt").read_bytes())
