@@ -43,10 +43,15 @@ def overlay_for(pods: int, rounds: int):
         for doc in docs:
             if doc["kind"] == "StatefulSet":
                 doc["spec"]["replicas"] = pods
+                # The scheduler enforces requests: 32 pods x 100m do not fit this 2-core node, so the
+                # edge request is cut to what fits (the limit, 1 core, stays).
+                edge_cpu = min(100, (2000 - 300) // pods)
+                doc["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = f"{edge_cpu}m"
             if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "fedrec-edge":
                 doc["data"]["devices-per-pod"] = str(per_pod)
         return edit_coordinator_toml(yaml.safe_dump_all(docs, sort_keys=False),
-                                     lambda toml: toml.replace("rounds = 20\n", f"rounds = {rounds + 5}\n"))
+                                     lambda toml: toml.replace("rounds = 20\n", f"rounds = {rounds + 5}\n")
+                                     .replace("population = 200\n", f"population = {pods * per_pod}\n"))
     return transform, per_pod
 
 
