@@ -26,6 +26,7 @@ from coordinator.errors import ListenError
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import publish
 from coordinator.scheduler import Scheduler
+from coordinator.server_credentials import server_credentials
 from coordinator.service import CoordinatorService, add_service, new_enroll_token
 from coordinator.state_lock import StateLock
 from coordinator.state_store import (
@@ -125,9 +126,8 @@ async def serve(coordinator: Coordinator, *, stop: asyncio.Event | None = None,
                                       # same port would then share its traffic instead of failing.
                                       ("grpc.so_reuseport", 0)])
     add_service(server, coordinator.service)
-    credentials = grpc.ssl_server_credentials(
-        [(coordinator.tls.server_key_pem, coordinator.tls.server_cert_pem)],
-        root_certificates=coordinator.tls.ca_pem, require_client_auth=False)
+    tls_dir = config.server.tls_dir
+    credentials = server_credentials(coordinator.tls, None if tls_dir is None else Path(tls_dir))
     stop = stop or asyncio.Event()
     rounds: asyncio.Task[None] | None = None
     stopper: asyncio.Task[bool] | None = None

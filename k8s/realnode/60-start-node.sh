@@ -71,6 +71,12 @@ authorization: {mode: AlwaysAllow}
 clusterDomain: cluster.local
 resolvConf: ""
 serializeImagePulls: false
+# Images here are imported, never pulled (there is no registry): image garbage collection must not
+# remove them, and this machine's disk reads as ~80% used by statfs, which is over the kubelet's
+# default GC (85%) and DiskPressure eviction (imagefs < 15% free) thresholds.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
 YAML
 start kubelet "$KBIN/kubelet" --config="$RN/kubelet-config.yaml" --kubeconfig="$RN/kubelet.kubeconfig" \
   --container-runtime=remote --container-runtime-endpoint="unix://$RN/containerd/containerd.sock" \

@@ -17,9 +17,15 @@ step "host tools (apt)"
   mkdir -p "$KBIN"; mv "$KBIN.partial"/* "$KBIN"/; rmdir "$KBIN.partial"; }
 step "kube binaries v1.20.2"
 has() { podman image exists "$1"; }
+# Bump when the base images' recipe changes (2: no docs, manuals or translations, as debian-slim).
+BASE_VERSION=2
+if [ "$(cat "$RNROOT/base-images.version" 2>/dev/null)" != "$BASE_VERSION" ]; then
+  podman rmi -f docker.io/library/python:3.11-slim-bookworm localhost/bookworm-py:latest >/dev/null 2>&1 || true
+fi
 has localhost/bookworm-py:latest || "$R/20-base-rootfs.sh"
 has localhost/pause:3.4.1 || "$R/25-pause-image.sh"
 has docker.io/library/python:3.11-slim-bookworm || "$R/40-python-base.sh"
+echo "$BASE_VERSION" > "$RNROOT/base-images.version"
 step "base images"
 "$R/45-build-project-images.sh" "$CTX" edge
 step "edge image"

@@ -104,3 +104,52 @@ def test_fedrec_serve_refuses_a_bad_secret_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "must name 'fedrec-coordinator'" in result.stderr and "Traceback" not in result.stderr
+
+
+def _presented(port: int, trust_pem: bytes) -> x509.Certificate:
+    """The certificate a TLS handshake with 127.0.0.1:port presents (verified with `trust_pem`)."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cadata=trust_pem.decode())
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_a_renewed_certificate_is_served_from_the_next_handshake_and_a_bad_one_never(tmp_path):
+    """cert-manager renews the certificate and the kubelet updates the mounted Secret: a real
+    gRPC server serves the renewed one without a restart, and keeps the current one when the
+    change would fail handshakes."""
+    import asyncio
+
+    import grpc
+
+    from coordinator.server_credentials import server_credentials
+
+    issuer = make_issuer()
+    secret = write_secret(tmp_path / "secret", issuer=issuer)
+    tls = with_external_server(load_or_create(tmp_path / "state"), secret)
+    trust = (secret / "ca.crt").read_bytes()
+    first = x509.load_pem_x509_certificate((secret / "tls.crt").read_bytes())
+
+    async def scenario() -> list[x509.Certificate]:
+        server = grpc.aio.server()
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(tls, secret))
+        await server.start()
+        try:
+            seen = [await asyncio.to_thread(_presented, port, trust)]
+            write_secret(secret, issuer=issuer)  # renewed: a new key and certificate, same issuer
+            seen.append(await asyncio.to_thread(_presented, port, trust))
+            write_secret(secret, issuer=issuer, names=("not-the-coordinator",))  # would fail every device
+            seen.append(await asyncio.to_thread(_presented, port, trust))
+            return seen
+        finally:
+            await server.stop(None)
+
+    served = asyncio.run(scenario())
+    assert served[0] == first
+    assert served[1] != first and SERVER_NAME in served[1].extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert served[2] == served[1]  # the bad renewal is refused; the last good certificate stays

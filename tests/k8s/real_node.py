@@ -80,12 +80,17 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def for_kubernetes_1_20(manifest_text: str) -> str:
-    """What v1.20 needs of the rendered manifests: PodDisruptionBudget as policy/v1beta1."""
+def for_this_node(manifest_text: str) -> str:
+    """The rendered manifests as this node needs them: PodDisruptionBudget as policy/v1beta1 (v1.20
+    has no policy/v1), and `imagePullPolicy: Never` (the images are imported; a missing one must
+    fail here, not be looked for in a registry on the internet)."""
     docs = [d for d in yaml.safe_load_all(manifest_text) if d]
     for doc in docs:
         if doc["kind"] == "PodDisruptionBudget" and doc["apiVersion"] == "policy/v1":
             doc["apiVersion"] = "policy/v1beta1"
+        template = doc.get("spec", {}).get("template", {}).get("spec") if isinstance(doc.get("spec"), dict) else None
+        for container in (template or {}).get("containers", []) + (template or {}).get("initContainers", []):
+            container["imagePullPolicy"] = "Never"
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
@@ -188,7 +193,7 @@ class RealNodeCluster:
         assert kustomize is not None, "a kubectl with kustomize >= v5 renders the overlays"
         rendered = subprocess.run([kustomize, "kustomize", str(folder)], capture_output=True, text=True,
                                   check=True).stdout
-        text = for_kubernetes_1_20(rendered)
+        text = for_this_node(rendered)
         if transform is not None:
             text = transform(text)
         applied = time.time()

@@ -52,13 +52,14 @@ def test_both_ignore_files_say_the_same():
 def test_what_the_containerfiles_copy_is_sent_and_nothing_else_of_a_working_checkout():
     rules = _rules(REPO_ROOT / ".dockerignore")
     sources = _copied_sources()
-    assert "pyproject.toml" in sources and "edge_client" in sources
+    assert "k8s/images/coordinator-requirements.txt" in sources and "edge_client" in sources
     for source in sources:
         files = [p for p in (REPO_ROOT / source).rglob("*") if p.is_file()] if (REPO_ROOT / source).is_dir() else [
             REPO_ROOT / source]
         kept = [f for f in files if "__pycache__" not in f.parts]
         assert kept and all(_sent(str(f.relative_to(REPO_ROOT)), rules) for f in kept), source
-    for kept_out in (".venv/lib/python3.11/site-packages/numpy/__init__.py", "runs/synthetic/report.json",
+    for kept_out in (".venv/lib/python3.11/site-packages/numpy/__init__.py", "uv.lock", "pyproject.toml",
+                     "runs/synthetic/report.json",
                      ".git/HEAD", "tests/conftest.py", "bench/quality.py", ".ruff_cache/x",
                      "edge_client/__pycache__/pod.cpython-311.pyc", "build/lib/coordinator/up.py",
                      "k8s/base/kustomization.yaml"):

@@ -99,6 +99,24 @@ def test_the_edge_statefulset_runs_in_parallel_and_takes_its_shard_from_its_name
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+def test_the_coordinator_requirements_are_uv_locks_runtime_set_with_tensorflow_cpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("coordinator_requirements", K8S / "images" / "coordinator_requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    exported = module.exported_from_lock()
+    written = (K8S / "images" / "coordinator-requirements.txt").read_text()
+    assert written == module.requirements(exported), \
+        "k8s/images/coordinator-requirements.txt is stale: run uv run python k8s/images/coordinator_requirements.py"
+    packages = {line.split("==")[0].split(" ;")[0] for line in written.splitlines() if "==" in line}
+    locked = {line.split("==")[0].split(" ;")[0] for line in exported.splitlines() if "==" in line}
+    assert packages == (locked - {"tensorflow"}) | {"tensorflow-cpu"}
+    assert "tensorflow-federated" in packages and "tensorflow-privacy" in packages
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
 def test_the_edge_requirements_are_uv_locks_edge_group_without_tensorflow():
     path = K8S / "images" / "edge-requirements.txt"
     exported = subprocess.run(["uv", "export", "--frozen", "--only-group", "edge", "--no-emit-project",
