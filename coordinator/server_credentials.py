@@ -25,11 +25,11 @@ log = logging.getLogger("fedrec.coordinator")
 def server_credentials(tls: ServerTls, tls_dir: Path | None) -> grpc.ServerCredentials:
     """`tls`'s server certificate (devices' client certificates verified with its own CA); with a
     bring-your-own folder, the newest valid certificate in it at each handshake."""
-    initial = grpc.ssl_server_certificate_configuration([(tls.server_key_pem, tls.server_cert_pem)],
-                                                        root_certificates=tls.ca_pem)
     if tls_dir is None:
         return grpc.ssl_server_credentials([(tls.server_key_pem, tls.server_cert_pem)], root_certificates=tls.ca_pem,
                                            require_client_auth=False)
+    initial = grpc.ssl_server_certificate_configuration([(tls.server_key_pem, tls.server_cert_pem)],
+                                                        root_certificates=tls.ca_pem)
     watch = RenewedCertificate(tls, tls_dir)
     return grpc.dynamic_ssl_server_credentials(initial, watch.fetch, require_client_authentication=False)
 

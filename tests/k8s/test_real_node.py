@@ -13,9 +13,11 @@ with the shipped DP (adaptive clipping, ε = 8) so that "ε unchanged" means som
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -25,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from coordinator.cluster import commands
 from tests.coordinator.test_byo_tls import make_issuer, write_secret
@@ -141,12 +144,8 @@ def test_the_coordinator_service_is_reached_through_its_cluster_ip(cluster):
     # The gRPC port too: a TLS handshake through the ClusterIP presents the coordinator's certificate,
     # which verifies with the CA published to the devices.
     ca = cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE).data["ca.crt"]
-    import base64
-
     context = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
     context.check_hostname = False
-    import socket
-
     with socket.create_connection((cluster_ip, 7443), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="fedrec-coordinator") as tls:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
@@ -362,7 +361,7 @@ def test_bring_your_own_tls(cluster):
     cluster.apply_overlay(DEV_OVERLAY.parent / "dev-byo-tls", transform=dp_dev_overlay)
     issuer_pem = (secret / "ca.crt").read_text()
     cluster.wait_for(lambda: cluster.core.read_namespaced_secret("fedrec-device-credentials", NAMESPACE)
-                     .data["ca.crt"] == __import__("base64").b64encode(issuer_pem.encode()).decode(),
+                     .data["ca.crt"] == base64.b64encode(issuer_pem.encode()).decode(),
                      timeout_s=240, what="the organisation's CA published to the devices")
     cluster.wait_for(lambda: int(cluster.status().get("params_version") or 0) >= version + 2, timeout_s=300,
                      what="rounds with the organisation's certificate", every_s=0.5)
@@ -370,11 +369,7 @@ def test_bring_your_own_tls(cluster):
     cluster_ip = cluster.core.read_namespaced_service("fedrec-coordinator", NAMESPACE).spec.cluster_ip
     context = ssl.create_default_context(cadata=issuer_pem)
     context.check_hostname = True
-    import socket
-
     with socket.create_connection((cluster_ip, 7443), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="fedrec-coordinator") as tls:
         presented = tls.getpeercert(binary_form=True)
-    from cryptography import x509
-
     assert x509.load_der_x509_certificate(presented) == x509.load_pem_x509_certificate((secret / "tls.crt").read_bytes())
