@@ -4,8 +4,10 @@ Plain SecAgg masks every pair of the n participants (O(n) work and O(n) shares p
 only masks along the edges of a random k-regular graph with k = O(log n). The graph here is the
 Harary graph H(k, n) laid over a seeded random permutation: participants sit on a ring in a random
 order and each is joined to the k/2 nearest on either side. Every device and the server recompute it
-from the round's seed, so the permutation is drawn from SHA-256 (not numpy, whose generator streams
-may change between versions): all parties must get the very same graph.
+from the round's seed, so the order comes from SHA-256 (not numpy, whose generator streams may
+change between versions): all parties must get the very same graph. The order is a permutation that
+can be evaluated at one point (`_RingOrder`), so a device computes its own k neighbours only: its
+cost does not grow with the cohort.
 
 The degree k and Shamir threshold t come from `choose_degree_and_threshold`: Bell et al.'s choice of
 the smallest k for which, with high probability, no neighbourhood holds t server colluders (privacy)
@@ -41,28 +43,50 @@ def _seed_bytes(seed: bytes | int) -> bytes:
     raise SecAggError("graph seed must be bytes or a non-negative int")
 
 
-def _permutation(n: int, seed: bytes) -> list[int]:
-    """Fisher-Yates over a SHA-256 counter stream, with rejection sampling (no modulo bias)."""
-    counter = 0
-    pool: list[int] = []
+class _RingOrder:
+    """A seeded pseudorandom permutation of 0..n-1, evaluated one point at a time.
 
-    def draw64() -> int:
-        nonlocal counter
-        if not pool:
-            block = hashlib.sha256(b"fedrec-secagg-v1|graph|" + seed + counter.to_bytes(8, "big")).digest()
-            counter += 1
-            pool.extend(int.from_bytes(block[i:i + 8], "big") for i in range(0, 32, 8))
-        return pool.pop()
+    A balanced Feistel network over 2h bits (the smallest 4^h >= n), round function SHA-256, with cycle
+    walking down to 0..n-1 (Black and Rogaway 2002): `at(p)` is who sits at ring position p and
+    `position_of(i)` its inverse, each a few dozen hashes whatever n is. So a device finds its own
+    neighbours without laying out the whole ring, and the server lays out the ring in O(n).
+    """
 
-    order = list(range(n))
-    for top in range(n - 1, 0, -1):
-        span = top + 1
-        limit = (1 << 64) - (1 << 64) % span
-        while (value := draw64()) >= limit:
-            pass
-        j = value % span
-        order[top], order[j] = order[j], order[top]
-    return order
+    ROUNDS = 6
+
+    def __init__(self, n: int, seed: bytes) -> None:
+        self.n = n
+        self.half_bits = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+        self._half_mask = (1 << self.half_bits) - 1
+        self._prefix = b"fedrec-secagg-v2|ring|" + seed + b"|"
+
+    def _round(self, number: int, value: int) -> int:
+        digest = hashlib.sha256(self._prefix + bytes((number,)) + value.to_bytes(8, "big")).digest()
+        return int.from_bytes(digest[:8], "big") & self._half_mask
+
+    def _forward(self, value: int) -> int:
+        left, right = value >> self.half_bits, value & self._half_mask
+        for number in range(self.ROUNDS):
+            left, right = right, left ^ self._round(number, right)
+        return (left << self.half_bits) | right
+
+    def _backward(self, value: int) -> int:
+        left, right = value >> self.half_bits, value & self._half_mask
+        for number in reversed(range(self.ROUNDS)):
+            left, right = right ^ self._round(number, left), left
+        return (left << self.half_bits) | right
+
+    def at(self, position: int) -> int:
+        value = self._forward(position)
+        while value >= self.n:  # cycle walking: stays in 0..n-1 and stays a permutation
+            value = self._forward(value)
+        return value
+
+    def position_of(self, node: int) -> int:
+        value = self._backward(node)
+        while value >= self.n:
+            value = self._backward(value)
+        return value
 
 
 def _check_size(num_participants: int) -> None:
@@ -71,25 +95,44 @@ def _check_size(num_participants: int) -> None:
         raise SecAggError(f"num_participants must be an integer in 2..{MAX_PARTICIPANTS}, got {num_participants!r}")
 
 
-def neighbour_graph(num_participants: int, degree: int, seed: bytes | int) -> list[tuple[int, ...]]:
-    """Entry i: the sorted neighbours of participant i (0..n-1). Complete graph when degree >= n - 1."""
-    _check_size(num_participants)
-    n = num_participants
+def _check_degree(n: int, degree: int) -> None:
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
         raise SecAggError(f"degree must be a positive integer, got {degree!r}")
+    if degree < n - 1 and degree % 2:
+        raise SecAggError(f"degree must be even when smaller than n - 1 (n={n}), got {degree}")
+
+
+def neighbours_of(index: int, num_participants: int, degree: int, seed: bytes | int) -> tuple[int, ...]:
+    """The sorted neighbours of participant `index` in the round's graph, in O(degree) whatever n is."""
+    _check_size(num_participants)
+    n = num_participants
+    _check_degree(n, degree)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+        raise SecAggError(f"index must be an integer in 0..{n - 1}, got {index!r}")
+    if degree >= n - 1:
+        return tuple(j for j in range(n) if j != index)
+    ring = _RingOrder(n, _seed_bytes(seed))
+    position = ring.position_of(index)
+    half = degree // 2  # < (n - 1) / 2, so the two sides never meet and every node gets exactly k
+    return tuple(sorted(ring.at((position + step) % n) for step in range(-half, half + 1) if step))
+
+
+def neighbour_graph(num_participants: int, degree: int, seed: bytes | int) -> list[tuple[int, ...]]:
+    """Entry i: the sorted neighbours of participant i (0..n-1), the same as `neighbours_of(i, ...)`.
+
+    The Harary graph H(k, n) on a ring in pseudorandom order (`_RingOrder`): each participant is
+    joined to the k/2 nearest on either side. Complete graph when degree >= n - 1.
+    """
+    _check_size(num_participants)
+    n = num_participants
+    _check_degree(n, degree)
     if degree >= n - 1:
         return [tuple(j for j in range(n) if j != i) for i in range(n)]
-    if degree % 2:
-        raise SecAggError(f"degree must be even when smaller than n - 1 (n={n}), got {degree}")
-    order = _permutation(n, _seed_bytes(seed))
-    half = degree // 2  # < (n - 1) / 2, so the two sides never meet and every node gets exactly k
-    neighbours: list[set[int]] = [set() for _ in range(n)]
-    for position, node in enumerate(order):
-        for step in range(1, half + 1):
-            other = order[(position + step) % n]
-            neighbours[node].add(other)
-            neighbours[other].add(node)
-    return [tuple(sorted(s)) for s in neighbours]
+    ring = _RingOrder(n, _seed_bytes(seed))
+    order = [ring.at(position) for position in range(n)]
+    half = degree // 2
+    return [tuple(sorted(order[(position_of_i + step) % n] for step in range(-half, half + 1) if step))
+            for position_of_i, _ in sorted(enumerate(order), key=lambda pair: pair[1])]
 
 
 # --- Choosing k and t (Bell et al. 2020, sec. 4 and Appendix: parameters from a binomial model) ---

@@ -31,6 +31,19 @@ _RAW = serialization.Encoding.Raw
 # One fixed scalar to probe peer keys: X25519 with a low-order point gives the all-zero secret for
 # every (clamped) scalar, and cryptography refuses that result.
 _PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+# The same refusal without a scalar multiplication (the coordinator checks two keys per device per
+# round): libsodium's `has_small_order` blocklist (crypto_scalarmult/curve25519/ref10/x25519_ref10.c),
+# every encoding of a point of small order on the curve or its twist, compared with the top bit
+# cleared as X25519 ignores it (RFC 7748). A test checks it against `_PROBE.exchange`.
+_SMALL_ORDER = frozenset(bytes.fromhex(encoding) for encoding in (
+    "0000000000000000000000000000000000000000000000000000000000000000",  # 0
+    "0100000000000000000000000000000000000000000000000000000000000000",  # 1
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p (= 0)
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1 (= 1)
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +80,14 @@ def check_public(peer_public: bytes) -> X25519PublicKey:
     """A peer's raw public key, refused if it is not 32 bytes or a low-order point (no shared secret)."""
     if not isinstance(peer_public, (bytes, bytearray)) or len(peer_public) != KEY_BYTES:
         raise SecAggError(f"a public key must be {KEY_BYTES} raw bytes")
-    key = X25519PublicKey.from_public_bytes(bytes(peer_public))
-    try:
-        _PROBE.exchange(key)
-    except ValueError:
-        raise SecAggError("a public key is a low-order point") from None
-    return key
+    if is_small_order(peer_public):
+        raise SecAggError("a public key is a low-order point")
+    return X25519PublicKey.from_public_bytes(bytes(peer_public))
+
+
+def is_small_order(public: bytes) -> bool:
+    """Whether X25519 with this 32-byte public key gives the all-zero secret for every scalar."""
+    return bytes(public[:31]) + bytes((public[31] & 0x7F,)) in _SMALL_ORDER
 
 
 def agree(private: X25519PrivateKey | bytes, peer_public: bytes) -> bytes:

@@ -7,7 +7,7 @@ import functools
 
 from secagg import graph
 from secagg.errors import SecAggError
-from secagg.graph import MAX_PARTICIPANTS, choose_degree_and_threshold, neighbour_graph
+from secagg.graph import MAX_PARTICIPANTS, choose_degree_and_threshold, neighbour_graph, neighbours_of
 from secagg.quantize import FixedPoint
 
 MAX_ID_BYTES = 64
@@ -77,9 +77,16 @@ class SecAggParams:
         """The round's neighbour graph: entry i holds participant i's sorted neighbours."""
         return tuple(neighbour_graph(self.num_participants, self.degree, self.graph_seed))
 
+    def neighbours(self, index: int) -> tuple[int, ...]:
+        """Participant i's sorted neighbours: from `graph` once the server laid it out, else computed
+        for i alone (a device's cost does not grow with n)."""
+        if "graph" in self.__dict__:
+            return self.graph[index]
+        return neighbours_of(self.check_index(index), self.num_participants, self.degree, self.graph_seed)
+
     def neighbourhood(self, index: int) -> tuple[int, ...]:
         """i's neighbours and i, sorted: the holder of position p gets Shamir x-coordinate p + 1."""
-        return tuple(sorted((*self.graph[index], index)))
+        return tuple(sorted((*self.neighbours(index), index)))
 
     def check_index(self, index: object, what: str = "participant index") -> int:
         """`index` if it is an int in 0..n-1, else SecAggError."""

@@ -39,8 +39,8 @@ class SecAggParticipant:
             raise SecAggError("params must be SecAggParams")
         self.params = params
         self.index = params.check_index(index)
-        self._neighbours = frozenset(params.graph[index])
-        self._positions = {w: p for p, w in enumerate(params.neighbourhood(index))}
+        self._neighbours = frozenset(params.neighbours(self.index))  # its own neighbourhood only: O(degree)
+        self._positions = {w: p for p, w in enumerate(sorted((*self._neighbours, self.index)))}
         self._phase = Stage.ADVERTISE_KEYS
         self._channel: keys.KeyPair | None = None
         self._mask: keys.KeyPair | None = None

@@ -25,9 +25,29 @@ def expand(seed: bytes, length: int, bit_width: int) -> np.ndarray:
         raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
     if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 1 <= bit_width <= 64:
         raise SecAggError(f"bit_width must be an integer in 1..64, got {bit_width!r}")
-    encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
-    stream = encryptor.update(bytes(8 * length))  # the keystream is the encryption of zeros
-    values = np.frombuffer(stream, dtype="<u8").astype(np.uint64)  # a writable copy in native order
+    values = keystream(seed, length).astype(np.uint64)  # a writable copy in native order
     if bit_width < 64:
         values &= np.uint64((1 << bit_width) - 1)
     return values
+
+
+def keystream(seed: bytes, length: int) -> np.ndarray:
+    """The seed's first `length` little-endian uint64 words of AES-CTR keystream, read-only, unmasked.
+
+    For sums mod 2^b: adding unmasked words mod 2^64 and masking once at the end gives the same
+    result as masking every `expand` (2^b divides 2^64), one array pass fewer per mask.
+    """
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+        raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
+        raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
+    encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
+    return np.frombuffer(encryptor.update(_zeros(8 * length)), dtype="<u8")  # the encryption of zeros
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _zeros(size: int) -> bytes | memoryview:
+    """`size` zero bytes without allocating them again for every mask (at most a shared 1 MiB)."""
+    return memoryview(_ZEROS)[:size] if size <= len(_ZEROS) else bytes(size)

@@ -29,7 +29,7 @@ import numpy as np
 from secagg import keys, prg
 from secagg.errors import SecAggError
 from secagg.params import SecAggParams
-from secagg.shamir import ShamirCombiner, combine_shares
+from secagg.shamir import ShamirCombiner
 from secagg.stages import PROTOCOL_STAGES, Stage
 
 
@@ -44,11 +44,11 @@ class SecAggServer:
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._all_keys: set[bytes] = set()
         self._shares: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> sealed shares
-        self._inbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> the same sealed shares
         self._masked: set[int] = set()  # who sent a masked input
         self._sum = np.zeros(params.vector_length, np.uint64)  # their running sum (wraps mod 2^64)
         self._request: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._request_sets: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+        self._request_for: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # asked, then checked against
         self._b_shares: dict[int, dict[int, bytes]] = {}  # survivor w -> holder -> share of b_w
         self._key_shares: dict[int, dict[int, bytes]] = {}  # dropped v -> holder -> share of v's mask key seed
         self._unmasked: set[int] = set()
@@ -109,16 +109,16 @@ class SecAggServer:
         if not isinstance(shares, Mapping):
             raise SecAggError("shares must be a mapping of receiver index -> bytes")
         expected = {v for v in self.params.graph[index] if v in self._keys}
-        for v in shares:
-            self.params.check_index(v, "receiver index")
-        if set(shares) != expected:
+        if set(shares) != expected or any(type(v) is not int for v in shares):  # the common case in one pass
+            for v in shares:
+                self.params.check_index(v, "receiver index")
             raise SecAggError(f"participant {index} sent shares for {sorted(shares)}, expected {sorted(expected)}")
-        for v, data in shares.items():
-            if not isinstance(data, (bytes, bytearray)) or len(data) != keys.SEALED_SHARES_BYTES:
-                raise SecAggError(f"share message for {v} must be {keys.SEALED_SHARES_BYTES} bytes")
-        self._shares[index] = {v: bytes(data) for v, data in shares.items()}
-        for v, data in self._shares[index].items():  # indexed by receiver too: shares_for is O(degree)
-            self._inbox.setdefault(v, {})[index] = data
+        size = keys.SEALED_SHARES_BYTES
+        if any(type(data) is not bytes or len(data) != size for data in shares.values()):
+            for v, data in shares.items():
+                if not isinstance(data, (bytes, bytearray)) or len(data) != size:
+                    raise SecAggError(f"share message for {v} must be {size} bytes")
+        self._shares[index] = dict(shares)  # a copy the caller cannot change (the values are bytes: immutable)
 
     def shares_for(self, index: int) -> dict[int, bytes]:
         """The sealed shares addressed to `index`; the first call closes share collection."""
@@ -128,7 +128,8 @@ class SecAggServer:
         if index not in self._shares:
             raise SecAggError(f"participant {index} did not send shares")
         self._advance(Stage.MASKED_INPUT)
-        return dict(sorted(self._inbox.get(index, {}).items()))
+        shares = self._shares  # O(degree): the neighbours' messages, looked up by receiver
+        return {v: shares[v][index] for v in self.params.graph[index] if v in shares and index in shares[v]}
 
     def _senders_to(self, index: int) -> set[int]:
         """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""
@@ -174,9 +175,11 @@ class SecAggServer:
             raise SecAggError("no unmask request yet")
         if index not in self._masked:
             raise SecAggError(f"participant {index} is not a survivor")
-        near = sorted(self._senders_to(index) | {index})  # O(degree): never scan the whole request
-        survivors, dropped = self._request_sets
-        return tuple(w for w in near if w in survivors), tuple(v for v in near if v in dropped)
+        if index not in self._request_for:
+            near = sorted(self._senders_to(index) | {index})  # O(degree): never scan the whole request
+            survivors, dropped = self._request_sets
+            self._request_for[index] = (tuple(w for w in near if w in survivors), tuple(v for v in near if v in dropped))
+        return self._request_for[index]
 
     # phase 4: unmask
 
@@ -194,16 +197,16 @@ class SecAggServer:
         if not isinstance(shares, Mapping):
             raise SecAggError("unmask shares must be a mapping of participant index -> bytes")
         survivors, dropped = self.unmask_request_for(index)
-        for w in shares:
-            self.params.check_index(w, "participant index")
-        if set(shares) != set(survivors) | set(dropped):
+        if set(shares) != set(survivors) | set(dropped) or any(type(w) is not int for w in shares):
+            for w in shares:
+                self.params.check_index(w, "participant index")
             raise SecAggError(f"participant {index} revealed shares for {sorted(shares)}, "
                               f"expected {sorted(set(survivors) | set(dropped))}")
-        alive = set(survivors)
-        for w, share in shares.items():
-            size = keys.B_SHARE_BYTES if w in alive else keys.KEY_SHARE_BYTES
-            if not isinstance(share, (bytes, bytearray)) or len(share) != size:
-                raise SecAggError(f"share of participant {w} must be {size} bytes")
+        assert keys.B_SHARE_BYTES == keys.KEY_SHARE_BYTES  # one size check for both kinds
+        if any(type(share) is not bytes or len(share) != keys.B_SHARE_BYTES for share in shares.values()):
+            for w, share in shares.items():
+                if not isinstance(share, (bytes, bytearray)) or len(share) != keys.B_SHARE_BYTES:
+                    raise SecAggError(f"share of participant {w} must be {keys.B_SHARE_BYTES} bytes")
         for w in survivors:
             self._b_shares.setdefault(w, {})[index] = bytes(shares[w])
         for v in dropped:
@@ -213,14 +216,12 @@ class SecAggServer:
     def result(self, *, executor: Executor | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
         """(sum of the survivors' encoded inputs mod 2^b, survivors); SecAggError "too few" if unrecoverable.
 
-        One Shamir reconstruction per survivor and per dropped participant (pure Python), each from
-        the t shares with the smallest x-coordinates, through a `ShamirCombiner`: secrets whose
-        x-coordinates coincide (all of them when nobody dropped: X = 1..t) share one set of Lagrange
-        coefficients and cost ~0.4 ms each at t = 17 instead of ~20 ms. The rest (many dropouts make
-        most x-coordinate sets unique) are plain combines: with `executor` (e.g. a ProcessPoolExecutor,
-        owned by the caller) those run as separate jobs on it. A failed call changes nothing (more
-        unmask shares may still arrive); a successful one ends the round and later calls return the
-        same result.
+        One Shamir reconstruction per survivor and per dropped participant, each from the t shares with
+        the smallest x-coordinates, all in one vectorized pass (`ShamirCombiner`). Then the masks are
+        regenerated: one AES keystream per survivor's b, one key agreement and keystream per (dropped,
+        surviving neighbour) pair; with `executor` (e.g. a ProcessPoolExecutor, owned by the caller)
+        those run as a few jobs on it. A failed call changes nothing (more unmask shares may still
+        arrive); a successful one ends the round and later calls return the same result.
         """
         if self._result is not None:
             return self._result[0].copy(), self._result[1]
@@ -239,30 +240,23 @@ class SecAggServer:
                               f"and the mask key of dropped {short_key}; abandon the round")
         jobs = [self._points(w, self._b_shares[w]) for w in survivors]
         jobs += [self._points(v, self._key_shares[v]) for v in dropped]
-        secrets = ShamirCombiner(t).combine_many(jobs, direct=lambda plain: _combine_all(plain, t, executor))
+        secrets = ShamirCombiner(t).combine_many(jobs)
         self_seeds, key_seeds = secrets[:len(survivors)], secrets[len(survivors):]
         round_id, alive = self.params.round_id, set(survivors)
-        mask_keys = {}
+        peers_of_dropped = []
         for v, key_seed in zip(dropped, key_seeds):
-            mask_keys[v] = keys.mask_key_from_seed(key_seed, round_id=round_id, index=v)
-            if keys.public_of(mask_keys[v]) != self._keys[v][1]:
+            mask_key = keys.mask_key_from_seed(key_seed, round_id=round_id, index=v)
+            if keys.public_of(mask_key) != self._keys[v][1]:
                 raise SecAggError(f"the rebuilt mask key of participant {v} does not match its advertised mask "
                                   f"public key (inconsistent shares); abandon the round")
+            peers = tuple((u, self._keys[u][1]) for u in sorted(self._senders_to(v) & alive))
+            peers_of_dropped.append((v, key_seed, peers))
         total = self._sum.copy()
-        for seed in self_seeds:
-            total -= prg.expand(seed, length, fp.bit_width)
-        for v, secret in mask_keys.items():
-            for u in self._senders_to(v) & alive:
-                seed = keys.mask_seed(secret, self._keys[u][1], round_id=round_id, a=u, b=v)
-                pairwise = prg.expand(seed, length, fp.bit_width)
-                if u < v:  # u added +PRG(s_uv) when u < v
-                    total -= pairwise
-                else:
-                    total += pairwise
+        total -= _masks_total(round_id, length, self_seeds, peers_of_dropped, executor)
         total &= fp.mask
         self._result = (total, survivors)
         self._phase = Stage.DONE
-        self._b_shares, self._key_shares = {}, {}
+        self._b_shares, self._key_shares, self._request_for = {}, {}, {}
         return total.copy(), survivors
 
     def _points(self, owner: int, held: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
@@ -275,13 +269,43 @@ class SecAggServer:
         return sorted((position[h], share) for h, share in held.items())[:self.params.threshold]
 
 
-def _combine_all(jobs: Sequence[Sequence[tuple[int, bytes]]], threshold: int, executor: Executor | None) -> list[bytes]:
-    """combine_shares of every job, in order; on `executor` as one job each (plain ints and bytes pickle cheaply)."""
+MaskJob = tuple[int, bytes, tuple[tuple[int, bytes], ...]]  # (dropped v, its mask key seed, (u, u's mask public key)...)
+
+
+def _masks_total(round_id: bytes, length: int, self_seeds: Sequence[bytes], dropped: Sequence[MaskJob],
+                 executor: Executor | None) -> np.ndarray:
+    """What the survivors' masks add to their sum, mod 2^64 (the caller reduces mod 2^b).
+
+    With `executor`, the masks are cut into a few jobs per worker (each returns one vector, so little
+    crosses processes); the key agreements and AES keystreams of a round are nearly all its CPU.
+    """
     if executor is None:
-        return [combine_shares(points, threshold=threshold) for points in jobs]
-    futures = [executor.submit(combine_shares, points, threshold=threshold) for points in jobs]
+        return _masks_part(round_id, length, self_seeds, dropped)
+    parts = 8
+    futures = [executor.submit(_masks_part, round_id, length, self_seeds[k::parts], dropped[k::parts])
+               for k in range(parts)]
     try:
-        return [future.result() for future in futures]
+        total = np.zeros(length, np.uint64)
+        for future in futures:
+            total += future.result()
+        return total
     finally:
         for future in futures:
             future.cancel()  # after a failure, drop the jobs not yet started (a no-op once done)
+
+
+def _masks_part(round_id: bytes, length: int, self_seeds: Sequence[bytes], dropped: Sequence[MaskJob]) -> np.ndarray:
+    """sum PRG(b_w) over `self_seeds` and, for each dropped v and surviving neighbour u, the pairwise mask
+    u added: +PRG(s_uv) when u < v, else -PRG(s_uv)."""
+    total = np.zeros(length, np.uint64)
+    for seed in self_seeds:
+        total += prg.keystream(seed, length)
+    for v, key_seed, peers in dropped:
+        mask_key = keys.mask_key_from_seed(key_seed, round_id=round_id, index=v)
+        for u, public in peers:
+            pairwise = prg.keystream(keys.mask_seed(mask_key, public, round_id=round_id, a=u, b=v), length)
+            if u < v:
+                total += pairwise
+            else:
+                total -= pairwise
+    return total

@@ -10,10 +10,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from secagg import graph as graph_module
 from secagg import keys
 from secagg.errors import SecAggError
-from secagg.graph import choose_degree_and_threshold, neighbour_graph, privacy_bits_achieved
+from secagg.graph import choose_degree_and_threshold, neighbour_graph, neighbours_of, privacy_bits_achieved
 from secagg.params import SecAggParams
 from secagg.prg import expand
 from secagg.quantize import FixedPoint
@@ -66,6 +68,29 @@ def test_agreement_is_symmetric_and_keys_are_raw():
     assert len(a.public_bytes()) == len(a.private_bytes()) == 32
     assert keys.agree(a.private, b.public_bytes()) == keys.agree(b.private_bytes(), a.public_bytes())
     assert keys.public_of(keys.load_private(a.private_bytes())) == a.public_bytes()
+
+
+def _library_refuses(public: bytes) -> bool:
+    try:
+        keys._PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return True
+    return False
+
+
+def test_the_small_order_blocklist_is_what_the_library_refuses():
+    """Every blocklisted encoding (and with its ignored top bit set) is refused by X25519 itself; around
+    them (small u, u near p and 2^255) and for random keys, the blocklist and the library agree."""
+    p = 2**255 - 19
+    listed = [bytes(e) for e in keys._SMALL_ORDER]
+    listed += [e[:31] + bytes((e[31] | 0x80,)) for e in listed]
+    assert all(_library_refuses(e) and keys.is_small_order(e) for e in listed)
+    with pytest.raises(SecAggError, match="low-order"):
+        keys.check_public(listed[-1])
+    near = [u for base in (0, p, 2**255 - 64) for u in range(base, base + 64)] + [p - k for k in range(1, 40)]
+    candidates = [(u % 2**256).to_bytes(32, "little") for u in near] + [os.urandom(32) for _ in range(2000)]
+    disagree = [c.hex() for c in candidates if _library_refuses(c) != keys.is_small_order(c)]
+    assert disagree == []
 
 
 @pytest.mark.parametrize("peer", [bytes(31), bytes(33), bytes(32), LOW_ORDER, "k" * 32])
@@ -197,6 +222,37 @@ def test_graph_is_seeded():
     assert neighbour_graph(40, 10, b"a") == neighbour_graph(40, 10, b"a")
     assert neighbour_graph(40, 10, b"a") != neighbour_graph(40, 10, b"b")
     assert neighbour_graph(40, 10, 7) == neighbour_graph(40, 10, 7) != neighbour_graph(40, 10, 8)
+
+
+@pytest.mark.parametrize("n, k", [(2, 1), (3, 2), (5, 2), (17, 6), (64, 10), (65, 10), (1000, 54), (4097, 58)])
+def test_one_devices_neighbours_are_its_entry_in_the_whole_graph(n, k):
+    graph = neighbour_graph(n, k, b"round")
+    for i in {0, 1, n // 2, n - 1}:
+        assert neighbours_of(i, n, k, b"round") == graph[i]
+
+
+@pytest.mark.parametrize("n", [2, 3, 15, 16, 17, 1000, 4096, 4097])
+def test_the_ring_order_is_a_permutation_and_its_inverse(n):
+    ring = graph_module._RingOrder(n, b"seed")
+    order = [ring.at(p) for p in range(n)]
+    assert sorted(order) == list(range(n))
+    assert [ring.position_of(node) for node in order] == list(range(n))
+    if n >= 1000:
+        assert order != sorted(order) and sum(a < b for a, b in zip(order, order[1:])) < 0.6 * n  # shuffled
+
+
+def test_a_devices_graph_work_does_not_grow_with_the_cohort(monkeypatch):
+    """The hashes one device computes for its neighbours: about the same at 1,000 and 1,000,000."""
+    calls = []
+    real = graph_module.hashlib.sha256
+    monkeypatch.setattr(graph_module.hashlib, "sha256", lambda data: calls.append(1) or real(data))
+    counts = {}
+    for n in (1000, 1_000_000):
+        calls.clear()
+        for index in range(20):
+            neighbours_of(index * (n // 20), n, 54, b"s")
+        counts[n] = len(calls) / 20
+    assert counts[1_000_000] < 2 * counts[1000] < 2 * 55 * 6 * 8  # k + 1 points, 6 rounds, a few walks each
 
 
 @pytest.mark.parametrize("args", [(1, 2, b""), (20, 3, b""), (20, 0, b""), (20, 2, -1), (20, 2, "s"), (20, True, b"")])
