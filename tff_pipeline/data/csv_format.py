@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 
 from protocol.files import FileRefused, LineTooLong, UndecodableLine, bounded_lines, open_regular
 
+from .columnar import read_rating_columns
 from .errors import DataError
 from .splits import GENERIC_SPLITS, split_all_ratings
 from .types import DatasetSplit, Ratings, Vocabulary
@@ -33,6 +34,7 @@ __all__ = [
     "iter_csv_records",
     "parse_int",
     "parse_rating_records",
+    "read_rating_file",
     "pair_keys",
     "build_vocabulary",
     "encode_ratings",
@@ -240,6 +242,47 @@ def parse_rating_records(
     return raw
 
 
+def _rating_value(rule: RatingRule) -> Callable[[str], float | None]:
+    """A rating's value as `_parse_rating` reads it, None where that raises."""
+
+    def value(text: str) -> float | None:
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return None if rule.check(number) else number
+
+    return value
+
+
+def read_rating_file(path: Path, rule: RatingRule, *, delimiter: str) -> RawRatings:
+    """RawRatings of a ``user item rating timestamp`` file: tab separated (ML-100K, no header) or
+    comma separated (``ratings.csv``, header CSV_RATINGS_HEADER).
+
+    The columnar fast path (columnar.py) reads the files it can vouch for; any other file is read
+    by the line-by-line reader, whose DataError names the file and line.
+    """
+    if delimiter not in ("\t", ","):
+        raise ValueError(f"unsupported delimiter {delimiter!r}")
+    require_file(path)
+    tab = delimiter == "\t"
+    columns = read_rating_columns(
+        path,
+        delimiter=delimiter.encode(),
+        header=None if tab else ",".join(CSV_RATINGS_HEADER).encode(),
+        rating_value=_rating_value(rule),
+        max_file_bytes=MAX_DATA_FILE_BYTES,
+        max_line_bytes=MAX_LINE_BYTES,
+    )
+    if columns is None:
+        records = iter_tab_records(path) if tab else iter_csv_records(path, header=CSV_RATINGS_HEADER)
+        return parse_rating_records(records, path, rule, separator_name="tab" if tab else "comma")
+    raw = RawRatings(path=path, users=columns.users, items=columns.items, ratings=columns.ratings,
+                     timestamps=columns.timestamps, lines=columns.lines)
+    _refuse_duplicate_pairs(raw)
+    return raw
+
+
 def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """(user, item) pairs as one structured array, which numpy sorts and searches lexicographically."""
     keys = np.empty(len(users), dtype=[("user", "<i8"), ("item", "<i8")])
@@ -339,12 +382,7 @@ def load_movielens_csv(
         )
     root = require_dir(data_dir)
     ratings_path = root / "ratings.csv"
-    raw = parse_rating_records(
-        iter_csv_records(require_file(ratings_path), header=CSV_RATINGS_HEADER),
-        ratings_path,
-        HALF_STAR,
-        separator_name="comma",
-    )
+    raw = read_rating_file(ratings_path, HALF_STAR, delimiter=",")
     movies_path = root / "movies.csv"
     titles = read_movies_csv(movies_path) if movies_path.exists() or movies_path.is_symlink() else None
     vocab = build_vocabulary(raw, titles)

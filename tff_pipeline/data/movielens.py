@@ -19,9 +19,8 @@ from .csv_format import (
     iter_tab_records,
     pair_keys,
     parse_int,
-    parse_rating_records,
+    read_rating_file,
     require_dir,
-    require_file,
 )
 from .errors import DataError
 from .splits import GENERIC_SPLITS, TooFewUnratedItems, ranking_task, split_all_ratings
@@ -36,9 +35,7 @@ RATING_SCALE = (1.0, 5.0)
 
 
 def _read_ratings(path: Path) -> RawRatings:
-    return parse_rating_records(
-        iter_tab_records(require_file(path)), path, INTEGER_STARS, separator_name="tab"
-    )
+    return read_rating_file(path, INTEGER_STARS, delimiter="\t")
 
 
 def _read_titles(path: Path) -> dict[int, str] | None:
