@@ -120,7 +120,7 @@ class RoundRun:
         await self._wait(Stage.MASKED_INPUT)
         assert self._unmask_request is not None
         survivors, dropped = self._unmask_request
-        neighbourhood = set(self.params.neighbourhood(index))
+        neighbourhood = {index, *self.params.graph[index]}  # the whole graph, laid out once per round
         return sorted(survivors & neighbourhood), sorted(dropped & neighbourhood)
 
     async def unmask(self, device_id: str, shares: Mapping[int, bytes]) -> None:
