@@ -84,7 +84,8 @@ def main() -> int:
             run = Path(tmp) / "run"
             train_default_run(args.data_dir, run)
         config = RunFolder(run).read_identity().config
-        split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
+        split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed,
+                             synthetic_users=config.synthetic_users)
         package = Path(tmp) / "package"
         manifest = export_run(run, package)
         with np.load(run / "final_model.npz") as final:

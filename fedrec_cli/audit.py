@@ -56,7 +56,8 @@ def _audit(args: argparse.Namespace) -> int:
     from tff_pipeline.privacy import planner
     from tff_pipeline.privacy.distributed import model_values
 
-    original = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
+    original = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed,
+                            synthetic_users=config.synthetic_users)
     split = with_canary_items(original, args.canaries)
     config.check_model_size(split.num_items)
     members, held_out = membership.hold_out_users(split, seed=config.seed)  # the non-members never train

@@ -254,7 +254,8 @@ def _up(args: argparse.Namespace) -> int:
     if folder is not None:
         _claim_up_folder(folder, overwrite=args.overwrite)
     training = _training_config(given)
-    split = load_dataset(training.dataset, data_dir=training.data_dir, split=training.split, seed=training.seed)
+    split = load_dataset(training.dataset, data_dir=training.data_dir, split=training.split, seed=training.seed,
+                         synthetic_users=training.synthetic_users)
     training.check_model_size(split.num_items)
     devices = _device_count(args, split)
     coordinator_config = up.coordinator_config(training, deployment, devices=devices, given=given)

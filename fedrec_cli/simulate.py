@@ -166,7 +166,8 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     workers, worker_timeout = _check_workers(args)
     from tff_pipeline.data import load_dataset
 
-    split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed)
+    split = load_dataset(config.dataset, data_dir=config.data_dir, split=config.split, seed=config.seed,
+                         synthetic_users=config.synthetic_users)
     config.check_model_size(split.num_items)
     if identity is None:
         config = plan_privacy_budget(config, split, given_rounds=args.rounds, given_cohort=args.clients_per_round)

@@ -15,6 +15,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     d = SimulationConfig()
     p.add_argument("--dataset", choices=["synthetic", "ml-100k", "movielens-csv"], help=f"default {d.dataset}")
     p.add_argument("--data-dir", help="folder with u.data (ml-100k) or ratings.csv (movielens-csv)")
+    p.add_argument("--synthetic-users", type=int,
+                   help="users of the synthetic data set (default 400): the same generator at any scale")
     p.add_argument("--split", help="ml-100k: u1..u5, ua, ub, random, loo; others: random, loo")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--rounds", type=int,

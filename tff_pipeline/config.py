@@ -22,6 +22,7 @@ DEFAULT_DELTA = 1e-4
 MAX_DIM = 1024
 MAX_GLOBAL_PARAMETERS = 2**26
 MAX_ROUNDS = 1_000_000
+MAX_SYNTHETIC_USERS = 10_000_000
 MAX_LOCAL_STEPS = 1000
 # Privacy settings the accountants can compute with (dp-accounting divides by z^2 and finds no
 # noise for budgets far beyond any meaningful guarantee: ZeroDivisionError at z = 1e-300,
@@ -87,6 +88,9 @@ class ConfigError(PipelineError, ValueError):
 class SimulationConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
+    # The synthetic data set's number of users (None: the generator's default, 400); the same
+    # generator at any scale, for what DP costs a large population.
+    synthetic_users: int | None = None
     split: str | None = None
     seed: int = 0
     rounds: int = 300
@@ -139,6 +143,10 @@ class SimulationConfig:
         _optional_text(self, "data_dir")
         if self.dataset == "synthetic" and self.data_dir is not None:
             raise ConfigError("data_dir", "is for ml-100k and movielens-csv; the synthetic data set is generated")
+        if self.synthetic_users is not None:
+            check_integer(self, "synthetic_users", 2, MAX_SYNTHETIC_USERS)
+            if self.dataset != "synthetic":
+                raise ConfigError("synthetic_users", "applies to the synthetic data set only")
         _optional_text(self, "split")
         check_integer(self, "seed", 0, 2**63 - 1)
         check_integer(self, "rounds", 1, MAX_ROUNDS)
@@ -243,6 +251,8 @@ class SimulationConfig:
             del values["planned_noise_multiplier"]
         if values["dp"] != "distributed":  # likewise: only distributed DP has a bit width
             del values["dp_bits"]
+        if values["synthetic_users"] is None:  # likewise
+            del values["synthetic_users"]
         return values
 
     @classmethod

@@ -76,3 +76,26 @@ def test_load_dataset_synthetic_and_errors() -> None:
         load_dataset("synthetic", split="u1")
     with pytest.raises(DataError, match="num_items"):
         generate_synthetic(num_items=1)
+
+
+def test_the_population_scales_with_the_same_generator() -> None:
+    """`--synthetic-users N`: N users from the same world (items, clusters, rating counts per user)."""
+    small = load_dataset("synthetic", seed=3)
+    large = load_dataset("synthetic", seed=3, synthetic_users=2000)
+    assert small.num_users == 400 and large.num_users == 2000
+    assert small.num_items == large.num_items == 300
+    per_user = [len(s.train.ratings) / s.num_users for s in (small, large)]
+    assert abs(per_user[0] - per_user[1]) / per_user[0] < 0.15
+
+
+def test_synthetic_users_in_the_config() -> None:
+    from tff_pipeline.config import ConfigError, SimulationConfig
+
+    assert "synthetic_users" not in SimulationConfig().to_dict()  # configurations from before keep their digest
+    sized = SimulationConfig(synthetic_users=100_000)
+    assert SimulationConfig.from_dict(sized.to_dict()) == sized
+    for bad in (1, 0, -5, True, 1.5, 10**8):
+        with pytest.raises(ConfigError, match="synthetic_users"):
+            SimulationConfig(synthetic_users=bad)
+    with pytest.raises(ConfigError, match="synthetic data set only"):
+        SimulationConfig(dataset="ml-100k", data_dir="x", synthetic_users=1000)

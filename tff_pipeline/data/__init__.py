@@ -51,8 +51,11 @@ def load_dataset(
     split: str | None = None,
     seed: int = 0,
     num_negatives: int = 99,
+    synthetic_users: int | None = None,
 ) -> DatasetSplit:
     """Load a dataset by name with its default split; DataError on bad arguments.
+
+    ``synthetic_users`` sizes the synthetic population (None: the generator's default).
 
     ``data_dir`` is required for the MovieLens datasets and ignored for synthetic.
     """
@@ -64,7 +67,8 @@ def load_dataset(
             f"unknown split {split!r} for {name}; expected one of {DATASET_SPLITS[name]}"
         )
     if name == "synthetic":
-        return synthetic_split(seed=seed, split=split, num_negatives=num_negatives)
+        sized = {} if synthetic_users is None else {"num_users": synthetic_users}
+        return synthetic_split(seed=seed, split=split, num_negatives=num_negatives, **sized)
     if data_dir is None:
         raise DataError(f"dataset {name!r} needs data_dir (the unpacked dataset directory)")
     loader = load_ml100k if name == "ml-100k" else load_movielens_csv
