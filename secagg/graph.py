@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -112,9 +113,15 @@ def neighbours_of(index: int, num_participants: int, degree: int, seed: bytes | 
     if degree >= n - 1:
         return tuple(j for j in range(n) if j != index)
     ring = _RingOrder(n, _seed_bytes(seed))
-    position = ring.position_of(index)
-    half = degree // 2  # < (n - 1) / 2, so the two sides never meet and every node gets exactly k
-    return tuple(sorted(ring.at((position + step) % n) for step in range(-half, half + 1) if step))
+    return _ring_neighbours(ring.position_of(index), ring.at, n, degree)
+
+
+def _ring_neighbours(position: int, at: Callable[[int], int], n: int, degree: int) -> tuple[int, ...]:
+    """Who sits within degree/2 ring positions of `position` (`at(p)`: who sits at p), sorted.
+
+    degree/2 < (n - 1)/2, so the two sides never meet and every node gets exactly `degree`."""
+    half = degree // 2
+    return tuple(sorted(at((position + step) % n) for step in range(-half, half + 1) if step))
 
 
 def neighbour_graph(num_participants: int, degree: int, seed: bytes | int) -> list[tuple[int, ...]]:
@@ -130,9 +137,10 @@ def neighbour_graph(num_participants: int, degree: int, seed: bytes | int) -> li
         return [tuple(j for j in range(n) if j != i) for i in range(n)]
     ring = _RingOrder(n, _seed_bytes(seed))
     order = [ring.at(position) for position in range(n)]
-    half = degree // 2
-    return [tuple(sorted(order[(position_of_i + step) % n] for step in range(-half, half + 1) if step))
-            for position_of_i, _ in sorted(enumerate(order), key=lambda pair: pair[1])]
+    position_of = [0] * n
+    for position, node in enumerate(order):
+        position_of[node] = position
+    return [_ring_neighbours(position_of[i], order.__getitem__, n, degree) for i in range(n)]
 
 
 # --- Choosing k and t (Bell et al. 2020, sec. 4 and Appendix: parameters from a binomial model) ---

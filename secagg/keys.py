@@ -28,13 +28,12 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 INFO_PREFIX = b"fedrec-secagg-v1|"
 _RAW = serialization.Encoding.Raw
-# One fixed scalar to probe peer keys: X25519 with a low-order point gives the all-zero secret for
-# every (clamped) scalar, and cryptography refuses that result.
-_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
-# The same refusal without a scalar multiplication (the coordinator checks two keys per device per
-# round): libsodium's `has_small_order` blocklist (crypto_scalarmult/curve25519/ref10/x25519_ref10.c),
-# every encoding of a point of small order on the curve or its twist, compared with the top bit
-# cleared as X25519 ignores it (RFC 7748). A test checks it against `_PROBE.exchange`.
+# X25519 with a low-order point gives the all-zero secret for every (clamped) scalar, which
+# cryptography refuses. The same refusal without a scalar multiplication (the coordinator checks two
+# keys per device per round): libsodium's `has_small_order` blocklist
+# (crypto_scalarmult/curve25519/ref10/x25519_ref10.c), every encoding of a point of small order on
+# the curve or its twist, compared with the top bit cleared as X25519 ignores it (RFC 7748). A test
+# checks it against the library's own refusal.
 _SMALL_ORDER = frozenset(bytes.fromhex(encoding) for encoding in (
     "0000000000000000000000000000000000000000000000000000000000000000",  # 0
     "0100000000000000000000000000000000000000000000000000000000000000",  # 1

@@ -39,8 +39,9 @@ class SecAggParticipant:
             raise SecAggError("params must be SecAggParams")
         self.params = params
         self.index = params.check_index(index)
-        self._neighbours = frozenset(params.neighbours(self.index))  # its own neighbourhood only: O(degree)
-        self._positions = {w: p for p, w in enumerate(sorted((*self._neighbours, self.index)))}
+        neighbourhood = params.neighbourhood(self.index)  # its own only: O(degree), whatever n is
+        self._neighbours = frozenset(neighbourhood) - {self.index}
+        self._positions = {w: p for p, w in enumerate(neighbourhood)}
         self._phase = Stage.ADVERTISE_KEYS
         self._channel: keys.KeyPair | None = None
         self._mask: keys.KeyPair | None = None

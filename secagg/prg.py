@@ -19,13 +19,9 @@ _ZERO_COUNTER = bytes(16)
 
 def expand(seed: bytes, length: int, bit_width: int) -> np.ndarray:
     """`length` uniform elements of Z_{2^bit_width} (uint64): the AES-CTR keystream of `seed`, masked."""
-    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
-        raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
-    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
-        raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
     if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 1 <= bit_width <= 64:
         raise SecAggError(f"bit_width must be an integer in 1..64, got {bit_width!r}")
-    values = keystream(seed, length).astype(np.uint64)  # a writable copy in native order
+    values = keystream(seed, length).astype(np.uint64)  # checks seed and length; a writable copy in native order
     if bit_width < 64:
         values &= np.uint64((1 << bit_width) - 1)
     return values

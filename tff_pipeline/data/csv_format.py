@@ -242,15 +242,14 @@ def parse_rating_records(
     return raw
 
 
-def _rating_value(rule: RatingRule) -> Callable[[str], float | None]:
+def _rating_value(rule: RatingRule, path: Path = Path()) -> Callable[[str], float | None]:
     """A rating's value as `_parse_rating` reads it, None where that raises."""
 
     def value(text: str) -> float | None:
         try:
-            number = float(text)
-        except ValueError:
+            return _parse_rating(text, rule, path, 0)
+        except DataError:
             return None
-        return None if rule.check(number) else number
 
     return value
 
@@ -270,7 +269,7 @@ def read_rating_file(path: Path, rule: RatingRule, *, delimiter: str) -> RawRati
         path,
         delimiter=delimiter.encode(),
         header=None if tab else ",".join(CSV_RATINGS_HEADER).encode(),
-        rating_value=_rating_value(rule),
+        rating_value=_rating_value(rule, path),
         max_file_bytes=MAX_DATA_FILE_BYTES,
         max_line_bytes=MAX_LINE_BYTES,
     )
