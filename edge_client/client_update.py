@@ -44,8 +44,30 @@ class ClientUpdate:
 
 
 def global_norm(arrays: Sequence[np.ndarray]) -> float:
-    """L2 norm of the concatenation of all arrays (accumulated in float64)."""
-    return math.sqrt(sum(float(np.sum(np.square(np.asarray(a, np.float64)))) for a in arrays))
+    """L2 norm of the concatenation of all arrays (accumulated in float64); not finite if any
+    entry is not (a float32 square cannot overflow a float64 sum)."""
+    return math.sqrt(sum(_squared_norm(a) for a in arrays))
+
+
+_CHUNK = 4096  # float64 values converted at a time: 32 KiB, reused from the heap
+
+
+def _squared_norm(array: np.ndarray) -> float:
+    # In float64 chunks: a float64 copy of a whole [items, dim] delta (215 KiB) is an mmap whose
+    # page faults cost more than the arithmetic (compute_client_update took 0.6 ms, mostly that).
+    flat = np.ravel(array)
+    total = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK].astype(np.float64)
+        total += float(np.dot(chunk, chunk))
+    return total
+
+
+def _scale_into(out: list[np.ndarray], arrays: Sequence[np.ndarray], scale: float) -> list[np.ndarray]:
+    """out[i] = float32(float64(arrays[i]) * scale), in one buffered pass and no temporaries."""
+    for target, array in zip(out, arrays):
+        np.multiply(array, scale, out=target, dtype=np.float64, casting="same_kind")
+    return out
 
 
 def compute_client_update(
@@ -69,21 +91,22 @@ def compute_client_update(
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if global_weights is not None:
         model.set_global(GlobalWeights(*global_weights))
-    raw = model.client_update(dense_item_ids, ratings)
+    raw = model.client_update(dense_item_ids, ratings)  # fresh float32 arrays, owned here
     implicit = raw.implicit_embeddings_delta
     if ranking_scale != 1.0:
-        implicit = (implicit.astype(np.float64) * ranking_scale).astype(np.float32)
+        implicit = _scale_into([np.empty(np.shape(implicit), np.float32)], [implicit], ranking_scale)[0]
     deltas = (raw.item_embeddings_delta, raw.item_bias_delta, raw.global_mean_delta, implicit)
-    if not all(np.all(np.isfinite(d)) for d in deltas):
-        raise ModelError("client_update produced non-finite deltas; nothing to upload", model.model_path)
     norm = global_norm(deltas)
+    if not math.isfinite(norm):
+        raise ModelError("client_update produced non-finite deltas; nothing to upload", model.model_path)
     clipped = norm > clip_norm
     if clipped:
         scale = clip_norm / norm
-        scaled = [(d.astype(np.float64) * scale).astype(np.float32) for d in deltas]
+        scaled = _scale_into([np.empty(np.shape(d), np.float32) for d in deltas], deltas, scale)
         while global_norm(scaled) > clip_norm:
             scale *= _SHRINK
-            scaled = [(d.astype(np.float64) * scale).astype(np.float32) for d in deltas]
+            _scale_into(scaled, deltas, scale)
         deltas = (scaled[0], scaled[1], scaled[2], scaled[3])
-    embeddings, bias, mean, implicit = (np.array(d, dtype=np.float32) for d in deltas)
+    # Fresh float32 arrays (the model's outputs or the scaled copies): no further copy.
+    embeddings, bias, mean, implicit = (np.asarray(d, dtype=np.float32) for d in deltas)
     return ClientUpdate(embeddings, bias, mean, implicit, raw.num_examples, norm, clipped)

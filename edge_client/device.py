@@ -112,20 +112,25 @@ class Device:
 
     @property
     def model(self) -> LiteModel:
-        """The active model, loaded (and re-verified) on first use."""
+        """The active model, loaded (and re-verified) on first use, holding the stored parameters."""
         if self._model is None:
-            version = self.store.active_model()
-            if version is None:
-                raise DeviceError(f"no model installed in {self.device_dir}; run `fedrec-edge install PACKAGE_DIR` first")
-            try:
-                model = LiteModel.load(self.models_dir / version)
-            except ManifestError as error:
-                raise DeviceError(f"the active model {version} cannot be used ({error}); install a package again") from None
-            if model.model_version != version:
-                raise DeviceError(f"{self.models_dir / version}: holds model {model.model_version}, not {version}")
+            model = self._load_active()
             self._set_model(model)
             return model
         return self._model
+
+    def _load_active(self) -> LiteModel:
+        """The active model, verified, with the zero user in its interpreter."""
+        version = self.store.active_model()
+        if version is None:
+            raise DeviceError(f"no model installed in {self.device_dir}; run `fedrec-edge install PACKAGE_DIR` first")
+        try:
+            model = LiteModel.load(self.models_dir / version)
+        except ManifestError as error:
+            raise DeviceError(f"the active model {version} cannot be used ({error}); install a package again") from None
+        if model.model_version != version:
+            raise DeviceError(f"{self.models_dir / version}: holds model {model.model_version}, not {version}")
+        return model
 
     # installing
 
@@ -221,7 +226,9 @@ class Device:
     @_exclusive
     def personalize(self) -> PersonalizeReport:
         """Fit the personal parameters from every stored rating the active model can use, and persist them."""
-        model = self.model
+        # A model loaded here skips restoring the stored parameters: the fit replaces all of them
+        # (it becomes this Device's model only once it holds the fit).
+        model = self._model if self._model is not None else self._load_active()
         ratings = self.store.ratings()
         usable = usable_ratings(ratings, model.manifest)
         ids, stars = usable.dense_ids, usable.ratings
@@ -231,6 +238,7 @@ class Device:
             raise DeviceError(f"no ratings to personalize model {model.model_version} from ({detail}); "
                               "import or rate some first")
         fit = model.personalize(ids, stars)
+        self._model = model
         self.store.put_user_params(_stored(fit.user, model.model_version, len(ids)))
         return PersonalizeReport(model.model_version, len(ids), len(ratings) - len(ids), fit.loss)
 

@@ -97,14 +97,14 @@ class Manifest:
             raise ManifestError(f"dim must be a positive integer, got {self.dim!r}")
         if len(self.item_ids) != self.num_items:
             raise ManifestError(f"item_ids has {len(self.item_ids)} entries for num_items={self.num_items}")
-        if not all(_is_int(x) and -(2**63) <= x < 2**63 for x in self.item_ids):
+        if not _all_int64(self.item_ids):
             raise ManifestError("item_ids must be 64-bit integers")
         if len(set(self.item_ids)) != len(self.item_ids):
             raise ManifestError("item_ids contains duplicates")
         if self.item_titles is not None:
             if len(self.item_titles) != self.num_items:
                 raise ManifestError(f"item_titles has {len(self.item_titles)} entries for num_items={self.num_items}")
-            if not all(isinstance(t, str) for t in self.item_titles):
+            if not (set(map(type, self.item_titles)) <= {str} or all(isinstance(t, str) for t in self.item_titles)):
                 raise ManifestError("item_titles must be strings")
         if not (_is_finite(self.rating_min) and _is_finite(self.rating_max) and self.rating_min < self.rating_max):
             raise ManifestError(f"rating range [{self.rating_min!r}, {self.rating_max!r}] is invalid")
@@ -259,6 +259,16 @@ def _refuse_constant(name: str) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _all_int64(values: tuple[Any, ...]) -> bool:
+    """Every value an integer (not a bool) in [-2^63, 2^63). The common case, plain ints, is
+    checked without a Python call per value (a device loads the manifest at every start)."""
+    if not values:
+        return True
+    if set(map(type, values)) <= {int}:
+        return -(2**63) <= min(values) and max(values) < 2**63
+    return all(_is_int(x) and -(2**63) <= x < 2**63 for x in values)
 
 
 def _is_finite(value: Any) -> bool:

@@ -50,6 +50,35 @@ def test_solve_spd_batched_matches_numpy(k):
             assert _rel_err(got[i, j], np.linalg.solve(a[i, j], b[i, j])) < 1e-4
 
 
+@pytest.mark.parametrize("batch", [(), (3, 2)])
+@pytest.mark.parametrize("k", [1, 2, 5, 17])
+def test_solve_spd_elimination_matches_numpy(k, batch):
+    rng = np.random.default_rng(200 + k)
+    a = _random_spd(rng, k, batch=batch)
+    b = rng.normal(size=batch + (k,))
+    got = model.solve_spd_elimination(tf.constant(a, tf.float32), tf.constant(b, tf.float32)).numpy()
+    assert got.shape == batch + (k,)
+    expected = np.linalg.solve(a, b[..., np.newaxis])[..., 0]
+    for index in np.ndindex(batch):
+        assert _rel_err(got[index], expected[index]) < 1e-5
+
+
+def test_sweep_is_the_sweep_operator_off_the_swept_diagonal():
+    """Sweeping the first k pivots of [[A, B], [B^T, C]] gives A^-1 B, C - B^T A^-1 B, and -A^-1 off
+    its diagonal (the swept diagonal is left unrepaired: nothing reads it)."""
+    rng = np.random.default_rng(3)
+    k, extra = 6, 3
+    full = _random_spd(rng, k + extra)
+    a, b, c = full[:k, :k], full[:k, k:], full[k:, k:]
+    got = model.sweep(tf.constant(full, tf.float32), k).numpy().astype(np.float64)
+    inverse = np.linalg.inv(a)
+    np.testing.assert_allclose(got[:k, k:], inverse @ b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[k:, :k], (inverse @ b).T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[k:, k:], c - b.T @ inverse @ b, rtol=1e-4, atol=1e-5)
+    off_diagonal = ~np.eye(k, dtype=bool)
+    np.testing.assert_allclose(got[:k, :k][off_diagonal], -inverse[off_diagonal], rtol=1e-4, atol=1e-5)
+
+
 def test_solve_spd_too_few_iterations_is_not_exact():
     """Guard that the comparison above can fail: 1 CG step on a 10x10 system is not the solution."""
     rng = np.random.default_rng(7)
@@ -384,10 +413,12 @@ def test_client_update_carries_the_implicit_step_only_when_the_head_is_on():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_the_private_presets_rating_head_is_biases_only_on_both_solvers():
+@pytest.mark.parametrize("solver", ["cg", "elimination"])
+def test_the_private_presets_rating_head_is_biases_only_on_the_device_solvers(solver):
     """Under DP the user's rating embedding is penalised to (almost) zero, so stars are
-    mu + b_u + b_i and the item table serves the ranking head; the device's conjugate-gradient
-    solve must agree with the direct one despite the stiff penalty."""
+    mu + b_u + b_i and the item table serves the ranking head; the builtin-op solves (conjugate
+    gradient, elimination: what the device runs) must agree with the direct one despite the
+    stiff penalty."""
     from tff_pipeline.config import PRIVATE_PRESET, SimulationConfig
 
     simulation_config = SimulationConfig(dp="adaptive", target_epsilon=8.0, **PRIVATE_PRESET)
@@ -398,7 +429,7 @@ def test_the_private_presets_rating_head_is_biases_only_on_both_solvers():
     items = rng.choice(config.num_items, size=40, replace=False).astype(np.int32)
     ratings = rng.uniform(1.0, 5.0, size=40).astype(np.float32)
     direct = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)
-    on_device = model.fit_user(params, tf.constant(items), tf.constant(ratings), dataclasses.replace(config, solver="cg"))
+    on_device = model.fit_user(params, tf.constant(items), tf.constant(ratings), dataclasses.replace(config, solver=solver))
     # The embedding's share of any prediction is negligible ...
     largest_item = float(np.max(np.linalg.norm(params.item_embeddings.numpy(), axis=1)))
     assert float(np.linalg.norm(direct.embedding.numpy())) * largest_item < 0.02

@@ -10,8 +10,9 @@ and are never sent anywhere.
 Everything here is plain TensorFlow math with hand-written gradients and no `tf.GradientTape`,
 so the same functions convert to TensorFlow Lite with builtin ops only (see the export issue):
 GATHER, MUL, SUM, ADD, SCATTER_ND and friends. The local reconstruction is an exact ridge
-regression; for TFLite it is solved by d + 1 conjugate-gradient iterations (exact up to float
-error, builtin ops only), in TF by one direct solve (faster; `ModelConfig.solver`).
+regression; for TFLite it is solved by symmetric Gauss-Jordan elimination (`sweep`) unrolled
+into builtin ops (or by d + 1 conjugate-gradient iterations; both exact up to float error), in
+TF by one direct solve (faster; `ModelConfig.solver`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from protocol import updates
+
+SOLVERS = ("direct", "elimination", "cg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +52,10 @@ class ModelConfig:
     implicit_unobserved_weight: float = 0.1
     implicit_l2: float = 3.0
     implicit_learning_rate: float = 0.0
-    # How the (d+1)x(d+1) ridge system is solved: "direct" (one LAPACK op, fastest in TF) or
-    # "cg" (conjugate gradient from builtin ops only, what the TFLite export uses). Both give
-    # the exact ridge solution up to float rounding.
+    # How the (d+1)x(d+1) ridge system is solved: "direct" (one LAPACK op, fastest in TF),
+    # "elimination" (symmetric Gauss-Jordan, `sweep`, from builtin ops only: ~7 ops per unknown;
+    # the TFLite export's fits are sweeps) or "cg" (conjugate gradient from builtin ops only:
+    # ~18 ops per unknown). All give the exact ridge solution up to float rounding.
     solver: str = "direct"
 
     @property
@@ -62,8 +66,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.num_items <= 0 or self.dim < 0:
             raise ValueError(f"num_items must be > 0 and dim >= 0, got {self.num_items}, {self.dim}")
-        if self.solver not in ("direct", "cg"):
-            raise ValueError(f"solver must be 'direct' or 'cg', got {self.solver!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
         if self.local_steps < 0:
             raise ValueError(f"local_steps must be >= 0, got {self.local_steps}")
 
@@ -99,14 +103,14 @@ def predict(params: GlobalParams, user: UserParams, item_ids: tf.Tensor) -> tf.T
     """Predicted ratings of one user for `item_ids` (int32 [n])."""
     item_vectors = tf.gather(params.item_embeddings, item_ids)
     item_bias = tf.gather(params.item_bias, item_ids)
-    interaction = tf.reduce_sum(item_vectors * user.embedding[tf.newaxis, :], axis=1)
+    interaction = tf.reduce_sum(item_vectors * tf.expand_dims(user.embedding, 0), axis=1)
     return params.global_mean + user.bias + item_bias + interaction
 
 
 def _user_design(params: GlobalParams, item_ids: tf.Tensor) -> tf.Tensor:
     """Rows [item_embedding, 1]: the regressors of the user's ridge problem."""
     item_vectors = tf.gather(params.item_embeddings, item_ids)
-    ones = tf.ones_like(item_ids, tf.float32)[:, tf.newaxis]  # also right when dim == 0
+    ones = tf.expand_dims(tf.ones_like(item_ids, tf.float32), 1)  # also right when dim == 0
     return tf.concat([item_vectors, ones], axis=1)
 
 
@@ -142,10 +146,46 @@ def solve_spd(matrix: tf.Tensor, rhs: tf.Tensor, iterations: int) -> tf.Tensor:
     return solution
 
 
+def sweep(matrix: tf.Tensor, pivots: int) -> tf.Tensor:
+    """The sweep operator on the first `pivots` coordinates of symmetric matrices [..., K, K].
+
+    For M = [[A, B], [B^T, C]] with A ([pivots, pivots]) positive definite the result is
+    [[*, A^-1 B], [B^T A^-1, C - B^T A^-1 B]], where * is -A^-1 except on its diagonal, which is
+    left as garbage: no later step reads a swept pivot, so it is not repaired (one op per pivot
+    less). Gauss-Jordan elimination in symmetric form: no pivoting (SPD matrices need none), and
+    every step reads a row, never a column (a column slice is a strided copy in LiteRT). Unrolled
+    into `pivots` steps of 7 builtin TFLite ops.
+    """
+    size = int(matrix.shape[-1])
+    unit = np.eye(size, dtype=np.float32)
+    for j in range(pivots):
+        row = matrix[..., j:j + 1, :]  # [..., 1, K]: also column j, by symmetry
+        v = row - unit[j:j + 1]  # row j with the pivot d replaced by d - 1
+        # Off row and column j: m - m_.j m_j. / d; on them: m_.j / d (and 2 - 1/d on the pivot).
+        column = tf.reshape(v, v.shape[:-2].as_list() + [size, 1]) if v.shape.is_fully_defined() \
+            else tf.linalg.matrix_transpose(v)
+        matrix = matrix - column * (v / row[..., j:j + 1])
+    return matrix
+
+
+def solve_spd_elimination(matrix: tf.Tensor, rhs: tf.Tensor) -> tf.Tensor:
+    """Solve symmetric positive-definite systems `matrix` [..., k, k] x = `rhs` [..., k] exactly
+    (up to float rounding) by sweeping the augmented [[A, b], [b^T, 0]] (`sweep`): builtin
+    TFLite ops only, 7 per unknown (conjugate gradient takes ~18)."""
+    k = int(rhs.shape[-1])
+    column = tf.expand_dims(rhs, -1)
+    corner = tf.zeros_like(column[..., :1, :])
+    augmented = tf.concat([tf.concat([matrix, column], -1), tf.concat([tf.linalg.matrix_transpose(column), corner], -1)],
+                          -2)
+    return sweep(augmented, k)[..., k, :k]
+
+
 def solve_ridge_system(matrix: tf.Tensor, rhs: tf.Tensor, config: ModelConfig) -> tf.Tensor:
     """Solve the user's (or batch of users') ridge normal equations with the configured solver."""
     if config.solver == "cg":
         return solve_spd(matrix, rhs, iterations=int(rhs.shape[-1]))
+    if config.solver == "elimination":
+        return solve_spd_elimination(matrix, rhs)
     return tf.linalg.solve(matrix, rhs[..., tf.newaxis])[..., 0]
 
 
@@ -352,13 +392,35 @@ def client_update(
     with about a fifth of the ops: the per-client graph is what a federated round pays for.
     """
     user = fit_user(params, item_ids, ratings, config)
+    delta, loss_before = local_item_steps(params, item_ids, ratings, user, config)
+    if config.implicit:
+        implicit_user = fit_implicit_user(params, item_ids, config, system=implicit_system_matrix)
+        ranking_delta = implicit_delta(params, item_ids, implicit_user, config)
+    else:
+        implicit_user = tf.zeros([config.dim])
+        ranking_delta = tf.zeros_like(params.item_embeddings)
+    return ClientOutput(
+        delta=delta,
+        implicit_delta=ranking_delta,
+        num_examples=tf.cast(tf.size(ratings), tf.float32),
+        user=user,
+        implicit_user=implicit_user,
+        loss_before=loss_before,
+    )
+
+
+def local_item_steps(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, user: UserParams, config: ModelConfig
+) -> tuple[GlobalParams, tf.Tensor]:
+    """Steps 2 and 3 of `client_update` for a fitted `user`: the rating head's delta of the
+    global parameters (new - old, dense) and the mean squared error before the steps."""
     item_vectors = tf.gather(params.item_embeddings, item_ids)
     item_bias0 = tf.gather(params.item_bias, item_ids)
     lr = config.local_learning_rate
     embedding_decay = 1.0 - lr * config.item_l2
     bias_decay = 1.0 - lr * config.item_bias_l2
     user_norm_sq = tf.reduce_sum(user.embedding * user.embedding)
-    scores = tf.reduce_sum(item_vectors * user.embedding[tf.newaxis, :], axis=1)
+    scores = tf.reduce_sum(item_vectors * tf.expand_dims(user.embedding, 0), axis=1)
     offset = user.bias - ratings  # the part of every error that the steps do not change
     item_bias = item_bias0
     global_mean = params.global_mean
@@ -372,26 +434,13 @@ def client_update(
         scores = embedding_decay * scores - (lr * user_norm_sq) * errors
         item_bias = bias_decay * item_bias - lr * errors
         global_mean = global_mean - lr * tf.reduce_mean(errors)
-    indices = item_ids[:, tf.newaxis]
+    indices = tf.expand_dims(item_ids, 1)
     if config.dim == 0:  # scatter_nd refuses an empty output shape
         embeddings_delta = tf.zeros_like(params.item_embeddings)
     else:
         row_delta = (embedding_decay ** config.local_steps - 1.0) * item_vectors - lr * (
-            accumulated_errors[:, tf.newaxis] * user.embedding[tf.newaxis, :]
+            tf.expand_dims(accumulated_errors, 1) * tf.expand_dims(user.embedding, 0)
         )
         embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
     bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
-    if config.implicit:
-        implicit_user = fit_implicit_user(params, item_ids, config, system=implicit_system_matrix)
-        ranking_delta = implicit_delta(params, item_ids, implicit_user, config)
-    else:
-        implicit_user = tf.zeros([config.dim])
-        ranking_delta = tf.zeros_like(params.item_embeddings)
-    return ClientOutput(
-        delta=GlobalParams(embeddings_delta, bias_delta, updates.model_delta(params.global_mean, global_mean)),
-        implicit_delta=ranking_delta,
-        num_examples=tf.cast(tf.size(ratings), tf.float32),
-        user=user,
-        implicit_user=implicit_user,
-        loss_before=loss_before,
-    )
+    return GlobalParams(embeddings_delta, bias_delta, updates.model_delta(params.global_mean, global_mean)), loss_before

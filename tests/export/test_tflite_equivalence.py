@@ -120,6 +120,34 @@ def test_topk_ranks_by_the_tf_models_implicit_scores(package, runners):
     np.testing.assert_allclose(top["scores"], np.sort(expected)[::-1][:7], rtol=RTOL, atol=ATOL)
 
 
+def test_topk_follows_every_signature_that_changes_what_it_ranks(package, runners):
+    """topk ranks scores the model keeps beside the weights (it does not read the item table):
+    personalize, set_user and set_global must all leave them as the weights give them."""
+    params, config = _params_and_config(runners, package)
+    items, ratings = _user_data(4, config.num_items)
+
+    def expect_ranking(table, item_bias, global_mean, fitted):
+        stars = global_mean + fitted["user_bias"] + item_bias + table @ fitted["user_embedding"]
+        ranking = table @ fitted["implicit_embedding"] if np.any(fitted["implicit_embedding"]) else stars
+        top = runners["topk"](k=np.int32(config.num_items))
+        np.testing.assert_array_equal(top["item_ids"][:5], np.argsort(-ranking, kind="stable")[:5])
+        np.testing.assert_allclose(top["scores"], np.sort(ranking)[::-1], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(top["stars"], stars[top["item_ids"]], rtol=RTOL, atol=ATOL)
+
+    fitted = runners["personalize"](item_ids=items, ratings=ratings)
+    assert np.any(fitted["implicit_embedding"])
+    expect_ranking(*(np.asarray(p) for p in params), fitted)
+    rng = np.random.default_rng(11)
+    table = rng.normal(0.0, 0.5, np.shape(params.item_embeddings)).astype(np.float32)
+    item_bias = rng.normal(0.0, 0.3, np.shape(params.item_bias)).astype(np.float32)
+    runners["set_global"](item_embeddings=table, item_bias=item_bias, global_mean=np.float32(3.2))
+    expect_ranking(table, item_bias, np.float32(3.2), fitted)
+    zero_ranking = dict(fitted, implicit_embedding=np.zeros_like(fitted["implicit_embedding"]))
+    runners["set_user"](user_embedding=fitted["user_embedding"], user_bias=fitted["user_bias"],
+                        implicit_embedding=zero_ranking["implicit_embedding"])
+    expect_ranking(table, item_bias, np.float32(3.2), zero_ranking)
+
+
 def test_set_global_and_set_user_round_trip(runners):
     weights = runners["get_weights"]()
     rng = np.random.default_rng(0)
