@@ -145,12 +145,13 @@ def build_context(workers: Sequence[_RemoteWorker], *, loop_per_worker: bool = T
         async_execution_context,
         mergeable_comp_execution_context,
     )
-    from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+
+    from tff_pipeline import executor_cache
 
     wrap = _own_loop_context if loop_per_worker else (lambda context: context)
     contexts = [
         wrap(async_execution_context.AsyncExecutionContext(
-            executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=worker.executor),
+            executor_fn=executor_cache.closing_executor_factory(worker.executor),
             compiler_fn=compiler.desugar_and_transform_to_native,
             transform_args=tensorflow_computation.transform_args,
             transform_result=tensorflow_computation.transform_result,

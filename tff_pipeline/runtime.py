@@ -224,9 +224,10 @@ def install() -> None:
     from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
     from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
     from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
-    from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
     from tensorflow_federated.python.core.impl.executors import remote_executor
     from tensorflow_federated.python.core.impl.types import placements
+
+    from tff_pipeline import executor_cache
 
     _worker = _LocalWorker(worker_binary_path(), _Keeper())
 
@@ -238,7 +239,7 @@ def install() -> None:
         return executor
 
     context = sync_execution_context.SyncExecutionContext(
-        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
+        executor_fn=executor_cache.closing_executor_factory(stack_fn),
         compiler_fn=compile_for_worker,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result,
