@@ -121,3 +121,11 @@ def test_known_value_from_the_literature():
     assert 2.0 < eps_rdp <= 2.95 + 0.005
     eps_pld = accounting.epsilon_pld(1.12, q, steps, 1e-5)
     assert 1.5 < eps_pld <= eps_rdp
+
+
+@pytest.mark.parametrize(("users", "suggested"), [(1000, "0.0001"), (943, "0.0001"), (100_000, "1e-06"), (20_000, "1e-06")])
+def test_a_refused_delta_names_one_that_fits_the_population(users, suggested):
+    with pytest.raises(ValueError, match=f"e.g. {suggested} ") as refused:
+        accounting.validate_delta(0.5, num_users=users)
+    accounting.validate_delta(float(suggested), num_users=users)  # the suggestion is accepted
+    assert "delta=" in str(refused.value)

@@ -117,8 +117,13 @@ def validate_delta(delta: float, num_users: int) -> None:
     if not 0 < delta < 1.0 / num_users:
         raise PrivacyError(
             f"delta={delta:g} must be in (0, 1/num_users) = (0, {1.0 / num_users:.3g}) "
-            f"for {num_users} users"
+            f"for {num_users} users; choose a smaller delta, e.g. {_suggested_delta(num_users):g} (at most 1/(10 x users))"
         )
+
+
+def _suggested_delta(num_users: int) -> float:
+    """A delta well inside (0, 1/num_users): the power of ten at or below 1/(10 num_users)."""
+    return 10.0 ** math.floor(math.log10(1.0 / (10 * max(num_users, 1))))
 
 
 @functools.lru_cache(maxsize=64)
