@@ -212,6 +212,9 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> CoordinatorConfig:
     server_values = dict(_table(data, "server"))
     rounds_values = dict(_table(data, "rounds"))
     training_values = dict(_table(data, "training"))
+    if "users_per_client" in training_values:
+        raise ConfigError("[training] users_per_client", "is how the simulation batches its users; a deployment has "
+                                                         "one client per device")
     _refuse_unknown(server_values, _field_names(ServerConfig), "server")
     _refuse_unknown(rounds_values, _field_names(DeploymentConfig), "rounds")
     state_dir = base / _path_value(data, "state_dir", "coordinator-state")

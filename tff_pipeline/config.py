@@ -95,6 +95,10 @@ class SimulationConfig:
     seed: int = 0
     rounds: int = 300
     clients_per_round: int = 50
+    # Users per TFF client (None: one, today's path). Several users' work in one TF computation
+    # (`client_work.build_group_client_work`): the same per-user FedAvg round up to float order,
+    # without TFF's per-client overhead. Plain mean only (user-level DP clips every user alone).
+    users_per_client: int | None = None
     # Model and local work.
     dim: int = 16
     user_l2: float = 10.0
@@ -151,6 +155,11 @@ class SimulationConfig:
         check_integer(self, "seed", 0, 2**63 - 1)
         check_integer(self, "rounds", 1, MAX_ROUNDS)
         check_integer(self, "clients_per_round", 1, 10**9)
+        if self.users_per_client is not None:
+            check_integer(self, "users_per_client", 1, 10**9)
+            if self.dp != "none":
+                raise ConfigError("users_per_client", "serves runs without DP only: user-level DP clips each user's "
+                                                      "update alone, and a client group uploads its users' sum")
         check_integer(self, "dim", 0, MAX_DIM)
         check_number(self, "user_l2", low=0.0, low_open=True)  # > 0: the user's ridge fit must be well posed
         if self.user_embedding_l2 is not None:
@@ -253,6 +262,8 @@ class SimulationConfig:
             del values["dp_bits"]
         if values["synthetic_users"] is None:  # likewise
             del values["synthetic_users"]
+        if values["users_per_client"] is None:  # likewise
+            del values["users_per_client"]
         return values
 
     @classmethod

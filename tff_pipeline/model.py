@@ -444,3 +444,94 @@ def local_item_steps(
         embeddings_delta = tf.scatter_nd(indices, row_delta, tf.shape(params.item_embeddings))
     bias_delta = tf.scatter_nd(indices, item_bias - item_bias0, tf.shape(params.item_bias))
     return GlobalParams(embeddings_delta, bias_delta, updates.model_delta(params.global_mean, global_mean)), loss_before
+
+
+class GroupOutput(NamedTuple):
+    """What one client group (several users in one TFF client, `client_work.build_group_client_work`)
+    contributes to the plain FedAvg mean: the sums the per-user path's aggregator would form."""
+
+    weighted_delta: GlobalParams  # sum over the group's users of n_u * delta_u (rating head)
+    implicit_delta: tf.Tensor  # sum over the group's users of the ranking head's step (per device, weight 1)
+    num_examples: tf.Tensor  # float32 []: sum of n_u
+    num_users: tf.Tensor  # float32 []: the users (devices) of the group
+
+
+def client_update_group(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, user_index: tf.Tensor, num_users: tf.Tensor,
+    config: ModelConfig,
+) -> GroupOutput:
+    """`client_update` of every user of a group at once, summed as the plain mean sums them.
+
+    The group's ratings are flat, user u's being the rows with `user_index` u (0..num_users-1).
+    Given the broadcast parameters every user's work is independent: the ridge fit is one batched
+    solve over the users' normal equations (segment sums), and the local steps act on each rating's
+    own scalars (`local_item_steps`), with the user's global mean a per-user scalar; so each
+    rating's row delta is computed as the per-user path computes it and the rows are scatter-added
+    into the table with the user's example count n_u as weight (the per-user path's scatter_nd adds
+    a user's rows the same way). The result equals sum_u n_u * delta_u (rating head) and
+    sum_u implicit_delta_u (ranking head) up to float summation order.
+    """
+    segments = user_index
+    ones = tf.ones_like(ratings)
+    counts = tf.math.unsorted_segment_sum(ones, segments, num_users)  # n_u
+    design = _user_design(params, item_ids)  # [n, d+1]
+    item_bias0 = tf.gather(params.item_bias, item_ids)
+    target = ratings - params.global_mean - item_bias0
+    gram = tf.math.unsorted_segment_sum(design[:, :, tf.newaxis] * design[:, tf.newaxis, :], segments, num_users)
+    gram = gram + tf.linalg.diag(_ridge_penalty(config))[tf.newaxis]
+    rhs = tf.math.unsorted_segment_sum(design * target[:, tf.newaxis], segments, num_users)
+    solution = solve_ridge_system(gram, rhs, config)  # [U, d+1]
+    user_embedding = tf.gather(solution[:, : config.dim], segments)  # [n, d], each rating's user
+    user_bias = tf.gather(solution[:, config.dim], segments)
+
+    # Local item steps, per rating (as `local_item_steps`), the global mean per user.
+    item_vectors = design[:, : config.dim]
+    lr = config.local_learning_rate
+    embedding_decay = 1.0 - lr * config.item_l2
+    bias_decay = 1.0 - lr * config.item_bias_l2
+    user_norm_sq = tf.reduce_sum(user_embedding * user_embedding, axis=1)
+    scores = tf.reduce_sum(item_vectors * user_embedding, axis=1)
+    offset = user_bias - ratings
+    item_bias = item_bias0
+    user_means = tf.fill([num_users], params.global_mean)
+    accumulated_errors = tf.zeros_like(ratings)
+    for _ in range(config.local_steps):
+        errors = tf.gather(user_means, segments) + item_bias + scores + offset
+        accumulated_errors = embedding_decay * accumulated_errors + errors
+        scores = embedding_decay * scores - (lr * user_norm_sq) * errors
+        item_bias = bias_decay * item_bias - lr * errors
+        user_means = user_means - lr * tf.math.divide_no_nan(
+            tf.math.unsorted_segment_sum(errors, segments, num_users), counts)
+    weight = tf.gather(counts, segments)  # n_u of each rating's user
+    indices = tf.expand_dims(item_ids, 1)
+    if config.dim == 0:  # scatter_nd refuses an empty output shape
+        embeddings_delta = tf.zeros_like(params.item_embeddings)
+    else:
+        row_delta = (embedding_decay ** config.local_steps - 1.0) * item_vectors - lr * (
+            accumulated_errors[:, tf.newaxis] * user_embedding)
+        embeddings_delta = tf.scatter_nd(indices, weight[:, tf.newaxis] * row_delta, tf.shape(params.item_embeddings))
+    bias_delta = tf.scatter_nd(indices, weight * (item_bias - item_bias0), tf.shape(params.item_bias))
+    mean_delta = tf.reduce_sum(counts * updates.model_delta(params.global_mean, user_means))
+
+    if config.implicit:
+        # Each user's x_u solves (shared + sum_{rated} v v^T) x = sum_{rated} v (`fit_implicit_user`);
+        # the sum of the users' steps (`implicit_delta`) is -lr (w0 V sum_u x_u x_u^T + rows of the ratings).
+        system = tf.math.unsorted_segment_sum(
+            item_vectors[:, :, tf.newaxis] * item_vectors[:, tf.newaxis, :], segments, num_users)
+        system = system + implicit_system(params, config)[tf.newaxis]
+        implicit_users = solve_ridge_system(
+            system, tf.math.unsorted_segment_sum(item_vectors, segments, num_users), config)  # [U, d]
+        outer = tf.matmul(implicit_users, implicit_users, transpose_a=True)  # sum_u x_u x_u^T
+        dense = config.implicit_unobserved_weight * tf.matmul(params.item_embeddings, outer)
+        rated_user = tf.gather(implicit_users, segments)
+        rated_error = tf.reduce_sum(item_vectors * rated_user, axis=1) - 1.0
+        sparse = tf.scatter_nd(indices, rated_error[:, tf.newaxis] * rated_user, tf.shape(params.item_embeddings))
+        ranking_delta = -config.implicit_learning_rate * (dense + sparse)
+    else:
+        ranking_delta = tf.zeros_like(params.item_embeddings)
+    return GroupOutput(
+        weighted_delta=GlobalParams(embeddings_delta, bias_delta, mean_delta),
+        implicit_delta=ranking_delta,
+        num_examples=tf.reduce_sum(counts),
+        num_users=tf.cast(num_users, tf.float32),
+    )

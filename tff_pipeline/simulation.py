@@ -117,6 +117,19 @@ class ClientPopulation:
             result.append(self._cache[user])
         return result
 
+    def groups(self, positions: np.ndarray, users_per_client: int) -> list[Any]:
+        """The users at `positions` as client groups of at most `users_per_client` users
+        (`client_work.group_data`), as few groups as that allows, of balanced sizes. Users only:
+        the audit's canaries are single clients (and the audit is DP, which groups do not serve)."""
+        if len(positions) and int(np.max(positions)) >= len(self.client_ids):
+            raise ValueError("canary clients cannot be grouped")
+        count = -(-len(positions) // users_per_client)
+        return [client_work.group_data(self.datasets(chunk)) for chunk in np.array_split(np.asarray(positions), count)]
+
+    def clients(self, positions: np.ndarray, users_per_client: int | None) -> list[Any]:
+        """The TFF client values of a cohort: one per user (`datasets`), or groups (`groups`)."""
+        return self.datasets(positions) if users_per_client is None else self.groups(positions, users_per_client)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
@@ -207,6 +220,7 @@ def run(
         server_optimizer=config.server_optimizer_config(),
         seed=config.seed,
         canaries=len(canaries) > 0,
+        grouped=config.users_per_client is not None,
     )
     state = learning_process.initialize()
     start_round, history, train_seconds = 0, [], 0.0
@@ -238,7 +252,7 @@ def run(
         started = time.perf_counter()
         if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
             with _stop_if_non_finite(round_num, "TFF's computation of the round"):
-                output = learning_process.next(state, population.datasets(cohort))
+                output = learning_process.next(state, population.clients(cohort, config.users_per_client))
             _refuse_divergence(output.state, output.metrics, round_num)
             state = output.state
             metrics = output.metrics

@@ -30,6 +30,16 @@ CLIENT_DATA_TYPE = tff.types.to_type(
 )
 
 
+# A client group: several users' ratings, flat, with each rating's user (0..num_users-1) in
+# `user_index` (`group_data`).
+GROUP_DATA_TYPE = tff.types.to_type(
+    collections.OrderedDict(
+        item_ids=tff.TensorType(np.int32, [None]), ratings=tff.TensorType(np.float32, [None]),
+        user_index=tff.TensorType(np.int32, [None]), num_users=tff.TensorType(np.int32, []),
+    )
+)
+
+
 def global_weights_type(config: model.ModelConfig) -> tff.Type:
     """`ModelWeights` type of the shared parameters (trainable: embeddings, biases, mean)."""
     return tff.types.to_type(
@@ -49,6 +59,12 @@ def update_type(config: model.ModelConfig) -> tff.Type:
     the item table when that head is on."""
     trainable = global_weights_type(config).trainable
     return tff.types.to_type(tuple(trainable) + ((trainable[0],) if config.implicit else ()))
+
+
+def group_update_type(config: model.ModelConfig) -> tff.Type:
+    """What a client group uploads (`build_group_client_update`): the sums of `update_type`'s parts
+    as the plain mean weights them, then the group's number of users (devices)."""
+    return tff.types.to_type(tuple(update_type(config)) + (tff.TensorType(np.float32),))
 
 
 def build_client_update(config: model.ModelConfig, *, canaries: bool = False) -> tff.Computation:
@@ -102,6 +118,53 @@ def build_client_work(config: model.ModelConfig, *, canaries: bool = False) -> t
         return tff.federated_map(client_update, (weights, client_data))
 
     return client_work
+
+
+def build_group_client_update(config: model.ModelConfig) -> tff.Computation:
+    """TF computation: (global weights, a group's ratings) -> ClientResult(sums, example count).
+
+    Several users in one TFF client, their work vectorized (`model.client_update_group`): the
+    update is sum_u n_u delta_u for the rating head's parts, sum_u delta_u for the ranking head's
+    (averaged per device), then the number of users; the weight is sum_u n_u. The plain mean of
+    these sums (`weighted_mean.GroupSumMeanFactory`) is the per-user path's FedAvg mean exactly,
+    up to float summation order. Nothing per user leaves the computation. Not for DP: user-level
+    clipping needs each user's own update (`process.build_fedrec_process` refuses it)."""
+
+    @tff.tensorflow.computation(global_weights_type(config), GROUP_DATA_TYPE)
+    def group_update(weights, data):
+        output = model.client_update_group(
+            model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], data["user_index"],
+            data["num_users"], config)
+        update = tuple(output.weighted_delta) + ((output.implicit_delta,) if config.implicit else ())
+        return tff.learning.templates.ClientResult(update=update + (output.num_users,),
+                                                   update_weight=output.num_examples)
+
+    return group_update
+
+
+def build_group_client_work(config: model.ModelConfig) -> tff.Computation:
+    """`build_client_work` over client groups (`GROUP_DATA_TYPE`)."""
+    group_update = build_group_client_update(config)
+
+    @tff.federated_computation(
+        tff.FederatedType(global_weights_type(config), tff.CLIENTS),
+        tff.FederatedType(GROUP_DATA_TYPE, tff.CLIENTS),
+    )
+    def client_work(weights, client_data):
+        return tff.federated_map(group_update, (weights, client_data))
+
+    return client_work
+
+
+def group_data(users: list[collections.OrderedDict]) -> collections.OrderedDict:
+    """Several users' `client_data` as one client group: their ratings concatenated, each rating's
+    position in `users` as its `user_index`."""
+    return collections.OrderedDict(
+        item_ids=np.concatenate([np.asarray(u["item_ids"], np.int32) for u in users]) if users else np.zeros([0], np.int32),
+        ratings=np.concatenate([np.asarray(u["ratings"], np.float32) for u in users]) if users else np.zeros([0], np.float32),
+        user_index=np.repeat(np.arange(len(users), dtype=np.int32), [len(u["ratings"]) for u in users]).astype(np.int32),
+        num_users=np.int32(len(users)),
+    )
 
 
 def canary_data(update: np.ndarray) -> collections.OrderedDict:

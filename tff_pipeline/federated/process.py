@@ -22,6 +22,7 @@ import tensorflow_federated as tff
 from protocol import updates, upload
 from tff_pipeline import model
 from tff_pipeline.federated import aggregation, client_work
+from tff_pipeline.federated.weighted_mean import GroupSumMeanFactory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,16 @@ def build_fedrec_process(
     server_optimizer: ServerOptimizerConfig,
     seed: int,
     canaries: bool = False,
+    grouped: bool = False,
 ) -> tff.learning.templates.LearningProcess:
     """FedRecon-style federated MF: reconstruct user params locally, aggregate item deltas.
-    `canaries`: some clients may be the privacy audit's canaries (`client_work`)."""
+    `canaries`: some clients may be the privacy audit's canaries (`client_work`).
+    `grouped`: each TFF client is a group of users (`client_work.group_data`), its users' work
+    vectorized in one TF computation; the round's result is the per-user one up to float order.
+    Plain mean only: under DP each user's update must be clipped alone."""
+    if grouped and (aggregator.is_private or canaries):
+        raise ValueError("client groups serve the plain mean only: user-level DP clips and weighs every user's "
+                         "update alone, which the groups' sums do not expose (run one user per client)")
     weights_type = client_work.global_weights_type(config)
     initial = model.initial_global_params(config, seed=seed)
     initial_numpy = tuple(t.numpy() for t in initial)
@@ -64,12 +72,20 @@ def build_fedrec_process(
         )
 
     uploaded = client_work.update_type(config)
-    factory = aggregation.build_aggregator(aggregator, per_device_parts=upload.PER_DEVICE_PARTS if config.implicit else ())
+    per_device_parts = upload.PER_DEVICE_PARTS if config.implicit else ()
+    if grouped:
+        work = client_work.build_group_client_work(config)
+        aggregation_process = GroupSumMeanFactory(per_device_parts=per_device_parts).create(
+            client_work.group_update_type(config), tff.TensorType(np.float32))
+    else:
+        work = client_work.build_client_work(config, canaries=canaries)
+        aggregation_process = aggregation.build_aggregator(aggregator, per_device_parts=per_device_parts).create(
+            uploaded, tff.TensorType(np.float32))
     return compose_process(
         initial_weights=initial_weights,
         distributor=tff.learning.templates.build_broadcast_process(weights_type),
-        client_work=client_work.build_client_work(config, canaries=canaries),
-        aggregator=factory.create(uploaded, tff.TensorType(np.float32)),
+        client_work=work,
+        aggregator=aggregation_process,
         finalizer=build_delta_finalizer(server_optimizer.build(), weights_type, uploaded),
     )
 

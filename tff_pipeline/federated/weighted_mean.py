@@ -113,3 +113,61 @@ class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
             )
 
         return tff.templates.AggregationProcess(initialize, next_fn)
+
+
+class GroupSumMeanFactory(tff.aggregators.WeightedAggregationFactory):
+    """The plain mean of client groups' sums (`client_work.build_group_client_update`): each
+    client's value is its parts already summed as `ExampleWeightedMeanFactory` sums one device's
+    (example-weighted, or per device for `per_device_parts`) followed by its number of devices, and
+    its weight is its example count. One federated sum of all of it, then `mean_of_sums`: the same
+    mean as `ExampleWeightedMeanFactory` over the groups' users one by one. The result is the
+    value's parts without the device count."""
+
+    def __init__(self, *, per_device_parts: tuple[int, ...] = ()) -> None:
+        self._per_device = frozenset(per_device_parts)
+
+    def create(self, value_type: tff.Type, weight_type: tff.Type) -> tff.templates.AggregationProcess:
+        if not (isinstance(value_type, tff.StructType) and len(value_type) >= 2
+                and tff.types.is_structure_of_floats(value_type)):
+            raise TypeError(f"a group's value is float parts and a device count, got {value_type}")
+        if not (isinstance(weight_type, tff.TensorType) and weight_type.shape in ((), [])):
+            raise TypeError(f"the weight must be a float scalar, got {weight_type}")
+        per_device = self._per_device
+
+        @tff.tensorflow.computation
+        def zero():
+            sums = tff.types.structure_from_tensor_type_tree(lambda t: tf.zeros(t.shape, t.dtype), value_type)
+            return tuple(sums), tf.zeros([], weight_type.dtype)
+
+        accumulator_type = zero.type_signature.result
+
+        @tff.tensorflow.computation(accumulator_type, (value_type, weight_type))
+        def accumulate(accumulator, value_and_weight):
+            sums, total = accumulator
+            value, weight = value_and_weight
+            return tf.nest.map_structure(tf.add, sums, tuple(value)), total + weight
+
+        @tff.tensorflow.computation(accumulator_type, accumulator_type)
+        def merge(first, second):
+            return tf.nest.map_structure(tf.add, first[0], second[0]), first[1] + second[1]
+
+        @tff.tensorflow.computation(accumulator_type)
+        def report(accumulator):
+            sums, total = accumulator
+            return tuple(mean_of_sums(list(sums[:-1]), total, sums[-1], per_device))
+
+        @tff.federated_computation
+        def initialize():
+            return tff.federated_value((), tff.SERVER)
+
+        @tff.federated_computation(
+            initialize.type_signature.result,
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS),
+        )
+        def next_fn(state, value, weight):
+            mean = tff.federated_aggregate(tff.federated_zip((value, weight)), zero(), accumulate, merge, report)
+            return tff.templates.MeasuredProcessOutput(
+                state=state, result=mean, measurements=tff.federated_value((), tff.SERVER))
+
+        return tff.templates.AggregationProcess(initialize, next_fn)
