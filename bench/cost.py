@@ -1,13 +1,20 @@
-"""Cost of federation on MovieLens-100K: one federated pass over every client against one
-centralized (ALS) epoch of the same model on the same data, measured in alternation in one
-process so that machine noise hits both alike. Prints one row per repetition and the median.
+"""Cost of federation: one federated pass over every client against one centralized (ALS) epoch
+of the same model on the same data, measured in alternation in one process so that machine noise
+hits both alike. Each repetition times, in turn: a centralized epoch (median of 3 after a warm-up
+epoch), one all-users round with client groups of `--users-per-client` users (the simulation's
+`--users-per-client`: the users' work vectorized inside one TFF client computation), the same
+round with one TFF client per user, and the pass as rounds of `--clients-per-round` users
+(grouped). Prints one row per repetition and the medians; `--json FILE` writes them.
 
-    uv run python bench/cost.py                # split u1, 5 repetitions
+    uv run python bench/cost.py                          # ML-100K u1, 5 repetitions
+    uv run python bench/cost.py --dataset synthetic      # the synthetic default (400 users)
+    uv run python bench/cost.py --json cost.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tff_pipeline import centralized, runtime, simulation
-from tff_pipeline.config import NON_PRIVATE_PRESET, SimulationConfig
-from tff_pipeline.data import load_ml100k
+from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, NON_PRIVATE_PRESET, SimulationConfig
+from tff_pipeline.data import load_dataset
 from tff_pipeline.federated import process
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -29,52 +36,81 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--split", default="u1")
+    parser.add_argument("--split", default=None, help="default: u1 (ml-100k), random (synthetic)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--users-per-client", type=int, default=DEFAULT_USERS_PER_CLIENT,
+                        help=f"users per TFF client on the grouped path (default {DEFAULT_USERS_PER_CLIENT})")
+    parser.add_argument("--json", type=Path, help="write the measurements and medians here")
     args = parser.parse_args()
-    if not (args.data_dir / "u.data").exists():
+    if args.dataset == "ml-100k" and not (args.data_dir / "u.data").exists():
         print(f"MovieLens-100K not found at {args.data_dir} (pass --data-dir)", file=sys.stderr)
         return 2
-    split = load_ml100k(args.data_dir, split=args.split, seed=0)
-    config = SimulationConfig(dataset="ml-100k", split=args.split, clients_per_round=args.clients_per_round,
-                              **NON_PRIVATE_PRESET)
+    split = load_dataset(args.dataset, data_dir=args.data_dir if args.dataset == "ml-100k" else None,
+                         split=args.split, seed=0)
+    config = SimulationConfig(dataset=args.dataset, split=args.split, clients_per_round=args.clients_per_round,
+                              users_per_client=args.users_per_client, **NON_PRIVATE_PRESET)
     model_config = config.model_config(split.num_items)
     runtime.install()
     try:
         population = simulation.ClientPopulation(split)
-        learning_process = process.build_fedrec_process(
-            model_config, aggregator=config.aggregator_config(noise_multiplier=0.0, expected_clients=len(population)),
-            server_optimizer=config.server_optimizer_config(), seed=0,
-        )
-        everyone = population.datasets(np.arange(len(population)))
+
+        def build(grouped: bool):
+            return process.build_fedrec_process(
+                model_config,
+                aggregator=config.aggregator_config(noise_multiplier=0.0, expected_clients=len(population)),
+                server_optimizer=config.server_optimizer_config(), seed=0, grouped=grouped)
+
+        per_user, grouped = build(False), build(True)
+        everyone = np.arange(len(population))
         rng = np.random.default_rng(0)
         cohorts = np.array_split(rng.permutation(len(population)), int(np.ceil(len(population) / args.clients_per_round)))
-        state = learning_process.initialize()
-        state = learning_process.next(state, everyone).state  # tracing
-        print(f"ML-100K {args.split}: {len(population)} clients, {split.num_items} items, dim {model_config.dim}\n")
-        print("| rep | centralized epoch s | all-client round s | ratio | pass as rounds of "
-              f"{args.clients_per_round} s | ratio |")
-        print("|---|---|---|---|---|---|")
-        ratios, split_ratios = [], []
+        per_user_state = per_user.next(per_user.initialize(), population.datasets(everyone)).state  # tracing
+        grouped_state = grouped.next(grouped.initialize(), population.groups(everyone, args.users_per_client)).state
+        groups = len(population.groups(everyone, args.users_per_client))
+        print(f"{split.name}: {len(population)} users, {split.num_items} items, dim {model_config.dim}; "
+              f"grouped: {groups} TFF clients of <= {args.users_per_client} users\n")
+        print("| rep | centralized epoch s | all-users round, grouped s | ratio | one client per user s | ratio "
+              f"| pass as rounds of {args.clients_per_round}, grouped s | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        rows = []
         for rep in range(args.repeats):
             reference = centralized.train_centralized(split, model_config, epochs=4, item_l2=config.user_l2)
             epoch = float(np.median(reference.epoch_seconds[1:]))
             start = time.perf_counter()
-            state = learning_process.next(state, everyone).state
-            one_round = time.perf_counter() - start
+            grouped_state = grouped.next(grouped_state, population.groups(everyone, args.users_per_client)).state
+            grouped_round = time.perf_counter() - start
+            start = time.perf_counter()
+            per_user_state = per_user.next(per_user_state, population.datasets(everyone)).state
+            per_user_round = time.perf_counter() - start
             start = time.perf_counter()
             for cohort in cohorts:
-                state = learning_process.next(state, population.datasets(cohort)).state
+                grouped_state = grouped.next(grouped_state, population.groups(cohort, args.users_per_client)).state
             as_rounds = time.perf_counter() - start
-            ratios.append(one_round / epoch)
-            split_ratios.append(as_rounds / epoch)
-            print(f"| {rep + 1} | {epoch:.3f} | {one_round:.3f} | {ratios[-1]:.1f}x | {as_rounds:.3f} "
-                  f"| {split_ratios[-1]:.1f}x |")
+            rows.append({"centralized_epoch_s": epoch, "grouped_round_s": grouped_round,
+                         "per_user_round_s": per_user_round, "grouped_rounds_pass_s": as_rounds})
+            print(f"| {rep + 1} | {epoch:.3f} | {grouped_round:.3f} | {grouped_round / epoch:.2f}x "
+                  f"| {per_user_round:.3f} | {per_user_round / epoch:.2f}x | {as_rounds:.3f} | {as_rounds / epoch:.2f}x |")
             sys.stdout.flush()
-        print(f"\nmedian ratio: {np.median(ratios):.1f}x as one all-client round, "
-              f"{np.median(split_ratios):.1f}x as {len(cohorts)} rounds of ~{args.clients_per_round}")
+        ratio = lambda key: float(np.median([row[key] / row["centralized_epoch_s"] for row in rows]))  # noqa: E731
+        summary = {
+            "dataset": split.name, "users": len(population), "items": split.num_items, "dim": model_config.dim,
+            "users_per_client": args.users_per_client, "tff_clients_grouped": groups,
+            "clients_per_round": args.clients_per_round, "repeats": args.repeats,
+            # One federated pass over all users (one round, grouped) against one centralized epoch.
+            "federated_over_centralized": ratio("grouped_round_s"),
+            "per_user_clients_over_centralized": ratio("per_user_round_s"),
+            "grouped_rounds_pass_over_centralized": ratio("grouped_rounds_pass_s"),
+            "rows": rows,
+        }
+        print(f"\nmedian ratio to a centralized epoch: {summary['federated_over_centralized']:.2f}x as one all-users "
+              f"round in {groups} client groups; {summary['per_user_clients_over_centralized']:.2f}x with one TFF "
+              f"client per user; {summary['grouped_rounds_pass_over_centralized']:.2f}x as {len(cohorts)} grouped "
+              f"rounds of ~{args.clients_per_round}")
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         runtime.shutdown()
     return 0

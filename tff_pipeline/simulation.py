@@ -207,6 +207,9 @@ def run(
             raise RunFolderError(f"{folder / 'config.json'}: the configuration differs from the one given; "
                                  "a run is resumed with the configuration it started with")
     population = ClientPopulation(split, canaries)
+    if canaries and config.users_per_client not in (None, 1):
+        raise ValueError("the privacy audit's canaries are single clients: run it with one user per client")
+    group_size = None if canaries else config.client_group_size
     shape = distributed_shape(config, model_values(split.num_items, config.dim))
     plan = plan_privacy(config, len(population), distributed=shape)
     model_config = config.model_config(split.num_items)
@@ -220,7 +223,7 @@ def run(
         server_optimizer=config.server_optimizer_config(),
         seed=config.seed,
         canaries=len(canaries) > 0,
-        grouped=config.users_per_client is not None,
+        grouped=group_size is not None,
     )
     state = learning_process.initialize()
     start_round, history, train_seconds = 0, [], 0.0
@@ -252,7 +255,7 @@ def run(
         started = time.perf_counter()
         if len(cohort):  # an empty Poisson cohort releases nothing but still counts as a round
             with _stop_if_non_finite(round_num, "TFF's computation of the round"):
-                output = learning_process.next(state, population.clients(cohort, config.users_per_client))
+                output = learning_process.next(state, population.clients(cohort, group_size))
             _refuse_divergence(output.state, output.metrics, round_num)
             state = output.state
             metrics = output.metrics

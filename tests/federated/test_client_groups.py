@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tff_pipeline import model, simulation
-from tff_pipeline.config import ConfigError, SimulationConfig
+from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, ConfigError, SimulationConfig
 from tff_pipeline.data import synthetic_split
 from tff_pipeline.federated import client_work, process
 from tff_pipeline.federated.aggregation import AggregatorConfig, AggregatorKind
@@ -97,13 +97,20 @@ def test_users_per_client_config():
             SimulationConfig(users_per_client=bad)
     with pytest.raises(ConfigError, match="users_per_client"):
         SimulationConfig(users_per_client=4, dp="fixed", noise_multiplier=1.0)
+    assert SimulationConfig().client_group_size == DEFAULT_USERS_PER_CLIENT  # grouped by default without DP
+    assert SimulationConfig(users_per_client=1).client_group_size is None  # one TFF client per user
+    assert SimulationConfig(users_per_client=7).client_group_size == 7
+    for users_per_client in (None, 1):  # DP: one client per user, always
+        assert SimulationConfig(dp="fixed", noise_multiplier=1.0, users_per_client=users_per_client).client_group_size is None
 
 
 def test_grouped_run_ends_where_per_user_run_ends(tff_runtime, small_split):
     base = SimulationConfig(rounds=3, clients_per_round=20, dim=4, eval_every=1000, baselines=False,
                             server_learning_rate=0.05)
-    per_user = simulation.run(base, small_split)
-    grouped = simulation.run(dataclasses.replace(base, users_per_client=6), small_split)
-    for got, want in zip(grouped.params, per_user.params):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+    per_user = simulation.run(dataclasses.replace(base, users_per_client=1), small_split)
+    for grouped_config in (base, dataclasses.replace(base, users_per_client=6)):  # the default groups, and 6
+        grouped = simulation.run(grouped_config, small_split)
+        for got, want in zip(grouped.params, per_user.params):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+    assert per_user.report["config"]["users_per_client"] == 1
     assert grouped.report["config"]["users_per_client"] == 6
