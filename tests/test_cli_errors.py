@@ -40,6 +40,9 @@ FLAG_CASES = [
     (["--user-l2", "0"], "--user-l2: must be in (0, inf)"),
     (["--local-steps", "100000"], "--local-steps: must be in [0, 1000]"),
     (["--data-dir", "/tmp"], "--data-dir: is for ml-100k and movielens-csv"),
+    (["--users-per-client", "0"], "--users-per-client: must be in [1, "),
+    (["--users-per-client", "8", "--dp", "fixed", "--noise-multiplier", "1"],
+     "--users-per-client: serves runs without DP only"),
     (["--dp", "distributed", "--noise-multiplier", "1", "--workers", "127.0.0.1:9"],
      "--workers: --dp distributed runs on the local TFF worker only"),
 ]

@@ -124,6 +124,8 @@ class ClientPopulation:
         if len(positions) and int(np.max(positions)) >= len(self.client_ids):
             raise ValueError("canary clients cannot be grouped")
         count = -(-len(positions) // users_per_client)
+        if not count:
+            return []
         return [client_work.group_data(self.datasets(chunk)) for chunk in np.array_split(np.asarray(positions), count)]
 
     def clients(self, positions: np.ndarray, users_per_client: int | None) -> list[Any]:
