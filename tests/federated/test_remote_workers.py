@@ -121,7 +121,9 @@ def test_each_worker_gets_its_slice_and_one_worker_is_bit_identical(services, tf
 
     monkeypatch.setattr(remote_runtime._RemoteWorker, "executor", recording_executor)
     split = synthetic_split(seed=3, num_users=60, num_items=40, num_negatives=10, mean_ratings_per_user=15)
-    config = SimulationConfig(rounds=2, clients_per_round=10, dim=4, local_steps=2, eval_every=1000, baselines=False)
+    # One user per TFF client (a client group would make the cohort one client).
+    config = SimulationConfig(rounds=2, clients_per_round=10, dim=4, local_steps=2, eval_every=1000, baselines=False,
+                              users_per_client=1)
     local = simulation.run(config, split)
     addresses = [WorkerAddress("127.0.0.1", service.port) for service in services]
     with remote_runtime.using_workers(addresses, connect_timeout=5):
