@@ -27,7 +27,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--users-per-client", type=int, metavar="N",
                    help="simulate N users in each TFF client, their work vectorized in one computation: the same "
                         "per-user FedAvg rounds (up to float rounding), several times faster; runs without DP "
-                        "only (default 128 without DP, 1 with --dp; 1 = one TFF client per user)")
+                        "only (default 128 without DP, 1 with --dp; 1 = one TFF client per user). With --workers, "
+                        "TFF spreads clients, not users: a cohort of at most N users is one client on one worker")
     p.add_argument("--out", type=Path, help="output folder (report, metrics.csv, checkpoints); must be new or "
                                             "empty, or hold an earlier run and --overwrite be given")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")

@@ -456,24 +456,22 @@ class GroupOutput(NamedTuple):
     num_users: tf.Tensor  # float32 []: the users (devices) of the group
 
 
-def client_update_group(
-    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, user_index: tf.Tensor, num_users: tf.Tensor,
-    config: ModelConfig,
-) -> GroupOutput:
-    """`client_update` of every user of a group at once, summed as the plain mean sums them.
+class _GroupRows(NamedTuple):
+    """Each rating's part of its user's `client_update` in a group (`_group_rows`)."""
 
-    The group's ratings are flat, user u's being the rows with `user_index` u (0..num_users-1).
-    Given the broadcast parameters every user's work is independent: the ridge fit is one batched
-    solve over the users' normal equations (segment sums), and the local steps act on each rating's
-    own scalars (`local_item_steps`), with the user's global mean a per-user scalar; so each
-    rating's row delta is computed as the per-user path computes it and the rows are scatter-added
-    into the table with the user's example count n_u as weight (the per-user path's scatter_nd adds
-    a user's rows the same way). The result equals sum_u n_u * delta_u (rating head) and
-    sum_u implicit_delta_u (ranking head) up to float summation order.
-    """
-    segments = user_index
-    ones = tf.ones_like(ratings)
-    counts = tf.math.unsorted_segment_sum(ones, segments, num_users)  # n_u
+    counts: tf.Tensor  # [U] n_u
+    indices: tf.Tensor  # [n, 1] item ids
+    row_delta: tf.Tensor | None  # [n, d] the rating's row of its user's embedding delta (None when d = 0)
+    bias_delta: tf.Tensor  # [n] the rating's item bias delta
+    mean_delta: tf.Tensor  # [U] each user's global mean delta
+    implicit_users: tf.Tensor | None  # [U, d] each user's implicit vector (ranking head on)
+    rated_step: tf.Tensor | None  # [n, d] the rating's row of the ranking head's gradient
+
+
+def _group_rows(params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, segments: tf.Tensor,
+                num_users: tf.Tensor, config: ModelConfig) -> _GroupRows:
+    """`client_update` of every user of a group, per rating (see `client_update_group`)."""
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(ratings), segments, num_users)  # n_u
     design = _user_design(params, item_ids)  # [n, d+1]
     item_bias0 = tf.gather(params.item_bias, item_ids)
     target = ratings - params.global_mean - item_bias0
@@ -502,36 +500,81 @@ def client_update_group(
         item_bias = bias_decay * item_bias - lr * errors
         user_means = user_means - lr * tf.math.divide_no_nan(
             tf.math.unsorted_segment_sum(errors, segments, num_users), counts)
-    weight = tf.gather(counts, segments)  # n_u of each rating's user
-    indices = tf.expand_dims(item_ids, 1)
-    if config.dim == 0:  # scatter_nd refuses an empty output shape
-        embeddings_delta = tf.zeros_like(params.item_embeddings)
-    else:
-        row_delta = (embedding_decay ** config.local_steps - 1.0) * item_vectors - lr * (
-            accumulated_errors[:, tf.newaxis] * user_embedding)
-        embeddings_delta = tf.scatter_nd(indices, weight[:, tf.newaxis] * row_delta, tf.shape(params.item_embeddings))
-    bias_delta = tf.scatter_nd(indices, weight * (item_bias - item_bias0), tf.shape(params.item_bias))
-    mean_delta = tf.reduce_sum(counts * updates.model_delta(params.global_mean, user_means))
-
+    row_delta = None if config.dim == 0 else (embedding_decay ** config.local_steps - 1.0) * item_vectors - lr * (
+        accumulated_errors[:, tf.newaxis] * user_embedding)
+    implicit_users = rated_step = None
     if config.implicit:
-        # Each user's x_u solves (shared + sum_{rated} v v^T) x = sum_{rated} v (`fit_implicit_user`);
-        # the sum of the users' steps (`implicit_delta`) is -lr (w0 V sum_u x_u x_u^T + rows of the ratings).
+        # Each user's x_u solves (shared + sum_{rated} v v^T) x = sum_{rated} v (`fit_implicit_user`).
         system = tf.math.unsorted_segment_sum(
             item_vectors[:, :, tf.newaxis] * item_vectors[:, tf.newaxis, :], segments, num_users)
         system = system + implicit_system(params, config)[tf.newaxis]
         implicit_users = solve_ridge_system(
             system, tf.math.unsorted_segment_sum(item_vectors, segments, num_users), config)  # [U, d]
-        outer = tf.matmul(implicit_users, implicit_users, transpose_a=True)  # sum_u x_u x_u^T
-        dense = config.implicit_unobserved_weight * tf.matmul(params.item_embeddings, outer)
         rated_user = tf.gather(implicit_users, segments)
-        rated_error = tf.reduce_sum(item_vectors * rated_user, axis=1) - 1.0
-        sparse = tf.scatter_nd(indices, rated_error[:, tf.newaxis] * rated_user, tf.shape(params.item_embeddings))
-        ranking_delta = -config.implicit_learning_rate * (dense + sparse)
+        rated_step = (tf.reduce_sum(item_vectors * rated_user, axis=1) - 1.0)[:, tf.newaxis] * rated_user
+    return _GroupRows(counts, tf.expand_dims(item_ids, 1), row_delta, item_bias - item_bias0,
+                      updates.model_delta(params.global_mean, user_means), implicit_users, rated_step)
+
+
+def client_update_group(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, user_index: tf.Tensor, num_users: tf.Tensor,
+    config: ModelConfig,
+) -> GroupOutput:
+    """`client_update` of every user of a group at once, summed as the plain mean sums them.
+
+    The group's ratings are flat, user u's being the rows with `user_index` u (0..num_users-1).
+    Given the broadcast parameters every user's work is independent: the ridge fit is one batched
+    solve over the users' normal equations (segment sums), and the local steps act on each rating's
+    own scalars (`local_item_steps`), with the user's global mean a per-user scalar; so each
+    rating's row delta is computed as the per-user path computes it and the rows are scatter-added
+    into the table with the user's example count n_u as weight (the per-user path's scatter_nd adds
+    a user's rows the same way, so even repeated items within a user would agree). The result
+    equals sum_u n_u * delta_u (rating head) and sum_u implicit_delta_u (ranking head) up to float
+    summation order.
+    """
+    rows = _group_rows(params, item_ids, ratings, user_index, num_users, config)
+    weight = tf.gather(rows.counts, user_index)  # n_u of each rating's user
+    table = tf.shape(params.item_embeddings)
+    if rows.row_delta is None:  # scatter_nd refuses an empty output shape
+        embeddings_delta = tf.zeros_like(params.item_embeddings)
+    else:
+        embeddings_delta = tf.scatter_nd(rows.indices, weight[:, tf.newaxis] * rows.row_delta, table)
+    bias_delta = tf.scatter_nd(rows.indices, weight * rows.bias_delta, tf.shape(params.item_bias))
+    mean_delta = tf.reduce_sum(rows.counts * rows.mean_delta)
+    if config.implicit:
+        # sum_u implicit_delta_u = -lr (w0 V sum_u x_u x_u^T + the rated rows)
+        outer = tf.matmul(rows.implicit_users, rows.implicit_users, transpose_a=True)
+        dense = config.implicit_unobserved_weight * tf.matmul(params.item_embeddings, outer)
+        ranking_delta = -config.implicit_learning_rate * (dense + tf.scatter_nd(rows.indices, rows.rated_step, table))
     else:
         ranking_delta = tf.zeros_like(params.item_embeddings)
     return GroupOutput(
         weighted_delta=GlobalParams(embeddings_delta, bias_delta, mean_delta),
         implicit_delta=ranking_delta,
-        num_examples=tf.reduce_sum(counts),
+        num_examples=tf.reduce_sum(rows.counts),
         num_users=tf.cast(num_users, tf.float32),
     )
+
+
+def client_updates_per_user(
+    params: GlobalParams, item_ids: tf.Tensor, ratings: tf.Tensor, user_index: tf.Tensor, num_users: tf.Tensor,
+    config: ModelConfig,
+) -> tuple[tf.Tensor, ...]:
+    """Every user's own `client_update` deltas in a group, stacked over the users: item embeddings
+    [U, N, d], item biases [U, N], global mean [U], and with the ranking head on its step [U, N, d]
+    (what DP clips user by user: `aggregation.PerUserRecordsQuery`)."""
+    rows = _group_rows(params, item_ids, ratings, user_index, num_users, config)
+    num_items = tf.shape(params.item_bias)[0]
+    indices = tf.concat([user_index[:, tf.newaxis], rows.indices], axis=1)  # (user, item) of each rating
+    table = tf.stack([num_users, num_items, config.dim])
+    if rows.row_delta is None:
+        embeddings = tf.zeros(tf.stack([num_users, num_items, 0]))
+    else:
+        embeddings = tf.scatter_nd(indices, rows.row_delta, table)
+    parts = (embeddings, tf.scatter_nd(indices, rows.bias_delta, tf.stack([num_users, num_items])), rows.mean_delta)
+    if not config.implicit:
+        return parts
+    scores = tf.matmul(rows.implicit_users, params.item_embeddings, transpose_b=True)  # [U, N]: <x_u, v_j>
+    dense = config.implicit_unobserved_weight * scores[:, :, tf.newaxis] * rows.implicit_users[:, tf.newaxis, :]
+    ranking = -config.implicit_learning_rate * (dense + tf.scatter_nd(indices, rows.rated_step, table))
+    return parts + (ranking,)
