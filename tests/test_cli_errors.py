@@ -41,8 +41,8 @@ FLAG_CASES = [
     (["--local-steps", "100000"], "--local-steps: must be in [0, 1000]"),
     (["--data-dir", "/tmp"], "--data-dir: is for ml-100k and movielens-csv"),
     (["--users-per-client", "0"], "--users-per-client: must be in [1, "),
-    (["--users-per-client", "8", "--dp", "fixed", "--noise-multiplier", "1"],
-     "--users-per-client: serves runs without DP only"),
+    (["--users-per-client", "8", "--dp", "distributed", "--noise-multiplier", "1"],
+     "--users-per-client: does not serve --dp distributed"),
     (["--dp", "distributed", "--noise-multiplier", "1", "--workers", "127.0.0.1:9"],
      "--workers: --dp distributed runs on the local TFF worker only"),
 ]

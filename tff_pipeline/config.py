@@ -103,7 +103,8 @@ class SimulationConfig:
     # Users per TFF client: several users' work in one TF computation
     # (`client_work.build_group_client_work`), the same per-user FedAvg round up to float order
     # without TFF's per-client overhead (bench/cost.py). None: DEFAULT_USERS_PER_CLIENT without DP,
-    # one under DP (user-level DP clips every user's update alone); 1: one TFF client per user.
+    # one under DP; 1: one TFF client per user. Under central DP (fixed, adaptive) a group clips
+    # every user's update alone (`aggregation.PerUserRecordsQuery`); distributed DP is one a client.
     # Absent from `to_dict` when None, so earlier runs keep their digest.
     users_per_client: int | None = None
     # Model and local work.
@@ -164,9 +165,9 @@ class SimulationConfig:
         check_integer(self, "clients_per_round", 1, 10**9)
         if self.users_per_client is not None:
             check_integer(self, "users_per_client", 1, 10**9)
-            if self.dp != "none" and self.users_per_client != 1:
-                raise ConfigError("users_per_client", "serves runs without DP only: user-level DP clips each user's "
-                                                      "update alone, and a client group uploads its users' sum")
+            if self.dp == "distributed" and self.users_per_client != 1:
+                raise ConfigError("users_per_client", "does not serve --dp distributed: every device adds its own "
+                                                      "noise share to its own update")
         check_integer(self, "dim", 0, MAX_DIM)
         check_number(self, "user_l2", low=0.0, low_open=True)  # > 0: the user's ridge fit must be well posed
         if self.user_embedding_l2 is not None:

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
@@ -74,7 +75,7 @@ class PartScaledFactory(tff.aggregators.UnweightedAggregationFactory):
         def shrink(value):
             return scale_parts(value, scale, parts)
 
-        @tff.tensorflow.computation(value_type)
+        @tff.tensorflow.computation(inner.next.type_signature.result.result.member)
         def grow(value):
             return tuple(t / denominator for t in unscale_parts(value, scale, parts))
 
@@ -172,21 +173,73 @@ def build_distributed_dp_factory(config: AggregatorConfig) -> tff.aggregators.Un
         bits=int(config.bits), l2_clip=float(config.clip), mechanism=MECHANISM, rotation_type="dft", beta=0.0)
 
 
+class PerUserRecordsQuery(tfp.SumAggregationDPQuery):
+    """A DP query over client groups: a client's value is its users' updates stacked on a leading
+    axis (`model.client_updates_per_user`), and its record is the sum over its users of `inner`'s
+    record of each user's own update (`preprocess_record` user by user: clipping to the clip norm
+    and, adaptive, the unclipped indicator). Records are summed anyway (TFF's
+    `DifferentiallyPrivateFactory` sums the clients' records, then `get_noised_result` noises the
+    sum), so the noised result, the new clip and the DP event are `inner`'s over the same users,
+    whichever client holds them: user-level DP and its accounting are unchanged."""
+
+    def __init__(self, inner: tfp.DPQuery) -> None:
+        self._inner = inner
+
+    def initial_global_state(self):
+        return self._inner.initial_global_state()
+
+    def derive_sample_params(self, global_state):
+        return self._inner.derive_sample_params(global_state)
+
+    def initial_sample_state(self, template=None):
+        return self._inner.initial_sample_state(tf.nest.map_structure(
+            lambda spec: tf.TensorSpec(spec.shape[1:], spec.dtype), template))
+
+    def preprocess_record(self, params, record):
+        users = tf.shape(tf.nest.flatten(record)[0])[0]
+
+        def user_record(u):
+            return self._inner.preprocess_record(params, tf.nest.map_structure(lambda t: t[u], record))
+
+        # The record structure of one user, zeroed (a group may be empty only in its shape's terms).
+        zero = tf.nest.map_structure(tf.zeros_like, self._inner.preprocess_record(
+            params, tf.nest.map_structure(lambda t: tf.zeros(tf.shape(t)[1:], t.dtype), record)))
+        _, total = tf.while_loop(
+            lambda u, _: u < users,
+            lambda u, acc: (u + 1, tf.nest.map_structure(tf.add, acc, user_record(u))),
+            (tf.constant(0), zero))
+        return total
+
+    def get_noised_result(self, sample_state, global_state):
+        return self._inner.get_noised_result(sample_state, global_state)
+
+    def derive_metrics(self, global_state):
+        return self._inner.derive_metrics(global_state)
+
+
 def build_aggregator(
-    config: AggregatorConfig, *, per_device_parts: tuple[int, ...] = ()
+    config: AggregatorConfig, *, per_device_parts: tuple[int, ...] = (), grouped: bool = False
 ) -> tff.aggregators.WeightedAggregationFactory:
     """The weighted aggregation factory the learning process composes. `per_device_parts` are
     the indices of uploaded tensors that the plain mean averages per device rather than per
     example (the ranking head's step: a device's implicit loss is one per device, whatever its
     number of ratings; weighting it by ratings measured worse, HR@10 0.636 against 0.662).
-    Under DP every part counts once per device anyway; there they are scaled by `part_scale`."""
+    Under DP every part counts once per device anyway; there they are scaled by `part_scale`.
+    `grouped` (central DP only): the clients are groups whose values stack their users' updates
+    (`PerUserRecordsQuery`)."""
     if config.kind is AggregatorKind.MEAN:
+        if grouped:
+            raise ValueError("the plain mean of client groups is GroupSumMeanFactory")
         return ExampleWeightedMeanFactory(per_device_parts=per_device_parts)
     if config.kind is AggregatorKind.DP_DISTRIBUTED:
+        if grouped:
+            raise ValueError("distributed DP runs one user per client (each device adds its own noise share)")
         return tff.aggregators.as_weighted_aggregator(PartScaledFactory(
             build_distributed_dp_factory(config), parts=per_device_parts, scale=config.part_scale,
             denominator=float(config.expected_clients_per_round)))
-    factory: tff.aggregators.UnweightedAggregationFactory = build_dp_factory(config)
+    factory: tff.aggregators.UnweightedAggregationFactory = (
+        tff.aggregators.DifferentiallyPrivateFactory(PerUserRecordsQuery(dp_query(config))) if grouped
+        else build_dp_factory(config))
     if per_device_parts and config.part_scale != 1.0:
         factory = PartScaledFactory(factory, parts=per_device_parts, scale=config.part_scale)
     return tff.aggregators.as_weighted_aggregator(factory)

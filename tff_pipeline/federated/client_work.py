@@ -142,9 +142,33 @@ def build_group_client_update(config: model.ModelConfig) -> tff.Computation:
     return group_update
 
 
-def build_group_client_work(config: model.ModelConfig) -> tff.Computation:
-    """`build_client_work` over client groups (`GROUP_DATA_TYPE`)."""
-    group_update = build_group_client_update(config)
+def per_user_update_type(config: model.ModelConfig) -> tff.Type:
+    """What a client group hands a DP aggregator: `update_type`'s parts of each of its users,
+    stacked on a leading axis (`build_group_client_update(per_user=True)`)."""
+    return tff.types.to_type(tuple(tff.TensorType(np.float32, [None, *t.shape]) for t in update_type(config)))
+
+
+def build_group_per_user_update(config: model.ModelConfig) -> tff.Computation:
+    """TF computation: (global weights, a group's ratings) -> ClientResult(every user's own update
+    stacked, number of users): for DP, which clips user by user in the aggregator
+    (`aggregation.PerUserRecordsQuery`). The users' updates stay at the client placement, as each
+    device's own update does on the per-user path; only the clipped sum is aggregated."""
+
+    @tff.tensorflow.computation(global_weights_type(config), GROUP_DATA_TYPE)
+    def group_update(weights, data):
+        update = model.client_updates_per_user(
+            model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], data["user_index"],
+            data["num_users"], config)
+        return tff.learning.templates.ClientResult(update=update,
+                                                   update_weight=tf.cast(data["num_users"], tf.float32))
+
+    return group_update
+
+
+def build_group_client_work(config: model.ModelConfig, *, per_user: bool = False) -> tff.Computation:
+    """`build_client_work` over client groups (`GROUP_DATA_TYPE`); `per_user`: each user's update
+    stacked (for DP), else the plain mean's sums."""
+    group_update = build_group_per_user_update(config) if per_user else build_group_client_update(config)
 
     @tff.federated_computation(
         tff.FederatedType(global_weights_type(config), tff.CLIENTS),

@@ -57,10 +57,10 @@ def build_fedrec_process(
     `canaries`: some clients may be the privacy audit's canaries (`client_work`).
     `grouped`: each TFF client is a group of users (`client_work.group_data`), its users' work
     vectorized in one TF computation; the round's result is the per-user one up to float order.
-    Plain mean only: under DP each user's update must be clipped alone."""
-    if grouped and (aggregator.is_private or canaries):
-        raise ValueError("client groups serve the plain mean only: user-level DP clips and weighs every user's "
-                         "update alone, which the groups' sums do not expose (run one user per client)")
+    Under central DP a group hands the aggregator each user's update, clipped user by user there
+    (`aggregation.PerUserRecordsQuery`); distributed DP is refused (every device noises its own)."""
+    if grouped and canaries:
+        raise ValueError("the privacy audit's canaries are single clients: run it with one user per client")
     weights_type = client_work.global_weights_type(config)
     initial = model.initial_global_params(config, seed=seed)
     initial_numpy = tuple(t.numpy() for t in initial)
@@ -73,7 +73,12 @@ def build_fedrec_process(
 
     uploaded = client_work.update_type(config)
     per_device_parts = upload.PER_DEVICE_PARTS if config.implicit else ()
-    if grouped:
+    if grouped and aggregator.is_private:
+        work = client_work.build_group_client_work(config, per_user=True)
+        aggregation_process = aggregation.build_aggregator(
+            aggregator, per_device_parts=per_device_parts, grouped=True).create(
+            client_work.per_user_update_type(config), tff.TensorType(np.float32))
+    elif grouped:
         work = client_work.build_group_client_work(config)
         aggregation_process = GroupSumMeanFactory(per_device_parts=per_device_parts).create(
             client_work.group_update_type(config), tff.TensorType(np.float32))
