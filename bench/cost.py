@@ -9,6 +9,7 @@ round with one TFF client per user, and the pass as rounds of `--clients-per-rou
     uv run python bench/cost.py                          # ML-100K u1, 5 repetitions
     uv run python bench/cost.py --dataset synthetic      # the synthetic default (400 users)
     uv run python bench/cost.py --json cost.json
+    uv run python bench/cost.py --dp adaptive            # under central DP (private preset, z = 1)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tff_pipeline import centralized, runtime, simulation
-from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, NON_PRIVATE_PRESET, SimulationConfig
+from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig
 from tff_pipeline.data import load_dataset
 from tff_pipeline.federated import process
 
@@ -43,6 +44,8 @@ def main() -> int:
     parser.add_argument("--clients-per-round", type=int, default=100)
     parser.add_argument("--users-per-client", type=int, default=DEFAULT_USERS_PER_CLIENT,
                         help=f"users per TFF client on the grouped path (default {DEFAULT_USERS_PER_CLIENT})")
+    parser.add_argument("--dp", choices=["none", "fixed", "adaptive"], default="none",
+                        help="the aggregator (DP: the private preset, noise multiplier 1; groups clip user by user)")
     parser.add_argument("--json", type=Path, help="write the measurements and medians here")
     args = parser.parse_args()
     if args.dataset == "ml-100k" and not (args.data_dir / "u.data").exists():
@@ -51,7 +54,10 @@ def main() -> int:
     split = load_dataset(args.dataset, data_dir=args.data_dir if args.dataset == "ml-100k" else None,
                          split=args.split, seed=0)
     config = SimulationConfig(dataset=args.dataset, split=args.split, clients_per_round=args.clients_per_round,
-                              users_per_client=args.users_per_client, **NON_PRIVATE_PRESET)
+                              users_per_client=args.users_per_client, dp=args.dp,
+                              noise_multiplier=None if args.dp == "none" else 1.0,
+                              **(NON_PRIVATE_PRESET if args.dp == "none" else PRIVATE_PRESET))
+    noise_multiplier = 0.0 if args.dp == "none" else 1.0
     model_config = config.model_config(split.num_items)
     runtime.install()
     try:
@@ -60,7 +66,7 @@ def main() -> int:
         def build(grouped: bool):
             return process.build_fedrec_process(
                 model_config,
-                aggregator=config.aggregator_config(noise_multiplier=0.0, expected_clients=len(population)),
+                aggregator=config.aggregator_config(noise_multiplier=noise_multiplier, expected_clients=len(population)),
                 server_optimizer=config.server_optimizer_config(), seed=0, grouped=grouped)
 
         per_user, grouped = build(False), build(True)
@@ -70,7 +76,7 @@ def main() -> int:
         per_user_state = per_user.next(per_user.initialize(), population.datasets(everyone)).state  # tracing
         grouped_state = grouped.next(grouped.initialize(), population.groups(everyone, args.users_per_client)).state
         groups = len(population.groups(everyone, args.users_per_client))
-        print(f"{split.name}: {len(population)} users, {split.num_items} items, dim {model_config.dim}; "
+        print(f"{split.name}, dp {args.dp}: {len(population)} users, {split.num_items} items, dim {model_config.dim}; "
               f"grouped: {groups} TFF clients of <= {args.users_per_client} users\n")
         print("| rep | centralized epoch s | all-users round, grouped s | ratio | one client per user s | ratio "
               f"| pass as rounds of {args.clients_per_round}, grouped s | ratio |")
@@ -96,7 +102,7 @@ def main() -> int:
             sys.stdout.flush()
         ratio = lambda key: float(np.median([row[key] / row["centralized_epoch_s"] for row in rows]))  # noqa: E731
         summary = {
-            "dataset": split.name, "users": len(population), "items": split.num_items, "dim": model_config.dim,
+            "dataset": split.name, "dp": args.dp, "users": len(population), "items": split.num_items, "dim": model_config.dim,
             "users_per_client": args.users_per_client, "tff_clients_grouped": groups,
             "clients_per_round": args.clients_per_round, "repeats": args.repeats,
             # One federated pass over all users (one round, grouped) against one centralized epoch.
