@@ -28,7 +28,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="simulate N users in each TFF client, their work vectorized in one computation: the same "
                         "per-user FedAvg rounds (up to float rounding), several times faster; under --dp fixed or "
                         "adaptive each user's update is still clipped alone; not with --dp distributed (default "
-                        "128 without DP, 1 with --dp; 1 = one TFF client per user). With --workers, "
+                        "512 without DP, 1 with --dp; 1 = one TFF client per user). With --workers, "
                         "TFF spreads clients, not users: a cohort of at most N users is one client on one worker")
     p.add_argument("--out", type=Path, help="output folder (report, metrics.csv, checkpoints); must be new or "
                                             "empty, or hold an earlier run and --overwrite be given")

@@ -24,11 +24,13 @@ MAX_GLOBAL_PARAMETERS = 2**26
 MAX_ROUNDS = 1_000_000
 MAX_SYNTHETIC_USERS = 10_000_000
 MAX_LOCAL_STEPS = 1000
-# Users per TFF client of a run without DP (`SimulationConfig.users_per_client`): on ML-100K (2
-# cores, loaded) an all-users round took ~0.1-0.19 s in groups of 32-943 users, against 0.65-1.0 s
-# with one client per user; 128 keeps a group's [ratings, d+1, d+1] normal-equation terms small
-# (~12k ratings: 14 MB at d=16) and still lets TFF spread a cohort of 1000 over both cores.
-DEFAULT_USERS_PER_CLIENT = 128
+# Users per TFF client of a run without DP (`SimulationConfig.users_per_client`). bench/cost.py on
+# ML-100K (2 cores shared with other jobs), one all-users round against a centralized epoch, medians
+# of 5: 0.90-0.95x in 1-2 groups (<= 512 or 1000 users), 1.07-1.25x in 8 groups of <= 128, 6-7x with
+# one TFF client per user; on the synthetic default (400 users) 1.41x in one group, 1.97x in two,
+# 2.17x in four: TFF costs a few ms per client, so groups are large. A group's normal-equation terms
+# are [ratings, d+1, d+1] floats: ~50 MB for 512 ML-100K users at d=16.
+DEFAULT_USERS_PER_CLIENT = 512
 # Privacy settings the accountants can compute with (dp-accounting divides by z^2 and finds no
 # noise for budgets far beyond any meaningful guarantee: ZeroDivisionError at z = 1e-300,
 # "no bracketing interval" at epsilon 1e4 over one round), and far beyond any useful one.
