@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tff_pipeline import centralized, runtime, simulation
-from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, NON_PRIVATE_PRESET, PRIVATE_PRESET, SimulationConfig
+from tff_pipeline.config import DEFAULT_USERS_PER_CLIENT, training_config
 from tff_pipeline.data import load_dataset
 from tff_pipeline.federated import process
 
@@ -53,10 +53,10 @@ def main() -> int:
         return 2
     split = load_dataset(args.dataset, data_dir=args.data_dir if args.dataset == "ml-100k" else None,
                          split=args.split, seed=0)
-    config = SimulationConfig(dataset=args.dataset, split=args.split, clients_per_round=args.clients_per_round,
-                              users_per_client=args.users_per_client, dp=args.dp,
-                              noise_multiplier=None if args.dp == "none" else 1.0,
-                              **(NON_PRIVATE_PRESET if args.dp == "none" else PRIVATE_PRESET))
+    # The preset of the privacy mode fills the rest (as `fedrec simulate` does).
+    config = training_config(dict(dataset=args.dataset, split=args.split, clients_per_round=args.clients_per_round,
+                                  users_per_client=args.users_per_client, dp=args.dp,
+                                  noise_multiplier=None if args.dp == "none" else 1.0))
     noise_multiplier = 0.0 if args.dp == "none" else 1.0
     model_config = config.model_config(split.num_items)
     runtime.install()
@@ -102,7 +102,8 @@ def main() -> int:
             sys.stdout.flush()
         ratio = lambda key: float(np.median([row[key] / row["centralized_epoch_s"] for row in rows]))  # noqa: E731
         summary = {
-            "dataset": split.name, "dp": args.dp, "users": len(population), "items": split.num_items, "dim": model_config.dim,
+            "dataset": split.name, "dp": args.dp, "users": len(population), "items": split.num_items,
+            "dim": model_config.dim,
             "users_per_client": args.users_per_client, "tff_clients_grouped": groups,
             "clients_per_round": args.clients_per_round, "repeats": args.repeats,
             # One federated pass over all users (one round, grouped) against one centralized epoch.

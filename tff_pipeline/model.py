@@ -572,9 +572,10 @@ def client_updates_per_user(
     else:
         embeddings = tf.scatter_nd(indices, rows.row_delta, table)
     parts = (embeddings, tf.scatter_nd(indices, rows.bias_delta, tf.stack([num_users, num_items])), rows.mean_delta)
-    if not config.implicit:
+    if rows.implicit_users is None:  # the ranking head is off
         return parts
-    scores = tf.matmul(rows.implicit_users, params.item_embeddings, transpose_b=True)  # [U, N]: <x_u, v_j>
-    dense = config.implicit_unobserved_weight * scores[:, :, tf.newaxis] * rows.implicit_users[:, tf.newaxis, :]
+    implicit_users = rows.implicit_users
+    scores = tf.matmul(implicit_users, params.item_embeddings, transpose_b=True)  # [U, N]: <x_u, v_j>
+    dense = config.implicit_unobserved_weight * scores[:, :, tf.newaxis] * implicit_users[:, tf.newaxis, :]
     ranking = -config.implicit_learning_rate * (dense + tf.scatter_nd(indices, rows.rated_step, table))
     return parts + (ranking,)

@@ -105,7 +105,8 @@ def test_users_per_client_config():
     assert SimulationConfig(users_per_client=1).client_group_size is None  # one TFF client per user
     assert SimulationConfig(users_per_client=7).client_group_size == 7
     for users_per_client in (None, 1):  # DP: one client per user, always
-        assert SimulationConfig(dp="fixed", noise_multiplier=1.0, users_per_client=users_per_client).client_group_size is None
+        private = SimulationConfig(dp="fixed", noise_multiplier=1.0, users_per_client=users_per_client)
+        assert private.client_group_size is None
 
 
 def test_grouped_run_ends_where_per_user_run_ends(tff_runtime, small_split):

@@ -183,10 +183,12 @@ def build_group_client_work(config: model.ModelConfig, *, per_user: bool = False
 def group_data(users: list[collections.OrderedDict]) -> collections.OrderedDict:
     """Several users' `client_data` as one client group: their ratings concatenated, each rating's
     position in `users` as its `user_index`."""
+    items = [np.asarray(u["item_ids"], np.int32) for u in users]
+    ratings = [np.asarray(u["ratings"], np.float32) for u in users]
     return collections.OrderedDict(
-        item_ids=np.concatenate([np.asarray(u["item_ids"], np.int32) for u in users]) if users else np.zeros([0], np.int32),
-        ratings=np.concatenate([np.asarray(u["ratings"], np.float32) for u in users]) if users else np.zeros([0], np.float32),
-        user_index=np.repeat(np.arange(len(users), dtype=np.int32), [len(u["ratings"]) for u in users]).astype(np.int32),
+        item_ids=np.concatenate(items) if users else np.zeros([0], np.int32),
+        ratings=np.concatenate(ratings) if users else np.zeros([0], np.float32),
+        user_index=np.repeat(np.arange(len(users), dtype=np.int32), [len(r) for r in ratings]).astype(np.int32),
         num_users=np.int32(len(users)),
     )
 
