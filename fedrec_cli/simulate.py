@@ -22,7 +22,7 @@ _RUN_FLAGS = {"out", "resume", "quiet", "overwrite", "command"}
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("simulate", help="federated training in a TFF simulation (one client per user)")
+    p = sub.add_parser("simulate", help="federated training in a TFF simulation (users batched into TFF clients)")
     add_training_flags(p)
     p.add_argument("--users-per-client", type=int, metavar="N",
                    help="simulate N users in each TFF client, their work vectorized in one computation: the same "
