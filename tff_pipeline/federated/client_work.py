@@ -108,11 +108,15 @@ def build_client_work(config: model.ModelConfig, *, canaries: bool = False) -> t
 
     No client-side metrics: under user-level DP every released statistic would need noise.
     """
-    client_update = build_client_update(config, canaries=canaries)
+    return _at_clients(build_client_update(config, canaries=canaries), config, CLIENT_DATA_TYPE)
+
+
+def _at_clients(client_update: tff.Computation, config: model.ModelConfig, data_type: tff.Type) -> tff.Computation:
+    """`client_update` mapped over the clients: weights@CLIENTS, data@CLIENTS -> ClientResult@CLIENTS."""
 
     @tff.federated_computation(
         tff.FederatedType(global_weights_type(config), tff.CLIENTS),
-        tff.FederatedType(CLIENT_DATA_TYPE, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
     )
     def client_work(weights, client_data):
         return tff.federated_map(client_update, (weights, client_data))
@@ -120,21 +124,33 @@ def build_client_work(config: model.ModelConfig, *, canaries: bool = False) -> t
     return client_work
 
 
-def build_group_client_update(config: model.ModelConfig) -> tff.Computation:
-    """TF computation: (global weights, a group's ratings) -> ClientResult(sums, example count).
+def per_user_update_type(config: model.ModelConfig) -> tff.Type:
+    """What a client group hands a DP aggregator: `update_type`'s parts of each of its users,
+    stacked on a leading axis (`build_group_client_update(config, per_user=True)`)."""
+    return tff.types.to_type(tuple(tff.TensorType(np.float32, [None, *t.shape]) for t in update_type(config)))
 
-    Several users in one TFF client, their work vectorized (`model.client_update_group`): the
-    update is sum_u n_u delta_u for the rating head's parts, sum_u delta_u for the ranking head's
-    (averaged per device), then the number of users; the weight is sum_u n_u. The plain mean of
-    these sums (`weighted_mean.GroupSumMeanFactory`) is the per-user path's FedAvg mean exactly,
-    up to float summation order. Nothing per user leaves the computation. Not for DP: user-level
-    clipping needs each user's own update (`process.build_fedrec_process` refuses it)."""
+
+def build_group_client_update(config: model.ModelConfig, *, per_user: bool = False) -> tff.Computation:
+    """TF computation: (global weights, a group's ratings) -> ClientResult, several users in one TFF
+    client, their work vectorized.
+
+    Plain (`model.client_update_group`): the update is sum_u n_u delta_u for the rating head's
+    parts, sum_u delta_u for the ranking head's (averaged per device), then the number of users;
+    the weight is sum_u n_u. The plain mean of these sums (`weighted_mean.GroupSumMeanFactory`) is
+    the per-user path's FedAvg mean, up to float summation order; nothing per user leaves the
+    computation. `per_user` (for central DP, which clips user by user in the aggregator,
+    `aggregation.PerUserRecordsQuery`): every user's own update stacked
+    (`model.client_updates_per_user`), weighted by the number of users; they stay at the client
+    placement, as each device's own update does on the per-user path."""
 
     @tff.tensorflow.computation(global_weights_type(config), GROUP_DATA_TYPE)
     def group_update(weights, data):
-        output = model.client_update_group(
-            model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], data["user_index"],
-            data["num_users"], config)
+        args = (model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], data["user_index"],
+                data["num_users"], config)
+        if per_user:
+            return tff.learning.templates.ClientResult(update=model.client_updates_per_user(*args),
+                                                       update_weight=tf.cast(data["num_users"], tf.float32))
+        output = model.client_update_group(*args)
         update = tuple(output.weighted_delta) + ((output.implicit_delta,) if config.implicit else ())
         return tff.learning.templates.ClientResult(update=update + (output.num_users,),
                                                    update_weight=output.num_examples)
@@ -142,42 +158,10 @@ def build_group_client_update(config: model.ModelConfig) -> tff.Computation:
     return group_update
 
 
-def per_user_update_type(config: model.ModelConfig) -> tff.Type:
-    """What a client group hands a DP aggregator: `update_type`'s parts of each of its users,
-    stacked on a leading axis (`build_group_client_update(per_user=True)`)."""
-    return tff.types.to_type(tuple(tff.TensorType(np.float32, [None, *t.shape]) for t in update_type(config)))
-
-
-def build_group_per_user_update(config: model.ModelConfig) -> tff.Computation:
-    """TF computation: (global weights, a group's ratings) -> ClientResult(every user's own update
-    stacked, number of users): for DP, which clips user by user in the aggregator
-    (`aggregation.PerUserRecordsQuery`). The users' updates stay at the client placement, as each
-    device's own update does on the per-user path; only the clipped sum is aggregated."""
-
-    @tff.tensorflow.computation(global_weights_type(config), GROUP_DATA_TYPE)
-    def group_update(weights, data):
-        update = model.client_updates_per_user(
-            model.GlobalParams(*weights.trainable), data["item_ids"], data["ratings"], data["user_index"],
-            data["num_users"], config)
-        return tff.learning.templates.ClientResult(update=update,
-                                                   update_weight=tf.cast(data["num_users"], tf.float32))
-
-    return group_update
-
-
 def build_group_client_work(config: model.ModelConfig, *, per_user: bool = False) -> tff.Computation:
     """`build_client_work` over client groups (`GROUP_DATA_TYPE`); `per_user`: each user's update
     stacked (for DP), else the plain mean's sums."""
-    group_update = build_group_per_user_update(config) if per_user else build_group_client_update(config)
-
-    @tff.federated_computation(
-        tff.FederatedType(global_weights_type(config), tff.CLIENTS),
-        tff.FederatedType(GROUP_DATA_TYPE, tff.CLIENTS),
-    )
-    def client_work(weights, client_data):
-        return tff.federated_map(group_update, (weights, client_data))
-
-    return client_work
+    return _at_clients(build_group_client_update(config, per_user=per_user), config, GROUP_DATA_TYPE)
 
 
 def group_data(users: list[collections.OrderedDict]) -> collections.OrderedDict:

@@ -34,6 +34,29 @@ def mean_of_sums(sums: Sequence[Any], total_weight: tf.Tensor, devices: tf.Tenso
     ]
 
 
+def _stateless_aggregation(value_type: tff.Type, weight_type: tff.Type, zero: tff.Computation,
+                           accumulate: tff.Computation, merge: tff.Computation,
+                           report: tff.Computation) -> tff.templates.AggregationProcess:
+    """A stateless, unmeasured weighted aggregation: one `federated_aggregate` of (value, weight)
+    with these TF steps (what both mean factories are, around their own accumulators)."""
+
+    @tff.federated_computation
+    def initialize():
+        return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(
+        initialize.type_signature.result,
+        tff.FederatedType(value_type, tff.CLIENTS),
+        tff.FederatedType(weight_type, tff.CLIENTS),
+    )
+    def next_fn(state, value, weight):
+        mean = tff.federated_aggregate(tff.federated_zip((value, weight)), zero(), accumulate, merge, report)
+        return tff.templates.MeasuredProcessOutput(
+            state=state, result=mean, measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(initialize, next_fn)
+
+
 class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
     """Weighted mean, stateless, no measurements: the non-private aggregator.
 
@@ -95,24 +118,7 @@ class ExampleWeightedMeanFactory(tff.aggregators.WeightedAggregationFactory):
             sums, total, devices = accumulator
             return rebuild(sums, mean_of_sums([part for _, part in parts(sums)], total, devices, per_device))
 
-        @tff.federated_computation
-        def initialize():
-            return tff.federated_value((), tff.SERVER)
-
-        @tff.federated_computation(
-            initialize.type_signature.result,
-            tff.FederatedType(value_type, tff.CLIENTS),
-            tff.FederatedType(weight_type, tff.CLIENTS),
-        )
-        def next_fn(state, value, weight):
-            mean = tff.federated_aggregate(
-                tff.federated_zip((value, weight)), zero(), accumulate, merge, report
-            )
-            return tff.templates.MeasuredProcessOutput(
-                state=state, result=mean, measurements=tff.federated_value((), tff.SERVER)
-            )
-
-        return tff.templates.AggregationProcess(initialize, next_fn)
+        return _stateless_aggregation(value_type, weight_type, zero, accumulate, merge, report)
 
 
 class GroupSumMeanFactory(tff.aggregators.WeightedAggregationFactory):
@@ -156,18 +162,4 @@ class GroupSumMeanFactory(tff.aggregators.WeightedAggregationFactory):
             sums, total = accumulator
             return tuple(mean_of_sums(list(sums[:-1]), total, sums[-1], per_device))
 
-        @tff.federated_computation
-        def initialize():
-            return tff.federated_value((), tff.SERVER)
-
-        @tff.federated_computation(
-            initialize.type_signature.result,
-            tff.FederatedType(value_type, tff.CLIENTS),
-            tff.FederatedType(weight_type, tff.CLIENTS),
-        )
-        def next_fn(state, value, weight):
-            mean = tff.federated_aggregate(tff.federated_zip((value, weight)), zero(), accumulate, merge, report)
-            return tff.templates.MeasuredProcessOutput(
-                state=state, result=mean, measurements=tff.federated_value((), tff.SERVER))
-
-        return tff.templates.AggregationProcess(initialize, next_fn)
+        return _stateless_aggregation(value_type, weight_type, zero, accumulate, merge, report)
