@@ -83,6 +83,30 @@ class _RingOrder:
             value = self._forward(value)
         return value
 
+    def layout(self) -> np.ndarray:
+        """`at(p)` for every position p at once, in array passes: the server's whole ring.
+
+        The round function only ever sees a half of `half_bits` bits, so its 2^half_bits ~ sqrt(n)
+        values per round are hashed once into a table, and all n points run through the Feistel network
+        (and the cycle walk) as arrays.
+        """
+        size = 1 << self.half_bits
+        tables = [np.array([self._round(number, value) for value in range(size)], np.int64)
+                  for number in range(self.ROUNDS)]
+
+        def forward(values: np.ndarray) -> np.ndarray:
+            left, right = values >> self.half_bits, values & self._half_mask
+            for table in tables:
+                left, right = right, left ^ table[right]
+            return (left << self.half_bits) | right
+
+        order = forward(np.arange(self.n, dtype=np.int64))
+        outside = np.flatnonzero(order >= self.n)
+        while outside.size:
+            order[outside] = forward(order[outside])
+            outside = outside[order[outside] >= self.n]
+        return order
+
     def position_of(self, node: int) -> int:
         value = self._backward(node)
         while value >= self.n:
@@ -135,12 +159,13 @@ def neighbour_graph(num_participants: int, degree: int, seed: bytes | int) -> li
     _check_degree(n, degree)
     if degree >= n - 1:
         return [tuple(j for j in range(n) if j != i) for i in range(n)]
-    ring = _RingOrder(n, _seed_bytes(seed))
-    order = [ring.at(position) for position in range(n)]
-    position_of = [0] * n
-    for position, node in enumerate(order):
-        position_of[node] = position
-    return [_ring_neighbours(position_of[i], order.__getitem__, n, degree) for i in range(n)]
+    order = _RingOrder(n, _seed_bytes(seed)).layout()
+    position_of = np.empty(n, np.int64)
+    position_of[order] = np.arange(n)
+    half = degree // 2
+    steps = np.concatenate([np.arange(-half, 0), np.arange(1, half + 1)])
+    rows = np.sort(order[(position_of[:, None] + steps[None, :]) % n], axis=1)  # as `_ring_neighbours`, for all
+    return list(map(tuple, rows.tolist()))
 
 
 # --- Choosing k and t (Bell et al. 2020, sec. 4 and Appendix: parameters from a binomial model) ---

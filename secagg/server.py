@@ -21,7 +21,8 @@ one from every v in S adjacent to u. Then:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -49,8 +50,9 @@ class SecAggServer:
         self._request: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._request_sets: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self._request_for: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # asked, then checked against
-        self._b_shares: dict[int, dict[int, bytes]] = {}  # survivor w -> holder -> share of b_w
-        self._key_shares: dict[int, dict[int, bytes]] = {}  # dropped v -> holder -> share of v's mask key seed
+        self._expected_reveal: dict[int, frozenset[int]] = {}  # holder -> the owners it must reveal for
+        # holder -> owner -> its share of b_owner (owner a survivor) or of owner's mask key seed (owner dropped)
+        self._revealed: dict[int, dict[int, bytes]] = {}
         self._unmasked: set[int] = set()
         self._result: tuple[np.ndarray, tuple[int, ...]] | None = None
 
@@ -94,7 +96,9 @@ class SecAggServer:
         if index not in self._keys:
             raise SecAggError(f"participant {index} did not advertise keys")
         self._advance(Stage.SHARE_KEYS)
-        return {v: self._keys[v] for v in self.params.graph[index] if v in self._keys}
+        advertised = self._keys  # O(degree), in C loops: this runs for every device
+        near = tuple(filter(advertised.__contains__, self.params.graph[index]))
+        return dict(zip(near, map(advertised.__getitem__, near)))
 
     # phase 2: share keys
 
@@ -108,17 +112,13 @@ class SecAggServer:
             raise SecAggError(f"participant {index} already sent shares")
         if not isinstance(shares, Mapping):
             raise SecAggError("shares must be a mapping of receiver index -> bytes")
-        expected = {v for v in self.params.graph[index] if v in self._keys}
-        if set(shares) != expected or any(type(v) is not int for v in shares):  # the common case in one pass
+        expected = self._keys.keys() & self.params.graph[index]
+        if shares.keys() != expected or not _all_of_type(shares.keys(), int):  # the common case in C loops
             for v in shares:
                 self.params.check_index(v, "receiver index")
             raise SecAggError(f"participant {index} sent shares for {sorted(shares)}, expected {sorted(expected)}")
         size = keys.SEALED_SHARES_BYTES
-        if any(type(data) is not bytes or len(data) != size for data in shares.values()):
-            for v, data in shares.items():
-                if not isinstance(data, (bytes, bytearray)) or len(data) != size:
-                    raise SecAggError(f"share message for {v} must be {size} bytes")
-        self._shares[index] = dict(shares)  # a copy the caller cannot change (the values are bytes: immutable)
+        self._shares[index] = _checked_copy(shares, size, lambda v: f"share message for {v}")
 
     def shares_for(self, index: int) -> dict[int, bytes]:
         """The sealed shares addressed to `index`; the first call closes share collection."""
@@ -128,12 +128,16 @@ class SecAggServer:
         if index not in self._shares:
             raise SecAggError(f"participant {index} did not send shares")
         self._advance(Stage.MASKED_INPUT)
-        shares = self._shares  # O(degree): the neighbours' messages, looked up by receiver
-        return {v: shares[v][index] for v in self.params.graph[index] if v in shares and index in shares[v]}
+        shares = self._shares  # O(degree): the neighbours' messages, looked up by receiver, in C loops
+        senders = tuple(filter(shares.__contains__, self.params.graph[index]))
+        # every sender's message holds one for `index`: it went to each neighbour that advertised keys,
+        # advertisement closed before any share was accepted, and `index` advertised (it sent shares)
+        return dict(zip(senders, map(operator.itemgetter(index), map(shares.__getitem__, senders))))
 
     def _senders_to(self, index: int) -> set[int]:
         """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""
-        return {v for v in self.params.graph[index] if v in self._shares} if index in self._shares else set()
+        shares = self._shares
+        return set(filter(shares.__contains__, self.params.graph[index])) if index in shares else set()
 
     # phase 3: masked input
 
@@ -176,9 +180,11 @@ class SecAggServer:
         if index not in self._masked:
             raise SecAggError(f"participant {index} is not a survivor")
         if index not in self._request_for:
-            near = sorted(self._senders_to(index) | {index})  # O(degree): never scan the whole request
+            near = sorted((*self._senders_to(index), index))  # O(degree): never scan the whole request
             survivors, dropped = self._request_sets
-            self._request_for[index] = (tuple(w for w in near if w in survivors), tuple(v for v in near if v in dropped))
+            request = (tuple(filter(survivors.__contains__, near)), tuple(filter(dropped.__contains__, near)))
+            self._request_for[index] = request
+            self._expected_reveal[index] = frozenset(request[0]) | frozenset(request[1])
         return self._request_for[index]
 
     # phase 4: unmask
@@ -196,21 +202,15 @@ class SecAggServer:
             raise SecAggError(f"participant {index} already sent its unmask shares")
         if not isinstance(shares, Mapping):
             raise SecAggError("unmask shares must be a mapping of participant index -> bytes")
-        survivors, dropped = self.unmask_request_for(index)
-        if set(shares) != set(survivors) | set(dropped) or any(type(w) is not int for w in shares):
+        self.unmask_request_for(index)
+        expected = self._expected_reveal[index]
+        if shares.keys() != expected or not _all_of_type(shares.keys(), int):
             for w in shares:
                 self.params.check_index(w, "participant index")
-            raise SecAggError(f"participant {index} revealed shares for {sorted(shares)}, "
-                              f"expected {sorted(set(survivors) | set(dropped))}")
+            raise SecAggError(f"participant {index} revealed shares for {sorted(shares)}, expected {sorted(expected)}")
         assert keys.B_SHARE_BYTES == keys.KEY_SHARE_BYTES  # one size check for both kinds
-        if any(type(share) is not bytes or len(share) != keys.B_SHARE_BYTES for share in shares.values()):
-            for w, share in shares.items():
-                if not isinstance(share, (bytes, bytearray)) or len(share) != keys.B_SHARE_BYTES:
-                    raise SecAggError(f"share of participant {w} must be {keys.B_SHARE_BYTES} bytes")
-        for w in survivors:
-            self._b_shares.setdefault(w, {})[index] = bytes(shares[w])
-        for v in dropped:
-            self._key_shares.setdefault(v, {})[index] = bytes(shares[v])
+        # b-shares and mask-key shares are told apart by their owner (survivor or dropped)
+        self._revealed[index] = _checked_copy(shares, keys.B_SHARE_BYTES, lambda w: f"share of participant {w}")
         self._unmasked.add(index)
 
     def result(self, *, executor: Executor | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -233,14 +233,14 @@ class SecAggServer:
         t, fp, length = self.params.threshold, self.params.fixed_point, self.params.vector_length
         if len(survivors) < t:
             raise SecAggError(f"too few survivors: {len(survivors)} < threshold {t}; abandon the round")
-        short_b = [w for w in survivors if len(self._b_shares.get(w, {})) < t]
-        short_key = [v for v in dropped if len(self._key_shares.get(v, {})) < t]
-        if short_b or short_key:
+        owners = survivors + dropped
+        xs, values, short = self._smallest_points(owners)
+        if short:
+            short_b = [w for w in short if w in self._request_sets[0]]
+            short_key = [v for v in short if v in self._request_sets[1]]
             raise SecAggError(f"too few shares (threshold {t}) to rebuild the self-mask seed of {short_b} "
                               f"and the mask key of dropped {short_key}; abandon the round")
-        jobs = [self._points(w, self._b_shares[w]) for w in survivors]
-        jobs += [self._points(v, self._key_shares[v]) for v in dropped]
-        secrets = ShamirCombiner(t).combine_many(jobs)
+        secrets = ShamirCombiner(t).combine_rows(xs, values, keys.B_SHARE_BYTES)
         self_seeds, key_seeds = secrets[:len(survivors)], secrets[len(survivors):]
         round_id, alive = self.params.round_id, set(survivors)
         peers_of_dropped = []
@@ -256,17 +256,49 @@ class SecAggServer:
         total &= fp.mask
         self._result = (total, survivors)
         self._phase = Stage.DONE
-        self._b_shares, self._key_shares, self._request_for = {}, {}, {}
+        self._revealed, self._request_for, self._expected_reveal = {}, {}, {}
         return total.copy(), survivors
 
-    def _points(self, owner: int, held: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
-        """The t (x, share) of `owner`'s secret with the smallest x (only t are used).
+    def _smallest_points(self, owners: Sequence[int]) -> tuple[np.ndarray, bytes, list[int]]:
+        """(x-coordinates (owners, t), their shares side by side, owners with fewer than t shares revealed).
 
-        Holder h has x = its position in owner's neighbourhood + 1. The smallest x make most secrets
-        share their x-coordinates, hence their Lagrange coefficients (`ShamirCombiner`).
+        For each owner, the t revealed shares with the smallest x: holder h has x = its position in the
+        owner's neighbourhood + 1, so walking the neighbourhood in order finds them. The smallest x make
+        most secrets share their x-coordinates, hence their Lagrange coefficients (`ShamirCombiner`).
         """
-        position = {w: p + 1 for p, w in enumerate(self.params.neighbourhood(owner))}
-        return sorted((position[h], share) for h, share in held.items())[:self.params.threshold]
+        t, revealed = self.params.threshold, self._revealed
+        xs: list[int] = []
+        values: list[bytes] = []
+        short = []
+        for owner in owners:
+            found = 0
+            for x, holder in enumerate(self.params.neighbourhood(owner), 1):
+                held = revealed.get(holder)
+                if held is not None and (share := held.get(owner)) is not None:
+                    xs.append(x)
+                    values.append(share)
+                    found += 1
+                    if found == t:
+                        break
+            if found < t:
+                short.append(owner)
+                del xs[len(xs) - found:], values[len(values) - found:]
+        return np.array(xs, np.int64).reshape(-1, t), b"".join(values), short
+
+
+def _all_of_type(items: Iterable[object], kind: type) -> bool:
+    """Whether every item is exactly of `kind` (not a subclass: bool is not an int here); one C-level pass."""
+    return set(map(type, items)) <= {kind}
+
+
+def _checked_copy(messages: Mapping[int, bytes], size: int, naming: Callable[[int], str]) -> dict[int, bytes]:
+    """A copy of `messages` the caller cannot change, every value `size` bytes; else SecAggError naming it."""
+    if _all_of_type(messages.values(), bytes) and set(map(len, messages.values())) <= {size}:
+        return dict(messages)  # the common case in C loops; bytes are immutable
+    for key, data in messages.items():
+        if not isinstance(data, (bytes, bytearray)) or len(data) != size:
+            raise SecAggError(f"{naming(key)} must be {size} bytes")
+    return {key: bytes(data) for key, data in messages.items()}
 
 
 MaskJob = tuple[int, bytes, tuple[tuple[int, bytes], ...]]  # (dropped v, its mask key seed, (u, u's mask public key)...)
@@ -297,15 +329,11 @@ def _masks_total(round_id: bytes, length: int, self_seeds: Sequence[bytes], drop
 def _masks_part(round_id: bytes, length: int, self_seeds: Sequence[bytes], dropped: Sequence[MaskJob]) -> np.ndarray:
     """sum PRG(b_w) over `self_seeds` and, for each dropped v and surviving neighbour u, the pairwise mask
     u added: +PRG(s_uv) when u < v, else -PRG(s_uv)."""
-    total = np.zeros(length, np.uint64)
+    masks = prg.KeystreamSum(length)
     for seed in self_seeds:
-        total += prg.keystream(seed, length)
+        masks.add(seed)
     for v, key_seed, peers in dropped:
         mask_key = keys.mask_key_from_seed(key_seed, round_id=round_id, index=v)
         for u, public in peers:
-            pairwise = prg.keystream(keys.mask_seed(mask_key, public, round_id=round_id, a=u, b=v), length)
-            if u < v:
-                total += pairwise
-            else:
-                total -= pairwise
-    return total
+            masks.add(keys.mask_seed(mask_key, public, round_id=round_id, a=u, b=v), subtract=u > v)
+    return masks.total

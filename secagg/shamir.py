@@ -126,19 +126,42 @@ class ShamirCombiner:
         t = self.threshold
         lengths = [_check_shares(job, t) for job in jobs]
         results: list[bytes] = [b""] * len(jobs)
-        if not jobs:
-            return results
-        gf128.check_against_library()
         for length in sorted(set(lengths)):  # one pass per share length (one in a round)
             members = [number for number, size in enumerate(lengths) if size == length]
-            blocks = length // BLOCK
             xs = np.array([[x for x, _ in jobs[number][:t]] for number in members], np.int64)
-            x_sets, which = np.unique(xs, axis=0, return_inverse=True)
-            coefficients = lagrange_at_zero(x_sets)[which.reshape(-1)]  # (members, t, 2)
-            values = gf128.from_blocks(b"".join(bytes(share) for number in members for _, share in jobs[number][:t]),
-                                       len(members) * t * blocks).reshape(len(members), t, blocks, 2)
-            secrets = gf128.xor_sum(gf128.multiply(coefficients[:, :, None, :], values), axis=1)
-            flat = gf128.to_blocks(secrets.reshape(-1, 2))
-            for position, number in enumerate(members):
-                results[number] = b"".join(flat[position * blocks:(position + 1) * blocks])
+            values = b"".join(bytes(share) for number in members for _, share in jobs[number][:t])
+            for number, secret in zip(members, self.combine_rows(xs, values, length)):
+                results[number] = secret
         return results
+
+    def combine_rows(self, xs: np.ndarray, values: bytes, share_bytes: int) -> list[bytes]:
+        """The secret of each row of `xs` (rows, t): row r's shares are the r-th run of t shares of
+        `share_bytes` each in `values`, in the order of its x-coordinates.
+
+        What a caller that already holds its shares side by side (the server) uses without building
+        (x, share) pairs; validated as `combine_shares` does, with array checks.
+        """
+        t = self.threshold
+        if not isinstance(xs, np.ndarray) or xs.ndim != 2 or xs.shape[1] != t or xs.dtype.kind not in "iu":
+            raise SecAggError(f"x-coordinates must be an integer array of shape (secrets, {t})")
+        if isinstance(share_bytes, bool) or not isinstance(share_bytes, int) or share_bytes <= 0 \
+                or share_bytes % BLOCK or share_bytes > MAX_SECRET_BYTES:
+            raise SecAggError(f"a share must be a non-empty multiple of {BLOCK} bytes")
+        rows = xs.shape[0]
+        if not isinstance(values, (bytes, bytearray)) or len(values) != rows * t * share_bytes:
+            raise SecAggError(f"expected {rows} x {t} shares of {share_bytes} bytes")
+        if rows == 0:
+            return []
+        if int(xs.min()) < 1 or int(xs.max()) > MAX_SHARES:
+            raise SecAggError(f"share x-coordinate must be an integer in 1..{MAX_SHARES}")
+        ordered = np.sort(xs, axis=1)
+        if np.any(ordered[:, 1:] == ordered[:, :-1]):
+            raise SecAggError("two shares with the same x-coordinate")
+        gf128.check_against_library()
+        blocks = share_bytes // BLOCK
+        x_sets, which = np.unique(xs, axis=0, return_inverse=True)
+        coefficients = lagrange_at_zero(x_sets)[which.reshape(-1)]  # (rows, t, 2)
+        elements = gf128.from_blocks(values, rows * t * blocks).reshape(rows, t, blocks, 2)
+        secrets = gf128.xor_sum(gf128.multiply(coefficients[:, :, None, :], elements), axis=1)
+        raw = np.ascontiguousarray(secrets.reshape(rows, blocks, 2), dtype=">u8").tobytes()
+        return [raw[r * share_bytes:(r + 1) * share_bytes] for r in range(rows)]

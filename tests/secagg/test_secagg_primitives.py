@@ -238,6 +238,7 @@ def test_one_devices_neighbours_are_its_entry_in_the_whole_graph(n, k):
 def test_the_ring_order_is_a_permutation_and_its_inverse(n):
     ring = graph_module._RingOrder(n, b"seed")
     order = [ring.at(p) for p in range(n)]
+    assert ring.layout().tolist() == order  # the server's vectorized layout is the pointwise permutation
     assert sorted(order) == list(range(n))
     assert [ring.position_of(node) for node in order] == list(range(n))
     if n >= 1000:

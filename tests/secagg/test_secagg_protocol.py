@@ -472,9 +472,12 @@ def test_the_server_rebuilds_a_dropped_mask_key_from_its_seed_shares():
     game.advertise(), game.share()
     game.mask(absent={4})
     game.unmask()
-    held = game.server._key_shares[4]
+    held = {holder: revealed[4] for holder, revealed in game.server._revealed.items() if 4 in revealed}
     assert len(held) >= params.threshold and all(len(share) == keys.KEY_SHARE_BYTES == 16 for share in held.values())
-    seed = combine_shares(game.server._points(4, held), threshold=params.threshold)
+    xs, values, short = game.server._smallest_points([4])
+    assert short == [] and xs.shape == (1, params.threshold)
+    points = [(int(x), values[16 * j:16 * (j + 1)]) for j, x in enumerate(xs[0])]
+    seed = combine_shares(points, threshold=params.threshold)
     assert keys.public_of(keys.mask_key_from_seed(seed, round_id=params.round_id, index=4)) == game.server._keys[4][1]
     total, survivors = game.server.result()
     assert 4 not in survivors and np.array_equal(total, game.expected(survivors))
@@ -513,7 +516,7 @@ def test_result_with_an_executor_refuses_inconsistent_shares_and_changes_nothing
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         with pytest.raises(SecAggError, match="participant 4"):
             game.server.result(executor=pool)
-    assert game.server.phase is Stage.UNMASK and game.server._key_shares
+    assert game.server.phase is Stage.UNMASK and game.server._revealed
 
 
 # the one stage enum and the round's table

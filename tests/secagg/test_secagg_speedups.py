@@ -108,6 +108,34 @@ def test_batched_combine_validates_like_combine_shares(job):
         ShamirCombiner(2).combine_many([good, job])
 
 
+def test_combining_rows_equals_combining_pairs():
+    rng = np.random.default_rng(4)
+    threshold, secrets = 5, [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in range(30)]
+    jobs = []
+    for k, secret in enumerate(secrets):
+        shares = split_secret(secret, threshold=threshold, num_shares=9)
+        chosen = sorted(rng.choice(9, threshold, replace=False) + 1) if k % 3 else list(range(1, threshold + 1))
+        jobs.append([(int(x), shares[x - 1]) for x in chosen])
+    xs = np.array([[x for x, _ in job] for job in jobs])
+    values = b"".join(share for job in jobs for _, share in job)
+    assert ShamirCombiner(threshold).combine_rows(xs, values, 32) == secrets == ShamirCombiner(threshold).combine_many(jobs)
+
+
+@pytest.mark.parametrize("xs, values, share_bytes, match", [
+    (np.array([[1, 1]]), bytes(32), 16, "same x-coordinate"),
+    (np.array([[0, 2]]), bytes(32), 16, "x-coordinate"),
+    (np.array([[1, 2000]]), bytes(32), 16, "x-coordinate"),
+    (np.array([[1, 2]]), bytes(31), 16, "shares of 16 bytes"),
+    (np.array([[1, 2, 3]]), bytes(48), 16, "shape"),
+    (np.array([[1.0, 2.0]]), bytes(32), 16, "integer array"),
+    (np.array([[1, 2]]), bytes(30), 15, "multiple of 16"),
+    (np.array([[1, 2]]), "x" * 32, 16, "shares of 16 bytes"),
+])
+def test_combining_rows_validates_its_input(xs, values, share_bytes, match):
+    with pytest.raises(SecAggError, match=match):
+        ShamirCombiner(2).combine_rows(xs, values, share_bytes)
+
+
 @pytest.mark.parametrize("threshold", [1, True, 1.5, 2000])
 def test_combiner_refuses_bad_parameters(threshold):
     with pytest.raises(SecAggError):
@@ -119,11 +147,16 @@ def test_the_server_uses_the_smallest_x_coordinates():
     game = Round.start(params)
     game.advertise(), game.share(), game.mask()
     game.unmask(absent={0, 5})
-    for owner, held in game.server._b_shares.items():
-        points = game.server._points(owner, held)
-        position = {w: p + 1 for p, w in enumerate(params.neighbourhood(owner))}
-        assert [x for x, _ in points] == sorted(position[h] for h in held)[:params.threshold]
-        assert all(held[params.neighbourhood(owner)[x - 1]] == share for x, share in points)
+    survivors, _ = game.server.unmask_request()
+    t = params.threshold
+    xs, values, short = game.server._smallest_points(survivors)
+    assert short == [] and xs.shape == (len(survivors), t)
+    for row, owner in enumerate(survivors):
+        neighbourhood = params.neighbourhood(owner)
+        held = {holder: revealed[owner] for holder, revealed in game.server._revealed.items() if owner in revealed}
+        assert list(xs[row]) == sorted(neighbourhood.index(h) + 1 for h in held)[:t]
+        for j, x in enumerate(xs[row]):
+            assert values[16 * (row * t + j):16 * (row * t + j + 1)] == held[neighbourhood[x - 1]]
     total, survivors = game.server.result()
     assert np.array_equal(total, game.expected(survivors))
 
