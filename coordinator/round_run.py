@@ -76,7 +76,6 @@ class RoundRun:
         self._gone: set[int] = set()  # their host was deleted: no phase waits for them
         self._closed: dict[Stage, asyncio.Event] = {stage: asyncio.Event() for stage in Stage}
         self._progress = asyncio.Event()  # set whenever a message arrives
-        self._unmask_request: tuple[frozenset[int], frozenset[int]] | None = None
         self.phase_seconds: dict[str, float] = {}  # how long each phase took (benchmarks, logs)
         self._result: SecureSum | None = None
         # The first stage is open from the start (its phase timeout runs from `started`).
@@ -118,10 +117,8 @@ class RoundRun:
         index = self._accept(device_id, Stage.MASKED_INPUT)
         self._apply(Stage.MASKED_INPUT, index, lambda: self.server.receive_masked(index, masked))
         await self._wait(Stage.MASKED_INPUT)
-        assert self._unmask_request is not None
-        survivors, dropped = self._unmask_request
-        neighbourhood = {index, *self.params.graph[index]}  # the whole graph, laid out once per round
-        return sorted(survivors & neighbourhood), sorted(dropped & neighbourhood)
+        survivors, dropped = self.server.unmask_request_for(index)  # its neighbourhood's part, sorted
+        return list(survivors), list(dropped)
 
     async def unmask(self, device_id: str, shares: Mapping[int, bytes]) -> None:
         index = self._accept(device_id, Stage.UNMASK)
@@ -236,8 +233,7 @@ class RoundRun:
         if entry.waits_for is Waits.PREVIOUS:
             assert previous is not None
             return set(self._arrived[previous.stage])
-        survivors, dropped = self.server.unmask_request()
-        self._unmask_request = (frozenset(survivors), frozenset(dropped))
+        survivors, _ = self.server.unmask_request()
         return set(survivors)
 
     def _deadline(self, entry: RoundPhase) -> float:

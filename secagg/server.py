@@ -22,7 +22,7 @@ one from every v in S adjacent to u. Then:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -97,7 +97,7 @@ class SecAggServer:
             raise SecAggError(f"participant {index} did not advertise keys")
         self._advance(Stage.SHARE_KEYS)
         advertised = self._keys  # O(degree), in C loops: this runs for every device
-        near = tuple(filter(advertised.__contains__, self.params.graph[index]))
+        near = _present(self.params.graph[index], advertised, self.params.num_participants)
         return dict(zip(near, map(advertised.__getitem__, near)))
 
     # phase 2: share keys
@@ -112,8 +112,14 @@ class SecAggServer:
             raise SecAggError(f"participant {index} already sent shares")
         if not isinstance(shares, Mapping):
             raise SecAggError("shares must be a mapping of receiver index -> bytes")
-        expected = self._keys.keys() & self.params.graph[index]
-        if shares.keys() != expected or not _all_of_type(shares.keys(), int):  # the common case in C loops
+        neighbours = self.params.graph[index]  # sorted
+        if len(self._keys) == self.params.num_participants:  # everyone advertised: the common case, in C loops
+            expected: Collection[int] = neighbours
+            matches = _all_of_type(shares.keys(), int) and tuple(sorted(shares)) == neighbours
+        else:
+            expected = self._keys.keys() & neighbours
+            matches = shares.keys() == expected and _all_of_type(shares.keys(), int)
+        if not matches:
             for v in shares:
                 self.params.check_index(v, "receiver index")
             raise SecAggError(f"participant {index} sent shares for {sorted(shares)}, expected {sorted(expected)}")
@@ -129,7 +135,7 @@ class SecAggServer:
             raise SecAggError(f"participant {index} did not send shares")
         self._advance(Stage.MASKED_INPUT)
         shares = self._shares  # O(degree): the neighbours' messages, looked up by receiver, in C loops
-        senders = tuple(filter(shares.__contains__, self.params.graph[index]))
+        senders = _present(self.params.graph[index], shares, self.params.num_participants)
         # every sender's message holds one for `index`: it went to each neighbour that advertised keys,
         # advertisement closed before any share was accepted, and `index` advertised (it sent shares)
         return dict(zip(senders, map(operator.itemgetter(index), map(shares.__getitem__, senders))))
@@ -137,7 +143,7 @@ class SecAggServer:
     def _senders_to(self, index: int) -> set[int]:
         """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""
         shares = self._shares
-        return set(filter(shares.__contains__, self.params.graph[index])) if index in shares else set()
+        return set(_present(self.params.graph[index], shares, self.params.num_participants)) if index in shares else set()
 
     # phase 3: masked input
 
@@ -284,6 +290,11 @@ class SecAggServer:
                 short.append(owner)
                 del xs[len(xs) - found:], values[len(values) - found:]
         return np.array(xs, np.int64).reshape(-1, t), b"".join(values), short
+
+
+def _present(members: tuple[int, ...], table: Mapping[int, object], everyone: int) -> tuple[int, ...]:
+    """The `members` that are keys of `table`; with no lookups when all `everyone` participants are in it."""
+    return members if len(table) == everyone else tuple(filter(table.__contains__, members))
 
 
 def _all_of_type(items: Iterable[object], kind: type) -> bool:
