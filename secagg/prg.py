@@ -53,6 +53,7 @@ class KeystreamSum:
             raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
         self.length = length
         self.total = np.zeros(length, np.uint64)
+        self._plaintext = _zeros(8 * length)  # the keystream is the encryption of zeros
         self._buffer = bytearray(8 * length + 15)  # update_into wants room for one block more
         self._words = np.frombuffer(self._buffer, dtype="<u8", count=length)
 
@@ -61,7 +62,7 @@ class KeystreamSum:
         if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
             raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
         encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
-        encryptor.update_into(_zeros(8 * self.length), self._buffer)
+        encryptor.update_into(self._plaintext, self._buffer)
         if subtract:
             self.total -= self._words
         else:

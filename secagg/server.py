@@ -306,10 +306,11 @@ def _checked_copy(messages: Mapping[int, bytes], size: int, naming: Callable[[in
     """A copy of `messages` the caller cannot change, every value `size` bytes; else SecAggError naming it."""
     if _all_of_type(messages.values(), bytes) and set(map(len, messages.values())) <= {size}:
         return dict(messages)  # the common case in C loops; bytes are immutable
+    copied: dict[int, bytes] = {}
     for key, data in messages.items():
-        if not isinstance(data, (bytes, bytearray)) or len(data) != size:
-            raise SecAggError(f"{naming(key)} must be {size} bytes")
-    return {key: bytes(data) for key, data in messages.items()}
+        if not isinstance(data, (bytes, bytearray)) or len(copied.setdefault(key, bytes(data))) != size:
+            raise SecAggError(f"{naming(key)} must be {size} bytes")  # the length of the copy: it is what is kept
+    return copied
 
 
 MaskJob = tuple[int, bytes, tuple[tuple[int, bytes], ...]]  # (dropped v, its mask key seed, (u, u's mask public key)...)

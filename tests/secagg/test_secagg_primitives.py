@@ -17,7 +17,7 @@ from secagg import keys
 from secagg.errors import SecAggError
 from secagg.graph import choose_degree_and_threshold, neighbour_graph, neighbours_of, privacy_bits_achieved
 from secagg.params import SecAggParams
-from secagg.prg import expand
+from secagg.prg import KeystreamSum, expand
 from secagg.quantize import FixedPoint
 from secagg.shamir import combine_shares, split_secret
 
@@ -43,6 +43,23 @@ def test_prg_output_looks_uniform():
     counts = np.bincount((values >> np.uint64(12)).astype(np.int64), minlength=16)
     chi2 = float(np.sum((counts - 6250) ** 2 / 6250))
     assert chi2 < 50  # 15 degrees of freedom; p < 1e-5 beyond this
+
+
+@pytest.mark.parametrize("length", [0, 1000, 200_000])  # 200,000 words: past the shared 1 MiB of zeros
+def test_a_keystream_sum_equals_the_sum_of_the_keystreams(length):
+    seeds = [os.urandom(16) for _ in range(4)]
+    summed = KeystreamSum(length)
+    for k, seed in enumerate(seeds):
+        summed.add(seed, subtract=k == 2)
+    expected = np.zeros(length, np.uint64)
+    for k, seed in enumerate(seeds):
+        stream = expand(seed, length, 64)
+        expected = expected - stream if k == 2 else expected + stream
+    assert np.array_equal(summed.total, expected)
+    with pytest.raises(SecAggError, match="16 bytes"):
+        summed.add(bytes(15))
+    with pytest.raises(SecAggError, match="mask length"):
+        KeystreamSum(-1)
 
 
 @pytest.mark.parametrize("args", [(bytes(15), 10, 8), (bytes(32), 10, 8), (bytes(16), -1, 8), (bytes(16), 10, 0),

@@ -381,6 +381,19 @@ def test_server_refuses_bad_shares(keyed):
         server.receive_shares(0, sealed)
 
 
+def test_the_server_keeps_its_own_copy_of_the_shares(keyed):
+    """A caller's mutable buffers (bytearray values) are copied as bytes: changing them later changes nothing."""
+    server = keyed.server
+    sealed = keyed.devices[0].share_keys(server.keys_for(0))
+    buffers = {v: bytearray(data) for v, data in sealed.items()}
+    server.receive_shares(0, buffers)
+    for data in buffers.values():
+        data[:] = bytes(len(data))
+    for v, data in sealed.items():
+        stored = server._shares[0][v]
+        assert type(stored) is bytes and stored == data
+
+
 def test_device_refuses_tampered_or_misrouted_shares(keyed):
     keyed.share()
     server, params = keyed.server, keyed.params
