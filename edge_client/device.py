@@ -119,13 +119,14 @@ class Device:
             return model
         return self._model
 
-    def _load_active(self) -> LiteModel:
-        """The active model, verified, with the zero user in its interpreter."""
+    def _load_active(self, *, accelerated: bool = True) -> LiteModel:
+        """The active model, verified, with the zero user in its interpreter (`accelerated`:
+        `LiteModel.from_bytes`)."""
         version = self.store.active_model()
         if version is None:
             raise DeviceError(f"no model installed in {self.device_dir}; run `fedrec-edge install PACKAGE_DIR` first")
         try:
-            model = LiteModel.load(self.models_dir / version)
+            model = LiteModel.load(self.models_dir / version, accelerated=accelerated)
         except ManifestError as error:
             raise DeviceError(f"the active model {version} cannot be used ({error}); install a package again") from None
         if model.model_version != version:
@@ -226,9 +227,11 @@ class Device:
     @_exclusive
     def personalize(self) -> PersonalizeReport:
         """Fit the personal parameters from every stored rating the active model can use, and persist them."""
-        # A model loaded here skips restoring the stored parameters: the fit replaces all of them
-        # (it becomes this Device's model only once it holds the fit).
-        model = self._model if self._model is not None else self._load_active()
+        # Without a loaded model this is a one-shot fit (what `fedrec-edge personalize` does): the
+        # model is loaded without XNNPACK, whose preparation of every signature costs more than
+        # one fit gains, skips restoring the stored parameters (the fit replaces all of them), and
+        # is not kept: a later use loads the accelerated model, which restores the stored fit.
+        model = self._model if self._model is not None else self._load_active(accelerated=False)
         ratings = self.store.ratings()
         usable = usable_ratings(ratings, model.manifest)
         ids, stars = usable.dense_ids, usable.ratings
@@ -238,7 +241,6 @@ class Device:
             raise DeviceError(f"no ratings to personalize model {model.model_version} from ({detail}); "
                               "import or rate some first")
         fit = model.personalize(ids, stars)
-        self._model = model
         self.store.put_user_params(_stored(fit.user, model.model_version, len(ids)))
         return PersonalizeReport(model.model_version, len(ids), len(ratings) - len(ids), fit.loss)
 

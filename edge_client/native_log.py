@@ -4,7 +4,8 @@ Two libraries print, on every start, lines that users read as failures:
 - TensorFlow 2.14 on a machine without a GPU: three `E ... Unable to register cuDNN/cuFFT/cuBLAS
   factory` lines (a known duplicate-registration message, harmless on a CPU);
 - LiteRT: `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` at the first call of the
-  first interpreter (XNNPACK is what makes the device fast, so it stays on).
+  first interpreter (XNNPACK is what makes repeated calls fast, so it stays on, except for a
+  one-shot fit: `LiteModel.from_bytes`).
 Neither library has a switch that silences only these lines (TF_CPP_MIN_LOG_LEVEL=3 would hide
 real errors too, LiteRT reads no variable at all), so `filtered_stderr` routes the process's
 file descriptor 2 through a pipe for the duration of a block and forwards every line that does

@@ -147,8 +147,9 @@ class Manifest:
 
     @functools.cached_property
     def dense_index(self) -> dict[int, int]:
-        """The app's item id -> the model's dense index (built once per manifest)."""
-        return {raw: dense for dense, raw in enumerate(self.item_ids)}
+        """The app's item id -> the model's dense index (built once per manifest; a device builds
+        it at every start, and dict(zip) takes ~2/3 of a comprehension's time)."""
+        return dict(zip(self.item_ids, range(len(self.item_ids))))
 
     @functools.cached_property
     def _content_digest(self) -> bytes:

@@ -53,7 +53,7 @@ class ModelConfig:
     implicit_l2: float = 3.0
     implicit_learning_rate: float = 0.0
     # How the (d+1)x(d+1) ridge system is solved: "direct" (one LAPACK op, fastest in TF),
-    # "elimination" (symmetric Gauss-Jordan, `sweep`, from builtin ops only: ~7 ops per unknown;
+    # "elimination" (symmetric Gauss-Jordan, `sweep`, from builtin ops only: ~6 ops per unknown;
     # the TFLite export's fits are sweeps) or "cg" (conjugate gradient from builtin ops only:
     # ~18 ops per unknown). All give the exact ridge solution up to float rounding.
     solver: str = "direct"
@@ -154,7 +154,8 @@ def sweep(matrix: tf.Tensor, pivots: int) -> tf.Tensor:
     left as garbage: no later step reads a swept pivot, so it is not repaired (one op per pivot
     less). Gauss-Jordan elimination in symmetric form: no pivoting (SPD matrices need none), and
     every step reads a row, never a column (a column slice is a strided copy in LiteRT). Unrolled
-    into `pivots` steps of 7 builtin TFLite ops.
+    into `pivots` steps of 6 builtin TFLite ops: the outer product of a step is one BATCH_MATMUL of
+    the row with itself (a reshape and a broadcast multiply took one op more and were slower).
     """
     size = int(matrix.shape[-1])
     unit = np.eye(size, dtype=np.float32)
@@ -162,16 +163,14 @@ def sweep(matrix: tf.Tensor, pivots: int) -> tf.Tensor:
         row = matrix[..., j:j + 1, :]  # [..., 1, K]: also column j, by symmetry
         v = row - unit[j:j + 1]  # row j with the pivot d replaced by d - 1
         # Off row and column j: m - m_.j m_j. / d; on them: m_.j / d (and 2 - 1/d on the pivot).
-        column = tf.reshape(v, v.shape[:-2].as_list() + [size, 1]) if v.shape.is_fully_defined() \
-            else tf.linalg.matrix_transpose(v)
-        matrix = matrix - column * (v / row[..., j:j + 1])
+        matrix = matrix - tf.matmul(v, v / row[..., j:j + 1], transpose_a=True)
     return matrix
 
 
 def solve_spd_elimination(matrix: tf.Tensor, rhs: tf.Tensor) -> tf.Tensor:
     """Solve symmetric positive-definite systems `matrix` [..., k, k] x = `rhs` [..., k] exactly
     (up to float rounding) by sweeping the augmented [[A, b], [b^T, 0]] (`sweep`): builtin
-    TFLite ops only, 7 per unknown (conjugate gradient takes ~18)."""
+    TFLite ops only, 6 per unknown (conjugate gradient takes ~18)."""
     k = int(rhs.shape[-1])
     column = tf.expand_dims(rhs, -1)
     corner = tf.zeros_like(column[..., :1, :])
@@ -430,7 +429,9 @@ def local_item_steps(
         errors = global_mean + item_bias + scores + offset
         if step == 0:
             loss_before = tf.reduce_mean(errors * errors)
-        accumulated_errors = embedding_decay * accumulated_errors + errors
+            accumulated_errors = errors  # decay * 0 + errors, exactly, without three ops on the device
+        else:
+            accumulated_errors = embedding_decay * accumulated_errors + errors
         scores = embedding_decay * scores - (lr * user_norm_sq) * errors
         item_bias = bias_decay * item_bias - lr * errors
         global_mean = global_mean - lr * tf.reduce_mean(errors)

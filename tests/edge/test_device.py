@@ -223,3 +223,27 @@ def test_parameters_from_before_the_ranking_head_are_refit_at_the_next_install(m
     report = device.install(make_package(**NEWER_SAME_DIM))
     assert report.params == "refit" and report.refit_num_ratings == 12
     assert device.store.user_params().implicit is not None
+
+
+def test_a_cold_personalization_fits_without_xnnpack_and_the_next_use_holds_the_stored_fit(make_package, tmp_path):
+    package = make_package(**BASE)
+    device = _installed(tmp_path, package)
+    ratings = _strong_tastes(device)
+    device.close()
+    cold = Device(tmp_path / "device")
+    report = cold.personalize()  # one-shot: an interpreter without the XNNPACK delegate, not kept
+    assert cold._model is None
+    stored = cold.store.user_params()
+    # the same fit as the accelerated interpreter's, within the float tolerance of its kernels
+    model = LiteModel.load(package)
+    ids = np.array([(raw - 1000) // 7 for raw in ratings], np.int32)
+    fit = model.personalize(ids, np.array(list(ratings.values()), np.float32))
+    np.testing.assert_allclose(stored.embedding, fit.user.embedding, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored.implicit, fit.user.implicit, rtol=1e-5, atol=1e-6)
+    assert report.loss == pytest.approx(fit.loss, rel=1e-5)
+    # the next use loads the accelerated model, holding exactly what was stored
+    user = cold.model.get_weights().user
+    np.testing.assert_array_equal(user.embedding, stored.embedding)
+    np.testing.assert_array_equal(user.implicit, stored.implicit)
+    assert float(user.bias) == np.float32(stored.bias)
+    cold.close()

@@ -103,3 +103,15 @@ def test_garbage_bytes_give_a_model_error_naming_the_file(make_package, tmp_path
     with pytest.raises(ModelError, match=r"x\.tflite: not a usable TFLite model"):
         LiteModel.from_bytes(b"\x00" * 1000, manifest, model_path=tmp_path / "x.tflite")
     assert issubclass(ModelError, ManifestError)  # callers refuse packages with one except clause
+
+
+def test_an_unaccelerated_model_computes_what_the_accelerated_one_does(make_package):
+    package = make_package()
+    fast, plain = LiteModel.load(package), LiteModel.load(package, accelerated=False)
+    plain.self_test()
+    ids, stars = np.array([3, 0, 17, 9, 25], np.int32), np.array([5, 1, 4, 2, 3], np.float32)
+    for one, other in zip(fast.personalize(ids, stars).user, plain.personalize(ids, stars).user):
+        np.testing.assert_allclose(one, other, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fast.topk(7).item_ids, plain.topk(7).item_ids)
+    for one, other in zip(fast.client_update(ids, stars), plain.client_update(ids, stars)):
+        np.testing.assert_allclose(one, other, rtol=1e-5, atol=1e-6)

@@ -12,9 +12,10 @@ system ~300 ns), reading a variable copies it (the item table: 107 KB, ~2.5 us),
 (x V^T) takes ~3 us, and the XNNPACK delegate prepares every op of every signature when the
 interpreter first runs (a cold start pays for the op count). So:
 
-- The user's two exact fits are one batched sweep (`model.sweep`, symmetric Gauss-Jordan: 7 ops
+- The user's two exact fits are one batched sweep (`model.sweep`, symmetric Gauss-Jordan: 6 ops
   per unknown; conjugate gradient took ~18 per unknown and system) of [[A, b], [b^T, *]]
-  matrices built by one batched matmul from the user's rows (`_fit`). The part of both systems
+  matrices, both selected by constant 0/1 matmuls from the gram matrix of one design matrix of
+  the user's rows (`_fit`; building a design per head took more ops). The part of both systems
   that does not depend on the user's ratings (the rating head's penalties; the ranking head's
   w0 V^T V + l2 I, which depends on the item table only) is a variable (`shared_systems`),
   recomputed when `set_global` replaces the table.
@@ -152,20 +153,26 @@ class OnDeviceModel(tf.Module):
 
     def _fit(self, params, item_ids, ratings):
         """Both of the user's exact fits, `model.fit_user` and `model.fit_implicit_user` (the same
-        ridge problems), as one batched sweep (`model.sweep`) of [[A, b], [b^T, *]] matrices that
-        one batched matmul builds from the user's rows: [v_j, 1, r_j - mu - b_j] for the rating
-        head (unknowns u, b_u), [v_j, 0, 1] for the ranking head (unknowns x and a decoupled dummy
-        with a unit pivot, so both sweep the same d+1 pivots)."""
+        ridge problems), as one batched sweep (`model.sweep`) of [[A, b], [b^T, *]] matrices.
+        Both come from G = Z^T Z of the user's rows Z = [v_j, 1, r_j - mu - b_j]: G itself for
+        the rating head (unknowns u, b_u), and S G S^T for the ranking head, whose rows are
+        [v_j, 0, 1] (unknowns x and a decoupled dummy with a unit pivot, so both sweep the same
+        d+1 pivots): S is a constant 0/1 matrix that moves the ones column to coordinate d+1
+        and drops the target (exact: it only copies entries of G)."""
         d = self.config.dim
         rated = tf.gather(params.item_embeddings, item_ids)  # [n, d]
         target = ratings - params.global_mean - tf.gather(params.item_bias, item_ids)
-        ones = tf.ones_like(ratings)
-        rows = tf.concat([rated, tf.stack([ones, target], axis=1)], axis=1)  # [n, d+2]
+        rows = tf.concat([rated, tf.stack([tf.ones_like(ratings), target], axis=1)], axis=1)  # [n, d+2]
+        gram = tf.matmul(rows, rows, transpose_a=True)  # [d+2, d+2]
         if self.config.implicit:
-            rows = tf.stack([rows, tf.concat([rated, tf.stack([tf.zeros_like(ratings), ones], axis=1)], axis=1)])
+            select = np.zeros([2, d + 2, d + 2], np.float32)  # [head, to, from]
+            select[0] = np.eye(d + 2)
+            select[1, np.arange(d), np.arange(d)] = 1.0
+            select[1, d + 1, d] = 1.0
+            systems = tf.matmul(tf.matmul(select, gram), select, transpose_b=True)
         else:
-            rows = tf.expand_dims(rows, 0)
-        systems = tf.matmul(rows, rows, transpose_a=True) + self.shared_systems.read_value()
+            systems = tf.expand_dims(gram, 0)
+        systems = systems + self.shared_systems.read_value()
         solutions = model.sweep(systems, d + 1)[:, d + 1, :d + 1]  # [heads, d+1]: b^T A^-1
         user = model.UserParams(solutions[0, :d], solutions[0, d])
         return user, (solutions[1, :d] if self.config.implicit else tf.zeros([d]))
