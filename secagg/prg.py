@@ -7,6 +7,8 @@ the server must produce identical masks: the byte order (little-endian uint64) i
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -33,11 +35,8 @@ def keystream(seed: bytes, length: int) -> np.ndarray:
     For sums mod 2^b: adding unmasked words mod 2^64 and masking once at the end gives the same
     result as masking every `expand` (2^b divides 2^64), one array pass fewer per mask.
     """
-    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
-        raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
-    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
-        raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
-    encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
+    encryptor = _encryptor(seed)
+    _check_length(length)
     return np.frombuffer(encryptor.update(_zeros(8 * length)), dtype="<u8")  # the encryption of zeros
 
 
@@ -49,8 +48,7 @@ class KeystreamSum:
     """
 
     def __init__(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
-            raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
+        _check_length(length)
         self.length = length
         self.total = np.zeros(length, np.uint64)
         self._plaintext = _zeros(8 * length)  # the keystream is the encryption of zeros
@@ -59,14 +57,23 @@ class KeystreamSum:
 
     def add(self, seed: bytes, *, subtract: bool = False) -> None:
         """total += keystream(seed) (or -=), mod 2^64."""
-        if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
-            raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
-        encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
-        encryptor.update_into(self._plaintext, self._buffer)
+        _encryptor(seed).update_into(self._plaintext, self._buffer)
         if subtract:
             self.total -= self._words
         else:
             self.total += self._words
+
+
+def _encryptor(seed: bytes) -> Any:
+    """AES-128-CTR from the all-zero counter under `seed` (checked): one stream per seed."""
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+        raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes")
+    return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
+
+
+def _check_length(length: int) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
+        raise SecAggError(f"mask length must be an integer in 0..{MAX_LENGTH}, got {length!r}")
 
 
 _ZEROS = bytes(1 << 20)
