@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from coordinator.state_store import ADDRESS_FILE, CATALOG_FILE, METRICS_ADDRESS_
 from coordinator.tls import TLS_DIR
 from edge_client.fleet import STATS_FILE
 from edge_client.simulated_users import device_label, prepare_devices
+from protocol import children
 from protocol.files import atomic_write
 from protocol.upload import UploadLayout
 from tff_pipeline.config import ConfigError
@@ -44,16 +44,6 @@ COORDINATOR_DIR = "coordinator"
 DEVICES_DIR = "devices"
 CONFIG_TOML = "coordinator.toml"
 CAPTURE_FILE = "requests.jsonl"  # --capture: the coordinator's capture (`capture.RequestCapture`)
-
-# Run a child with PR_SET_PDEATHSIG = SIGTERM: the kernel signals it when this process dies.
-_WITH_PDEATHSIG = (
-    "import ctypes, os, signal, sys, runpy\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"
-    "sys.argv = sys.argv[2:]\n"
-    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class UpOptions:
@@ -123,7 +113,7 @@ def spawn(module: str, *args: str, log_path: Path) -> subprocess.Popen:
     """`python -m module args` that dies with this process; output to `log_path`."""
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-c", _WITH_PDEATHSIG, str(os.getpid()), module, *args],
+        return subprocess.Popen(children.module_argv(module, *args),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
         log.close()

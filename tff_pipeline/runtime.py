@@ -9,8 +9,8 @@ in a `SyncExecutionContext`), but owns the worker process:
 - its output goes to /dev/null;
 - it gets a parent-death signal (Linux `PR_SET_PDEATHSIG` = SIGKILL), so the kernel kills it
   when we die, however we die. The signal fires when the *thread* that forked the child exits,
-  so the worker is forked by a keeper thread that lives as long as the process, through a small
-  exec wrapper (a `preexec_fn` is unsafe with TensorFlow's threads);
+  so the worker is forked by a keeper thread that lives as long as the process, through
+  `protocol.children`'s exec wrapper (a `preexec_fn` is unsafe with TensorFlow's threads);
 - `shutdown()` (also at exit and on SIGTERM) stops it.
 """
 
@@ -21,12 +21,13 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from protocol import children
 
 # Re-entrant: the SIGTERM handler runs on the main thread, which may be inside `stub()` holding it.
 _lock = threading.RLock()
@@ -39,17 +40,6 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
-
-# Runs in the child before it becomes the worker (also used by `fedrec worker`, tff_pipeline/worker.py).
-EXEC_WITH_PDEATHSIG = """
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
-    os._exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
 
 def import_training_stack() -> None:
     """Import TensorFlow and TFF once, dropping only their harmless CPU start-up lines. Commands
@@ -72,11 +62,6 @@ def worker_binary_path() -> Path:
     if not binary.is_file():
         raise RuntimeError(f"TFF's worker binary is missing at {binary}")
     return binary.resolve()
-
-
-def pdeathsig_argv(binary: Path, *args: str) -> list[str]:
-    """The command that execs `binary args...` with a parent-death SIGKILL (see the module doc)."""
-    return [sys.executable, "-I", "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), str(binary), *args]
 
 
 class _Keeper:
@@ -136,7 +121,7 @@ class _LocalWorker:
         from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 
         port = portpicker.pick_unused_port()
-        argv = pdeathsig_argv(self._binary, f"--port={port}", "--max_concurrent_computation_calls=-1")
+        argv = children.exec_argv(str(self._binary), f"--port={port}", "--max_concurrent_computation_calls=-1")
         process = self._process = self._keeper.run(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         channel = grpc.insecure_channel(f"localhost:{port}", GRPC_OPTIONS)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
+from protocol import children
 from tff_pipeline import runtime
 from tff_pipeline.errors import PipelineError
 
@@ -77,7 +78,7 @@ def start(port: int, *, max_concurrent_calls: int = -1) -> subprocess.Popen[byte
     if not 1 <= port <= 65535:
         raise WorkerError(f"--port must be from 1 to 65535, got {port}")
     _check_port_free(port)
-    argv = runtime.pdeathsig_argv(runtime.worker_binary_path(), f"--port={port}",
+    argv = children.exec_argv(str(runtime.worker_binary_path()), f"--port={port}",
                                   f"--max_concurrent_computation_calls={max_concurrent_calls}")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=2)  # its log lines: our stderr
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS

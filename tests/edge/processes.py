@@ -10,16 +10,16 @@ device that ignores SIGTERM).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from protocol import children
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("tensorflow", "tensorflow_federated", "tensorflow_privacy", "tff_pipeline", "coordinator")
@@ -49,10 +49,6 @@ def free_port() -> int:
 
 
 _STARTED: list[subprocess.Popen] = []
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def kill_leftovers() -> None:
@@ -119,26 +115,27 @@ class DeviceProcess:
         return f"stdout: {self.stdout[-2000:]!r} stderr: {self.stderr[-3000:]!r}"
 
 
-def start(args: list[str], env: dict[str, str], folder: Path, name: str) -> DeviceProcess:
-    """`python ARGS` with its output in `folder/name.out` and `folder/name.err`."""
+def start(module: str, args: tuple[str, ...], env: dict[str, str], folder: Path, name: str) -> DeviceProcess:
+    """`python -m MODULE ARGS` with its output in `folder/name.out` and `folder/name.err`; the kernel
+    kills it if this process dies (started without a preexec_fn: see protocol.children)."""
     out, err = folder / f"{name}.out", folder / f"{name}.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, *args], env=env, cwd=folder, stdout=stdout, stderr=stderr,
-                                   stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        process = subprocess.Popen(children.module_argv(module, *args, death_signal=signal.SIGKILL), env=env,
+                                   cwd=folder, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
     _STARTED.append(process)
     return DeviceProcess(process, out, err)
 
 
 def edge(env: dict[str, str], folder: Path, name: str, *args: str) -> DeviceProcess:
-    return start(["-m", "edge_client.cli", *args], env, folder, name)
+    return start("edge_client.cli", args, env, folder, name)
 
 
 def fleet(env: dict[str, str], folder: Path, name: str, *args: str) -> DeviceProcess:
-    return start(["-m", "edge_client.fleet", *args], env, folder, name)
+    return start("edge_client.fleet", args, env, folder, name)
 
 
 def pod(env: dict[str, str], folder: Path, name: str, *args: str) -> DeviceProcess:
-    return start(["-m", "edge_client.pod", *args], env, folder, name)
+    return start("edge_client.pod", args, env, folder, name)
 
 
 def one_error_line(done: DeviceProcess, prog: str) -> str:

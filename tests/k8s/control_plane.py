@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,17 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from protocol import children
+
 DEFAULT_BIN_DIR = Path.home() / ".cache" / "fedrec" / "kube-v1.20.2"
 SERVICE_CIDR = "10.96.0.0/16"
 ADMIN_TOKEN_USER = "fedrec-test-admin"
-# Run a child with PR_SET_PDEATHSIG = SIGKILL, then exec it: it cannot outlive the test process.
-EXEC_WITH_PDEATHSIG = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
-if os.getppid() != int(sys.argv[1]):
-    os._exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
 
 
 def binaries() -> dict[str, Path] | None:
@@ -71,7 +64,7 @@ def spawn(argv: list[str], *, log_path: Path, env: dict[str, str] | None = None,
     """Start argv in its own session; the kernel kills it if this process dies."""
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
+        return subprocess.Popen(children.exec_argv(*argv),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd, start_new_session=True)
     finally:
