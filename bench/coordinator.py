@@ -7,8 +7,8 @@ one run on this machine.
 What runs (in this process, no network): every device is a real `SecAggParticipant` fed a random
 update vector of the model's size (`UploadLayout(items, dim)`, clipped to norm 1 as a device clips
 it, fixed point from `fixed_point_for(max_summands=n, value_bound=1, fraction_bits=22)`); the
-coordinator side is the real `SecAggServer` (keys and shares routed, masked vectors unpacked from
-their packed bytes as the gRPC servicer does, unmasked with `result()`), then the real
+coordinator side is the real `SecAggServer` (keys and shares routed, masked vectors handed over
+packed as the gRPC servicer does and unpacked by the server, unmasked with `result()`), then the real
 `SummedUpdateAggregator.aggregate` and `ServerModel.apply` on the decoded sum. The round driver
 (`RoundRun`'s four long-poll phases under asyncio) is timed separately on the same cohort with
 the SecAgg server stubbed out, and added to the coordinator's figure. Plain summation is the same
@@ -360,7 +360,6 @@ class SizeResult:
     plain_aggregate: Clock
     device: dict[str, np.ndarray]  # phase -> per-device CPU seconds
     wire: Wire
-    unpack_cpu: np.ndarray
     harness_seconds: float
 
 
@@ -438,7 +437,6 @@ def run_size(n: int, layout: UploadLayout, scenario_text: str, *, pool: ProcessP
     plain_sum = Clock()
     plain_total = np.zeros(length, np.uint64)
     plain_device = np.zeros(n)
-    unpack_cpu = np.zeros(n)
     for i, participant in enumerate(participants):
         vector = device_vector(layout, i, seed)
         everyone_sum += vector
@@ -457,19 +455,14 @@ def run_size(n: int, layout: UploadLayout, scenario_text: str, *, pool: ProcessP
         plain_device[i] = encoding.cpu + plain_packing.cpu
         with plain_sum():  # as tight as the SecAgg+ server's add: in place mod 2^64, reduced once at the end
             plain_total += unpack(plain_payload, bits, length)  # unpack checks the length and padding
-        # SecAgg+: the servicer unpacks the masked vector (once; counted for every scenario that gets it)
-        unpacking = Clock()
-        with unpacking():
-            vector_in = unpack(payload, bits, length)
-        unpack_cpu[i] = unpacking.cpu
+        # SecAgg+: the servicer hands the server the packed bytes, which it unpacks and adds
         for scenario in scenarios:
             if scenario.when == "shared" and i in scenario.dropped:
                 continue
             if scenario.float_sum is not None:
                 scenario.float_sum += vector
-            scenario.masked_phase.add(unpacking)
             with scenario.masked_phase():
-                scenario.server.receive_masked(i, vector_in)
+                scenario.server.receive_masked(i, payload)
         if (i + 1) % max(1, n // 4) == 0:
             log(f"n={n}: {i + 1} masked inputs ({time.perf_counter() - started:.0f} s so far)")
     del received
@@ -523,7 +516,7 @@ def run_size(n: int, layout: UploadLayout, scenario_text: str, *, pool: ProcessP
             + f"; max |error| {scenario.max_error:.3g} <= {scenario.error_bound:.3g}: {scenario.exact}")
     driver = round_driver_cost(params)
     return SizeResult(n, params, scenarios, graph, keys_phase, shares_phase, driver, plain_sum, plain_aggregate,
-                      device, wire, unpack_cpu, time.perf_counter() - started)
+                      device, wire, time.perf_counter() - started)
 
 
 # --- figures ---

@@ -112,7 +112,7 @@ class RoundRun:
         await self._wait(Stage.SHARE_KEYS)
         return self.server.shares_for(index)
 
-    async def submit_masked_input(self, device_id: str, masked: np.ndarray) -> tuple[list[int], list[int]]:
+    async def submit_masked_input(self, device_id: str, masked: bytes | np.ndarray) -> tuple[list[int], list[int]]:
         """Returns (survivors, dropped) among the device's neighbourhood: whose shares to reveal."""
         index = self._accept(device_id, Stage.MASKED_INPUT)
         self._apply(Stage.MASKED_INPUT, index, lambda: self.server.receive_masked(index, masked))
@@ -215,8 +215,8 @@ class RoundRun:
     def _apply(self, phase: Stage, index: int, action) -> None:
         try:
             action()
-        except SecAggError as error:
-            raise Refused("invalid", str(error)) from None
+        except SecAggError as error:  # the message's content: the phase and the sender were checked (`_accept`)
+            raise Refused("invalid", str(error), "INVALID_ARGUMENT") from None
         self._arrived[phase].add(index)
         self._progress.set()
 

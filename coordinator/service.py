@@ -47,8 +47,6 @@ from protocol.generated import rounds_pb2, rounds_pb2_grpc
 from protocol.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MODEL_FILE
 from protocol.signing import SIGNATURE_METADATA, SignatureError, verify_request
 from protocol.tensors import to_wire
-from secagg.errors import SecAggError
-from secagg.quantize import unpack
 
 log = logging.getLogger("fedrec.coordinator")
 Message = TypeVar("Message")
@@ -210,12 +208,8 @@ class CoordinatorService(rounds_pb2_grpc.CoordinatorServicer):
     async def SubmitMaskedInput(self, request: rounds_pb2.MaskedInputRequest,
                                 context: Any) -> rounds_pb2.MaskedInputResponse:
         async def phase(device_id: str, active: ActiveRound) -> rounds_pb2.MaskedInputResponse:
-            params = active.run.params
-            try:
-                masked = unpack(request.masked_vector, params.fixed_point.bit_width, params.vector_length)
-            except SecAggError as error:
-                raise Refused("invalid", f"masked vector: {error}", "INVALID_ARGUMENT") from None
-            survivors, dropped = await active.run.submit_masked_input(device_id, masked)
+            # packed as sent: the SecAgg+ server unpacks it (and refuses a wrong length or padding)
+            survivors, dropped = await active.run.submit_masked_input(device_id, request.masked_vector)
             return rounds_pb2.MaskedInputResponse(survivors=survivors, dropped=dropped)
 
         return await self._round_phase("SubmitMaskedInput", request, context, phase, rounds_pb2.MaskedInputResponse)

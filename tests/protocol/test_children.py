@@ -4,7 +4,6 @@ parent's at-fork handlers (gRPC's logged into a child's stderr in CI), and dies 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap

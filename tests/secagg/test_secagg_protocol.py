@@ -15,7 +15,7 @@ from secagg.errors import SecAggError
 from secagg.params import SecAggParams
 from secagg.participant import SecAggParticipant
 from secagg.phases import ROUND_PHASES, Waits
-from secagg.quantize import fixed_point_for
+from secagg.quantize import fixed_point_for, pack
 from secagg.server import SecAggServer
 from secagg.shamir import combine_shares
 from secagg.stages import PROTOCOL_STAGES, Stage
@@ -449,6 +449,29 @@ def test_server_refuses_bad_masked_input_and_unmask_messages(keyed):
             server.receive_unmask(i, keyed.devices[i].unmask(*server.unmask_request_for(i)))
     total, who = server.result()
     assert 1 not in who and np.array_equal(total, keyed.expected(who))
+
+
+def test_the_server_takes_masked_inputs_packed_as_they_travel_and_refuses_bad_packing(keyed):
+    """The gRPC path hands the server the packed bytes (no range pass: a b-bit field cannot reach 2^b);
+    the sum is the same as from unpacked arrays, and bad packing is refused without changing anything."""
+    keyed.share()
+    server, bits, length = keyed.server, keyed.params.fixed_point.bit_width, keyed.params.vector_length
+    for i in sorted(server._shares):
+        keyed.masked[i] = keyed.devices[i].masked_input(keyed.encoded[i], server.shares_for(i))
+    packed = pack(keyed.masked[0], bits)
+    padded_wrong = bytearray(packed)
+    padded_wrong[-1] |= 0x80  # a padding bit (length * bits is not a multiple of 8 here)
+    assert (length * bits) % 8
+    for bad in (packed[:-1], packed + b"\0", bytes(padded_wrong), "x" * len(packed)):
+        with pytest.raises(SecAggError, match="masked input of participant 0"):
+            server.receive_masked(0, bad)
+    assert server._masked == set() and not server._sum.any()
+    for i in sorted(keyed.masked):  # even indices packed (bytes or bytearray), odd ones unpacked
+        message = keyed.masked[i] if i % 2 else pack(keyed.masked[i], bits)
+        server.receive_masked(i, bytearray(message) if i % 4 == 2 else message)
+    keyed.unmask()
+    total, survivors = server.result()
+    assert np.array_equal(total, keyed.expected(survivors)) and survivors == tuple(sorted(keyed.masked))
 
 
 def test_indices_out_of_range(keyed):
