@@ -106,7 +106,7 @@ class RoundRun:
         await self._wait(Stage.ADVERTISE_KEYS)
         return self.server.keys_for(index)
 
-    async def share_keys(self, device_id: str, ciphertexts: Mapping[int, bytes]) -> dict[int, bytes]:
+    async def share_keys(self, device_id: str, ciphertexts: Mapping[int, bytes]) -> Mapping[int, bytes]:
         index = self._accept(device_id, Stage.SHARE_KEYS)
         self._apply(Stage.SHARE_KEYS, index, lambda: self.server.receive_shares(index, dict(ciphertexts)))
         await self._wait(Stage.SHARE_KEYS)

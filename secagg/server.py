@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
+from types import MappingProxyType
 
 import numpy as np
 
@@ -127,8 +128,9 @@ class SecAggServer:
         size = keys.SEALED_SHARES_BYTES
         self._shares[index] = _checked_copy(shares, size, lambda v: f"share message for {v}")
 
-    def shares_for(self, index: int) -> dict[int, bytes]:
-        """The sealed shares addressed to `index`; the first call closes share collection."""
+    def shares_for(self, index: int) -> Mapping[int, bytes]:
+        """The sealed shares addressed to `index` (sender -> ciphertext, read-only); the first call closes
+        share collection."""
         index = self._index(index)
         if PROTOCOL_STAGES.index(self._phase) < PROTOCOL_STAGES.index(Stage.SHARE_KEYS):
             raise SecAggError(f"shares are not available in phase {self._phase.label}")
@@ -139,7 +141,7 @@ class SecAggServer:
             self._routed = _by_receiver(self._shares)
         # every neighbour's message holds one for `index`: it went to each neighbour that advertised keys,
         # advertisement closed before any share was accepted, and `index` advertised (it sent shares)
-        return dict(self._routed[index])
+        return MappingProxyType(self._routed[index])  # no copy: nobody can change what the server routed
 
     def _senders_to(self, index: int) -> set[int]:
         """Who masked with `index`: its neighbours that sent shares (if it sent shares itself)."""

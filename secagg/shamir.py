@@ -95,8 +95,9 @@ def lagrange_at_zero(xs: np.ndarray) -> np.ndarray:
     off_diagonal = ~np.eye(t, dtype=bool)
     pairs = np.stack([x_m[:, off_diagonal], x_j[:, off_diagonal]], axis=-1).reshape(-1, 2)
     distinct, where = np.unique(pairs, axis=0, return_inverse=True)
-    ratios = gf128.multiply(gf128.from_ints(distinct[:, 0]),
-                            gf128.inverses_of_small(distinct[:, 0] ^ distinct[:, 1]))
+    # the small x_m as the right operand: `multiply` walks the right operand's bits (~10, not 128)
+    ratios = gf128.multiply(gf128.inverses_of_small(distinct[:, 0] ^ distinct[:, 1]),
+                            gf128.from_ints(distinct[:, 0]))
     factors = ratios[where.reshape(-1)].reshape(sets, t, t - 1, 2)
     return gf128.product(factors, axis=2)
 
@@ -159,7 +160,10 @@ class ShamirCombiner:
             raise SecAggError("two shares with the same x-coordinate")
         gf128.check_against_library()
         blocks = share_bytes // BLOCK
-        x_sets, which = np.unique(xs, axis=0, return_inverse=True)
+        if (xs == xs[0]).all():  # no dropout: one x-set (a row-wise unique sorts every row, ~2.5 ms at 1,000)
+            x_sets, which = xs[:1], np.zeros(rows, np.intp)
+        else:
+            x_sets, which = np.unique(xs, axis=0, return_inverse=True)
         coefficients = lagrange_at_zero(x_sets)[which.reshape(-1)]  # (rows, t, 2)
         elements = gf128.from_blocks(values, rows * t * blocks).reshape(rows, t, blocks, 2)
         secrets = gf128.xor_sum(gf128.multiply(coefficients[:, :, None, :], elements), axis=1)

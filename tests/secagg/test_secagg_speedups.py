@@ -244,6 +244,9 @@ def test_routing_matches_a_scan_of_every_participant():
         if i in game.server._shares:
             routed = game.server.shares_for(i)
             assert routed == _reference_shares_for(game.server, i) and list(routed) == sorted(routed)
+            with pytest.raises(TypeError):  # the server's routing, handed out without a copy: read-only
+                routed[next(iter(routed))] = b"forged"  # type: ignore[index]
+            assert game.server.shares_for(i) == routed
         else:
             with pytest.raises(SecAggError):
                 game.server.shares_for(i)
