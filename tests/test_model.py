@@ -79,6 +79,16 @@ def test_sweep_is_the_sweep_operator_off_the_swept_diagonal():
     np.testing.assert_allclose(got[:k, :k][off_diagonal], -inverse[off_diagonal], rtol=1e-4, atol=1e-5)
 
 
+def test_a_sweep_in_two_parts_is_the_whole_sweep_bit_for_bit():
+    """`start` continues a sweep where an earlier one stopped (the device reads the ranking head's
+    answer between the two parts): the same ops, so the same floats."""
+    rng = np.random.default_rng(4)
+    full = tf.constant(_random_spd(rng, 9, batch=(2,)), tf.float32)
+    first = model.sweep(full, 5)
+    np.testing.assert_array_equal(model.sweep(first, 7, start=5).numpy(), model.sweep(full, 7).numpy())
+    np.testing.assert_array_equal(model.sweep(first, 5, start=5).numpy(), first.numpy())  # nothing left to sweep
+
+
 def test_solve_spd_too_few_iterations_is_not_exact():
     """Guard that the comparison above can fail: 1 CG step on a 10x10 system is not the solution."""
     rng = np.random.default_rng(7)

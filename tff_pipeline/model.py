@@ -146,8 +146,10 @@ def solve_spd(matrix: tf.Tensor, rhs: tf.Tensor, iterations: int) -> tf.Tensor:
     return solution
 
 
-def sweep(matrix: tf.Tensor, pivots: int) -> tf.Tensor:
-    """The sweep operator on the first `pivots` coordinates of symmetric matrices [..., K, K].
+def sweep(matrix: tf.Tensor, pivots: int, *, start: int = 0) -> tf.Tensor:
+    """The sweep operator on the first `pivots` coordinates of symmetric matrices [..., K, K]
+    (on coordinates `start`..`pivots`-1 only with `start`: sweeps compose, so sweeping 0..j-1 and
+    then j..k-1 is sweeping 0..k-1, with the same ops).
 
     For M = [[A, B], [B^T, C]] with A ([pivots, pivots]) positive definite the result is
     [[*, A^-1 B], [B^T A^-1, C - B^T A^-1 B]], where * is -A^-1 except on its diagonal, which is
@@ -159,7 +161,7 @@ def sweep(matrix: tf.Tensor, pivots: int) -> tf.Tensor:
     """
     size = int(matrix.shape[-1])
     unit = np.eye(size, dtype=np.float32)
-    for j in range(pivots):
+    for j in range(start, pivots):
         row = matrix[..., j:j + 1, :]  # [..., 1, K]: also column j, by symmetry
         v = row - unit[j:j + 1]  # row j with the pivot d replaced by d - 1
         # Off row and column j: m - m_.j m_j. / d; on them: m_.j / d (and 2 - 1/d on the pivot).

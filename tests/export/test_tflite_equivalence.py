@@ -165,3 +165,28 @@ def test_set_global_and_set_user_round_trip(runners):
     np.testing.assert_array_equal(got["user_embedding"], 1.0)
     np.testing.assert_array_equal(got["implicit_embedding"], 0.5)
     assert float(got["user_bias"]) == pytest.approx(-0.2)
+
+
+def test_a_model_without_the_ranking_head_fits_and_updates_as_the_tf_model_does():
+    """With the ranking head off the fits sweep the rating head's system alone (`OnDeviceModel._fit`)."""
+    from tff_pipeline.export.ondevice_model import OnDeviceModel
+    from tff_pipeline.export.tflite import convert
+
+    rng = np.random.default_rng(11)
+    config = model.ModelConfig(num_items=20, dim=3, local_steps=2)
+    assert not config.implicit
+    params = model.GlobalParams(rng.normal(0, 0.5, (20, 3)).astype(np.float32),
+                                rng.normal(0, 0.3, 20).astype(np.float32), np.float32(3.5))
+    interpreter = Interpreter(model_content=convert(OnDeviceModel(params, config, manifest_digest=bytes(32))))
+    items, ratings = _user_data(4, config.num_items, n=8)
+    fitted = interpreter.get_signature_runner("personalize")(item_ids=items, ratings=ratings)
+    reference = model.fit_user(params, tf.constant(items), tf.constant(ratings), config)
+    np.testing.assert_allclose(fitted["user_embedding"], reference.embedding.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(fitted["user_bias"], reference.bias.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(fitted["implicit_embedding"], np.zeros(3, np.float32))
+    device = interpreter.get_signature_runner("client_update")(item_ids=items, ratings=ratings)
+    expected = model.client_update(params, tf.constant(items), tf.constant(ratings), config)
+    np.testing.assert_allclose(device["item_embeddings_delta"], expected.delta.item_embeddings, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["item_bias_delta"], expected.delta.item_bias, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(device["global_mean_delta"], expected.delta.global_mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(device["implicit_embeddings_delta"], np.zeros((20, 3), np.float32))

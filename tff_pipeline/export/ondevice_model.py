@@ -14,8 +14,9 @@ interpreter first runs (a cold start pays for the op count). So:
 
 - The user's two exact fits are one batched sweep (`model.sweep`, symmetric Gauss-Jordan: 6 ops
   per unknown; conjugate gradient took ~18 per unknown and system) of [[A, b], [b^T, *]]
-  matrices, both selected by constant 0/1 matmuls from the gram matrix of one design matrix of
-  the user's rows (`_fit`; building a design per head took more ops). The part of both systems
+  matrices, both the gram matrix of one design matrix of the user's rows plus a shared part,
+  each head reading its answer at its own point of the sweep (`_fit`; building a design per
+  head took more ops, and so did moving entries of the gram matrix with 0/1 matmuls). The part of both systems
   that does not depend on the user's ratings (the rating head's penalties; the ranking head's
   w0 V^T V + l2 I, which depends on the item table only) is a variable (`shared_systems`),
   recomputed when `set_global` replaces the table.
@@ -134,15 +135,13 @@ class OnDeviceModel(tf.Module):
     def _shared_systems(self, params):
         """What the fits' sweep matrices (`_fit`) add to the gram matrix of the user's rows: the
         rating head's ridge penalties, and the ranking head's w0 V^T V + l2 I (which depends on
-        the item table only) with a unit pivot for its unused coordinate d. [heads, d+2, d+2]."""
+        the item table only) on the embedding block. [heads, d+2, d+2]."""
         d = self.config.dim
         rating = np.zeros([d + 2, d + 2], np.float32)
         rating[np.arange(d + 1), np.arange(d + 1)] = [self.config.user_l2] * d + [self.config.user_bias_l2]
         if not self.config.implicit:  # a model trained without the ranking head has no ranking vectors
             return tf.constant(rating[np.newaxis])
-        unit_pivot = np.zeros([d + 2, d + 2], np.float32)
-        unit_pivot[d, d] = 1.0
-        ranking = tf.pad(model.implicit_system(params, self.config), [[0, 2], [0, 2]]) + unit_pivot
+        ranking = tf.pad(model.implicit_system(params, self.config), [[0, 2], [0, 2]])
         return tf.stack([tf.constant(rating), ranking])
 
     def _topk(self, k):
@@ -153,29 +152,30 @@ class OnDeviceModel(tf.Module):
 
     def _fit(self, params, item_ids, ratings):
         """Both of the user's exact fits, `model.fit_user` and `model.fit_implicit_user` (the same
-        ridge problems), as one batched sweep (`model.sweep`) of [[A, b], [b^T, *]] matrices.
-        Both come from G = Z^T Z of the user's rows Z = [v_j, 1, r_j - mu - b_j]: G itself for
-        the rating head (unknowns u, b_u), and S G S^T for the ranking head, whose rows are
-        [v_j, 0, 1] (unknowns x and a decoupled dummy with a unit pivot, so both sweep the same
-        d+1 pivots): S is a constant 0/1 matrix that moves the ones column to coordinate d+1
-        and drops the target (exact: it only copies entries of G)."""
+        ridge problems), as one batched sweep (`model.sweep`) of the same gram matrix
+        G = Z^T Z of the user's rows Z = [v_j, 1, r_j - mu - b_j] plus each head's shared part.
+        The rating head's system is [[A, b], [b^T, *]] with unknowns (u, b_u) and the target
+        column last. The ranking head's rows are [v_j, 1] (unknowns x, target 1): its system is
+        the same G with w0 V^T V + l2 I added on the embedding block, its answer is row d after
+        the d embedding pivots (the coordinates d + 1 and the last pivot ride along unread). So
+        both heads sweep together and read their answers at two points of the same sweep; no op
+        moves entries of G (two constant 0/1 matmuls did, before: the same results, bit for bit,
+        and ~1.5 us slower). The ones column is a GATHER from a constant (one op; ones_like took
+        two, SHAPE and BROADCAST_TO)."""
         d = self.config.dim
         rated = tf.gather(params.item_embeddings, item_ids)  # [n, d]
         target = ratings - params.global_mean - tf.gather(params.item_bias, item_ids)
-        rows = tf.concat([rated, tf.stack([tf.ones_like(ratings), target], axis=1)], axis=1)  # [n, d+2]
+        ones = tf.gather(tf.ones([self.config.num_items]), item_ids)
+        rows = tf.concat([rated, tf.stack([ones, target], axis=1)], axis=1)  # [n, d+2]
         gram = tf.matmul(rows, rows, transpose_a=True)  # [d+2, d+2]
-        if self.config.implicit:
-            select = np.zeros([2, d + 2, d + 2], np.float32)  # [head, to, from]
-            select[0] = np.eye(d + 2)
-            select[1, np.arange(d), np.arange(d)] = 1.0
-            select[1, d + 1, d] = 1.0
-            systems = tf.matmul(tf.matmul(select, gram), select, transpose_b=True)
-        else:
-            systems = tf.expand_dims(gram, 0)
-        systems = systems + self.shared_systems.read_value()
-        solutions = model.sweep(systems, d + 1)[:, d + 1, :d + 1]  # [heads, d+1]: b^T A^-1
-        user = model.UserParams(solutions[0, :d], solutions[0, d])
-        return user, (solutions[1, :d] if self.config.implicit else tf.zeros([d]))
+        systems = tf.expand_dims(gram, 0) + self.shared_systems.read_value()  # [heads, d+2, d+2]
+        if not self.config.implicit:
+            solution = model.sweep(systems, d + 1)[0, d + 1, :d + 1]
+            return model.UserParams(solution[:d], solution[d]), tf.zeros([d])
+        embeddings_swept = model.sweep(systems, d)
+        implicit = embeddings_swept[1, d, :d]  # 1^T R (R^T R + w0 V^T V + l2 I)^-1
+        solution = model.sweep(embeddings_swept, d + 1, start=d)[0, d + 1, :d + 1]  # b^T A^-1
+        return model.UserParams(solution[:d], solution[d]), implicit
 
     def _personalize(self, item_ids, ratings):
         params = self._global()
