@@ -33,6 +33,26 @@ def test_the_store_uses_wal_and_full_sync_and_survives_reopening(tmp_path):
         assert store.integrity_check() == "ok"
 
 
+def test_only_a_fit_commits_without_fsync_and_full_sync_comes_back_even_after_a_failure(tmp_path):
+    """A fit is derived data (NORMAL: atomic, kill-safe, a power cut may undo it); ratings stay FULL."""
+    with Store(tmp_path / "device.db") as store:
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        store.put_ratings([(5, 4.0)])
+        assert not any("synchronous" in s for s in statements)
+        statements.clear()
+        store.put_user_params(StoredUserParams(np.array([0.5, -1.0], np.float32), 0.25, "v1", 1))
+        synced = [s for s in statements if "synchronous" in s or s in ("BEGIN IMMEDIATE", "COMMIT")]
+        assert synced == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "COMMIT", "PRAGMA synchronous=FULL"]
+        store._db.set_trace_callback(None)
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON user_params BEGIN SELECT RAISE(ABORT, 'no'); END")
+        with pytest.raises(StoreError):
+            store.put_user_params(StoredUserParams(np.array([1.0, 1.0], np.float32), 0.0, "v1", 1))
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        np.testing.assert_array_equal(store.user_params().embedding, [0.5, -1.0])
+
+
 def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
     with Store(tmp_path / "device.db") as store:
         store.put_ratings([(1, 3.0)])
