@@ -42,19 +42,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _as_from_a_terminal() -> None:
-    """Ctrl-C as a terminal delivers it: a shell starts background jobs (and so a CI runner
-    started with `&`) with SIGINT ignored, and a process that inherits that never sees it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Ctrl-C as a terminal delivers it: a shell starts background jobs (and so a CI runner started
+# with `&`) with SIGINT ignored, and a process that inherits that never sees it. The child restores
+# Python's own handler itself, then runs the module: a preexec_fn would run this process's
+# at-fork handlers (gRPC's) in the child (see protocol.children).
+_AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
 
 
 def _start_training(out: Path) -> tuple[subprocess.Popen, int]:
     """A long run, started as a user would; returns it and its worker's PID once round 2 is saved."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedrec_cli", "simulate", "--rounds", "2000", "--eval-every", "1000",
-         "--no-baselines", "--quiet", "--out", str(out)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_as_from_a_terminal)
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL, "fedrec_cli", "simulate", "--rounds", "2000", "--eval-every",
+         "1000", "--no-baselines", "--quiet", "--out", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     index = out / "checkpoints" / "checkpoint.json"
     while time.monotonic() < deadline:
