@@ -79,7 +79,7 @@ def start(port: int, *, max_concurrent_calls: int = -1) -> subprocess.Popen[byte
         raise WorkerError(f"--port must be from 1 to 65535, got {port}")
     _check_port_free(port)
     argv = children.exec_argv(str(runtime.worker_binary_path()), f"--port={port}",
-                                  f"--max_concurrent_computation_calls={max_concurrent_calls}")
+                              f"--max_concurrent_computation_calls={max_concurrent_calls}")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=2)  # its log lines: our stderr
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not _accepts_connections(port):
