@@ -108,7 +108,7 @@ class RoundRun:
 
     async def share_keys(self, device_id: str, ciphertexts: Mapping[int, bytes]) -> Mapping[int, bytes]:
         index = self._accept(device_id, Stage.SHARE_KEYS)
-        self._apply(Stage.SHARE_KEYS, index, lambda: self.server.receive_shares(index, dict(ciphertexts)))
+        self._apply(Stage.SHARE_KEYS, index, lambda: self.server.receive_shares(index, ciphertexts))  # it copies
         await self._wait(Stage.SHARE_KEYS)
         return self.server.shares_for(index)
 
@@ -122,7 +122,7 @@ class RoundRun:
 
     async def unmask(self, device_id: str, shares: Mapping[int, bytes]) -> None:
         index = self._accept(device_id, Stage.UNMASK)
-        self._apply(Stage.UNMASK, index, lambda: self.server.receive_unmask(index, dict(shares)))
+        self._apply(Stage.UNMASK, index, lambda: self.server.receive_unmask(index, shares))  # it copies
         await self._wait(Stage.DONE)
 
     # the driver

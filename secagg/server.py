@@ -203,7 +203,9 @@ class SecAggServer:
         if index not in self._masked:
             raise SecAggError(f"participant {index} is not a survivor")
         if index not in self._request_for:
-            near = sorted((*self._senders_to(index), index))  # O(degree): never scan the whole request
+            # O(degree), never the whole request: its neighbourhood (sorted, itself included: a survivor
+            # sent shares) less the neighbours that sent none, who masked with nobody
+            near = tuple(filter(self._shares.__contains__, self.params.neighbourhood(index)))
             survivors, dropped = self._request_sets
             request = (tuple(filter(survivors.__contains__, near)), tuple(filter(dropped.__contains__, near)))
             self._request_for[index] = request
